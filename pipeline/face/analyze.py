@@ -1,0 +1,116 @@
+"""The face core end to end: detect -> landmarks -> align -> quality -> embed.
+
+Enrolment, the stream workers, evaluation and training all call this one class, so
+there is a single copy of the preprocessing that defines a model version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.config import FaceConfig, PickPolicy
+from pipeline.face.align import Aligner
+from pipeline.face.detect import CascadeDetector, Detector, build_detector
+from pipeline.face.embed import Embedder
+from pipeline.face.errors import LandmarkSchemeError, MultipleFacesError, NoFaceError
+from pipeline.face.landmarks import DLIB5, DlibShapePredictor5
+from pipeline.face.quality import assess
+from pipeline.face.records import Detection, Face, Landmarks
+
+
+def pick_faces(
+    detections: Sequence[Detection], image_shape: Sequence[int], policy: PickPolicy
+) -> list[Detection]:
+    """Apply the several-faces policy: 'error', 'largest', 'center' or 'all'."""
+    dets = list(detections)
+    if policy == "all" or len(dets) <= 1:
+        return dets
+    if policy == "largest":
+        return [max(dets, key=lambda d: d.width * d.height)]
+    if policy == "center":
+        cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
+        return [min(dets, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)]
+    raise MultipleFacesError(
+        f"{len(dets)} faces found where one was expected; choose one with "
+        "--pick largest|center, or take every face with --pick all"
+    )
+
+
+class FacePipeline:
+    """Runs the face core on RGB uint8 images."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        aligner: Aligner,
+        config: FaceConfig,
+        embedder: Embedder | None = None,
+        landmarker: DlibShapePredictor5 | None = None,
+    ) -> None:
+        self.detector = detector
+        self.aligner = aligner
+        self.config = config
+        self.embedder = embedder
+        scheme = aligner.template.scheme
+        if landmarker is None and scheme == DLIB5:
+            landmarker = DlibShapePredictor5()
+        self.landmarker = landmarker
+
+    @classmethod
+    def from_config(cls, config: FaceConfig, aligner: Aligner, embedder: Embedder | None = None) -> FacePipeline:
+        d = config.detector
+        backends = [d.backend, *[b for b in d.fallbacks if b != d.backend]]
+        detectors = [
+            build_detector(b, upsample=d.upsample, onnx_manifest=d.onnx_manifest) for b in backends
+        ]
+        return cls(CascadeDetector(detectors, d.min_score), aligner, config, embedder)
+
+    def landmarks(self, image: np.ndarray, det: Detection) -> Landmarks:
+        scheme = self.aligner.template.scheme
+        if det.landmarks is not None and det.landmarks.scheme == scheme:
+            return det.landmarks
+        if self.landmarker is not None and self.landmarker.scheme == scheme:
+            return self.landmarker(image, det)
+        raise LandmarkSchemeError(
+            f"detector {det.detector} gives no {scheme!r} landmarks and no landmark model "
+            f"for that scheme is configured"
+        )
+
+    def analyze(
+        self,
+        image: np.ndarray,
+        *,
+        pick: PickPolicy | None = None,
+        embed: bool = True,
+        gate: bool = True,
+    ) -> list[Face]:
+        """Every face of ``image`` (after the pick policy), aligned and quality-assessed.
+
+        With ``gate``, faces failing the quality gate are returned without an embedding
+        (their ``quality.reasons`` say why); without it, every face is embedded.
+        """
+        dets = pick_faces(self.detector(image), image.shape, pick or self.config.pick)
+        faces = []
+        for det in dets:
+            lm = self.landmarks(image, det)
+            chip = self.aligner(image, lm)
+            faces.append(Face(det, lm, chip, assess(det, lm, chip, self.config.quality)))
+        if embed and self.embedder is not None:
+            todo = [f for f in faces if f.quality.passed or not gate]
+            if todo:
+                vecs = self.embedder.embed(np.stack([f.chip for f in todo]))
+                for f, v in zip(todo, vecs, strict=True):
+                    f.embedding = v
+                    f.model_version = self.embedder.model_version
+        return faces
+
+    def single_face(self, image: np.ndarray, *, pick: PickPolicy = "error", gate: bool = True) -> Face:
+        """Exactly one face, or NoFaceError / MultipleFacesError with a clear message."""
+        faces = self.analyze(image, pick=pick, gate=gate)
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        if len(faces) > 1:  # only reachable with pick='all'
+            raise MultipleFacesError(f"{len(faces)} faces found where one was expected")
+        return faces[0]

