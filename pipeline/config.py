@@ -81,9 +81,7 @@ class FaceConfig(BaseModel):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     limits: ImageLimits = Field(default_factory=ImageLimits)
-    pick: PickPolicy = Field(
-        "all", description="What to return when an image holds several faces."
-    )
+    pick: PickPolicy = Field("all", description="What to return when an image holds several faces.")
 
 
 class ModelsConfig(BaseModel):

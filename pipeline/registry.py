@@ -72,7 +72,9 @@ class ModelStore:
         folder = self.folder(manifest.version)
         if verify:
             verify_files(manifest, folder)
-        return Embedder(manifest, self._backend(manifest, folder, backend, intra_op_threads), batch_size)
+        return Embedder(
+            manifest, self._backend(manifest, folder, backend, intra_op_threads), batch_size
+        )
 
     @staticmethod
     def _backend(

@@ -6,10 +6,10 @@ model manifest, never from code, so a model's preprocessing travels with its ver
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 from typing import Literal
 
+import cv2
+import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from pipeline.face.errors import LandmarkSchemeError

@@ -6,7 +6,9 @@ there is a single copy of the preprocessing that defines a model version.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -14,10 +16,33 @@ from pipeline.config import FaceConfig, PickPolicy
 from pipeline.face.align import Aligner
 from pipeline.face.detect import CascadeDetector, Detector, build_detector
 from pipeline.face.embed import Embedder
-from pipeline.face.errors import LandmarkSchemeError, MultipleFacesError, NoFaceError
+from pipeline.face.errors import (
+    LandmarkSchemeError,
+    ModelError,
+    MultipleFacesError,
+    NoFaceError,
+)
 from pipeline.face.landmarks import DLIB5, DlibShapePredictor5
 from pipeline.face.quality import assess
 from pipeline.face.records import Detection, Face, Landmarks
+
+
+class StageClock:
+    """Adds the wall time of named stages into a dict (a no-op without one)."""
+
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self.sink = sink
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self.sink is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sink[stage] = self.sink.get(stage, 0.0) + time.perf_counter() - t0
 
 
 def pick_faces(
@@ -59,7 +84,9 @@ class FacePipeline:
         self.landmarker = landmarker
 
     @classmethod
-    def from_config(cls, config: FaceConfig, aligner: Aligner, embedder: Embedder | None = None) -> FacePipeline:
+    def from_config(
+        cls, config: FaceConfig, aligner: Aligner, embedder: Embedder | None = None
+    ) -> FacePipeline:
         d = config.detector
         backends = [d.backend, *[b for b in d.fallbacks if b != d.backend]]
         detectors = [
@@ -85,28 +112,43 @@ class FacePipeline:
         pick: PickPolicy | None = None,
         embed: bool = True,
         gate: bool = True,
+        timings: dict[str, float] | None = None,
     ) -> list[Face]:
         """Every face of ``image`` (after the pick policy), aligned and quality-assessed.
 
         With ``gate``, faces failing the quality gate are returned without an embedding
         (their ``quality.reasons`` say why); without it, every face is embedded.
         """
-        dets = pick_faces(self.detector(image), image.shape, pick or self.config.pick)
+        clock = StageClock(timings)
+        with clock("detect"):
+            dets = pick_faces(self.detector(image), image.shape, pick or self.config.pick)
         faces = []
         for det in dets:
-            lm = self.landmarks(image, det)
-            chip = self.aligner(image, lm)
-            faces.append(Face(det, lm, chip, assess(det, lm, chip, self.config.quality)))
+            with clock("landmarks"):
+                lm = self.landmarks(image, det)
+            with clock("align"):
+                chip = self.aligner(image, lm)
+            with clock("quality"):
+                faces.append(Face(det, lm, chip, assess(det, lm, chip, self.config.quality)))
         if embed and self.embedder is not None:
-            todo = [f for f in faces if f.quality.passed or not gate]
-            if todo:
-                vecs = self.embedder.embed(np.stack([f.chip for f in todo]))
-                for f, v in zip(todo, vecs, strict=True):
-                    f.embedding = v
-                    f.model_version = self.embedder.model_version
+            with clock("embed"):
+                self.embed_faces([f for f in faces if f.quality.passed or not gate])
         return faces
 
-    def single_face(self, image: np.ndarray, *, pick: PickPolicy = "error", gate: bool = True) -> Face:
+    def embed_faces(self, faces: Sequence[Face]) -> None:
+        """Embed the chips of ``faces`` in batches, setting embedding and model_version."""
+        if not faces:
+            return
+        if self.embedder is None:
+            raise ModelError("this face pipeline has no embedder")
+        vecs = self.embedder.embed(np.stack([f.chip for f in faces]))
+        for f, v in zip(faces, vecs, strict=True):
+            f.embedding = v
+            f.model_version = self.embedder.model_version
+
+    def single_face(
+        self, image: np.ndarray, *, pick: PickPolicy = "error", gate: bool = True
+    ) -> Face:
         """Exactly one face, or NoFaceError / MultipleFacesError with a clear message."""
         faces = self.analyze(image, pick=pick, gate=gate)
         if not faces:

@@ -176,7 +176,9 @@ class YuNetDetector:
         return out
 
 
-def build_detector(backend: str, *, upsample: int = 1, onnx_manifest: Path | None = None) -> Detector:
+def build_detector(
+    backend: str, *, upsample: int = 1, onnx_manifest: Path | None = None
+) -> Detector:
     """Construct a detector by backend name (see ``DetectorConfig``)."""
     if backend == "dlib_hog":
         return DlibHogDetector(upsample=upsample)

@@ -71,7 +71,10 @@ class Embedder:
         if self.manifest.preprocessing.tta == "flip":
             batch = np.concatenate([batch, batch[:, :, ::-1]])
         out = np.concatenate(
-            [self._run(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+            [
+                self._run(batch[i : i + self.batch_size])
+                for i in range(0, len(batch), self.batch_size)
+            ]
         )
         if self.manifest.preprocessing.tta == "flip":
             out = out[:n] + out[n:]

@@ -68,7 +68,9 @@ class ModelManifest(BaseModel):
 
     def file_path(self, folder: Path, role: str) -> Path:
         if role not in self.files:
-            raise ModelError(f"model {self.version} has no {role!r} file (has {sorted(self.files)})")
+            raise ModelError(
+                f"model {self.version} has no {role!r} file (has {sorted(self.files)})"
+            )
         return folder / self.files[role].path
 
 
@@ -84,7 +86,9 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(path=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
-def version_digest(weights_sha256: str, preprocessing: Preprocessing, alignment: AlignmentTemplate) -> str:
+def version_digest(
+    weights_sha256: str, preprocessing: Preprocessing, alignment: AlignmentTemplate
+) -> str:
     """Short digest over the weights and the preprocessing that defines a version."""
     payload = json.dumps(
         {

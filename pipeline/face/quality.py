@@ -56,10 +56,13 @@ def assess(
     }
     reasons: list[str] = []
     if cfg.min_face_px is not None and metrics["face_px"] < cfg.min_face_px:
-        reasons.append(f"face too small: {metrics['face_px']:.0f}px < min_face_px {cfg.min_face_px:g}")
+        reasons.append(
+            f"face too small: {metrics['face_px']:.0f}px < min_face_px {cfg.min_face_px:g}"
+        )
     if cfg.min_sharpness is not None and metrics["sharpness"] < cfg.min_sharpness:
         reasons.append(
-            f"too blurred: sharpness {metrics['sharpness']:.1f} < min_sharpness {cfg.min_sharpness:g}"
+            f"too blurred: sharpness {metrics['sharpness']:.1f} < "
+            f"min_sharpness {cfg.min_sharpness:g}"
         )
     if cfg.max_yaw is not None and abs(yaw) > cfg.max_yaw:
         reasons.append(f"head turned too far: |yaw| {abs(yaw):.2f} > max_yaw {cfg.max_yaw:g}")

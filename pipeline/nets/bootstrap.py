@@ -48,7 +48,9 @@ def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
     )
 
 
-def bootstrap_default(store: ModelStore, *, tta: str = DEFAULT_TTA, activate: bool = True) -> ModelManifest:
+def bootstrap_default(
+    store: ModelStore, *, tta: str = DEFAULT_TTA, activate: bool = True
+) -> ModelManifest:
     """Build (or rebuild) the default dlib ResNet version in ``store``; return its manifest."""
     dat = packaged_model(RESNET_V1)
     dat_sha = sha256_file(dat)

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (CPU by default): the embedder replicas' runtime on machines without a GPU."""
+"""ONNX Runtime backend: the embedder's runtime on machines without a GPU."""
 
 from __future__ import annotations
 

@@ -1,0 +1,417 @@
+"""The ``facestream`` command line."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import PickPolicy, Settings, load_settings
+
+app = typer.Typer(
+    name="facestream",
+    help="Distributed streaming face recognition: detect, align, embed, search, stream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Model store: build, list and inspect embedder versions.", no_args_is_help=True
+)
+eval_app = typer.Typer(help="Accuracy evaluation on real faces.", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed benchmarks (print tables; no pass/fail).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cli_errors(fn: F) -> F:
+    """Turn expected failures into one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.evaluation.pairs import PairsFileError
+        from pipeline.face.errors import FaceError
+
+        try:
+            return fn(*args, **kwargs)
+        except (FaceError, PairsFileError, FileNotFoundError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ValidationError as exc:
+            err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class State:
+    config_file: Path | None = None
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML settings file (see README, Configuration)."),
+    ] = None,
+) -> None:
+    """facestream: point it at images or streams; get identities out."""
+    state.config_file = config
+    try:
+        state._settings = load_settings(config)
+    except (ValidationError, FileNotFoundError) as exc:
+        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from pipeline.registry import ModelStore
+
+    return ModelStore(state.settings.models.store)
+
+
+def _face_pipeline(with_embedder: bool = True, version: str | None = None):  # type: ignore[no-untyped-def]
+    from pipeline.face.align import Aligner
+    from pipeline.face.analyze import FacePipeline
+
+    s = state.settings
+    store = _store()
+    embedder = None
+    if with_embedder:
+        embedder = store.load_embedder(
+            version or s.models.version,
+            batch_size=s.models.batch_size,
+            intra_op_threads=s.models.intra_op_threads,
+        )
+        template = embedder.manifest.alignment
+    else:
+        template = store.resolve(version or s.models.version).alignment
+    return FacePipeline.from_config(s.face, Aligner(template), embedder)
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from pipeline.face.image_io import load_image
+
+    lim = state.settings.face.limits
+    return load_image(path, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes)
+
+
+def _face_json(face: Any, full_vector: bool = False) -> dict[str, Any]:
+    d = face.detection
+    rec: dict[str, Any] = {
+        "box": [round(v, 1) for v in d.box],
+        "score": round(d.score, 4),
+        "detector": d.detector,
+        "landmarks": {"scheme": face.landmarks.scheme, "points": face.landmarks.to_list()},
+        "quality": {
+            "passed": face.quality.passed,
+            "reasons": list(face.quality.reasons),
+            **face.quality.metrics,
+        },
+    }
+    if face.embedding is not None:
+        rec["model_version"] = face.model_version
+        rec["embedding_sha256"] = hashlib.sha256(face.embedding.tobytes()).hexdigest()[:16]
+        if full_vector:
+            rec["embedding"] = [round(float(x), 6) for x in face.embedding]
+    return rec
+
+
+PickOpt = Annotated[
+    PickPolicy | None,
+    typer.Option(
+        "--pick",
+        help="Several faces in one image: 'all' (default for detect), 'largest', 'center', "
+        "or 'error'.",
+    ),
+]
+
+
+@app.command()
+@cli_errors
+def detect(
+    image: Annotated[Path, typer.Argument(help="Image file (JPEG, PNG, ...).")],
+    pick: PickOpt = None,
+) -> None:
+    """Detect faces: print boxes, 5 landmarks and quality as JSON."""
+    pipe = _face_pipeline(with_embedder=False)
+    faces = pipe.analyze(_load(image), pick=pick or "all", embed=False)
+    if not faces:
+        from pipeline.face.errors import NoFaceError
+
+        raise NoFaceError(f"{image}: no face found")
+    print(json.dumps({"image": str(image), "faces": [_face_json(f) for f in faces]}, indent=2))
+
+
+@app.command()
+@cli_errors
+def embed(
+    images: Annotated[list[Path], typer.Argument(help="One or more image files.")],
+    pick: PickOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="Print whole vectors, not digests.")] = False,
+    no_gate: Annotated[
+        bool, typer.Option("--no-gate", help="Embed faces that fail the quality gate too.")
+    ] = False,
+) -> None:
+    """Embed every face of each image: print JSON with the vector (or its digest)."""
+    from pipeline.face.errors import NoFaceError
+
+    pipe = _face_pipeline()
+    results = []
+    for path in images:
+        faces = pipe.analyze(_load(path), pick=pick or "all", gate=not no_gate)
+        if not faces:
+            raise NoFaceError(f"{path}: no face found")
+        results.append({"image": str(path), "faces": [_face_json(f, full) for f in faces]})
+    print(json.dumps(results, indent=2))
+
+
+@app.command()
+@cli_errors
+def verify(
+    image_a: Annotated[Path, typer.Argument(help="First image (one face).")],
+    image_b: Annotated[Path, typer.Argument(help="Second image (one face).")],
+    pick: Annotated[
+        PickPolicy,
+        typer.Option("--pick", help="When an image holds several faces: error, largest or center."),
+    ] = "error",
+    threshold: Annotated[
+        float | None, typer.Option(help="Cosine threshold; default: the model's calibrated one.")
+    ] = None,
+) -> None:
+    """Are the two faces the same person? Prints the decision, similarity and threshold."""
+    from pipeline.face.errors import FaceError
+
+    pipe = _face_pipeline()
+    assert pipe.embedder is not None
+    vecs = []
+    for path in (image_a, image_b):
+        try:
+            face = pipe.single_face(_load(path), pick=pick, gate=False)
+        except FaceError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+        vecs.append(face.embedding)
+    sim = float(vecs[0] @ vecs[1])
+    thr_info = pipe.embedder.manifest.threshold
+    thr = threshold if threshold is not None else thr_info.value
+    verdict = "same" if sim >= thr else "different"
+    out.print(f"[bold]{verdict}[/bold]  similarity={sim:.4f}  threshold={thr:.4f}", highlight=False)
+    source = "--threshold" if threshold is not None else thr_info.provenance
+    out.print(f"model={pipe.embedder.model_version}  threshold source: {source}", highlight=False)
+
+
+@eval_app.command("pairs")
+@cli_errors
+def eval_pairs(
+    pairs: Annotated[Path, typer.Option("--pairs", help="TSV: path_a, path_b, same (1|0).")],
+    root: Annotated[Path, typer.Option("--root", help="Folder the pair paths are relative to.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where report.json and roc.png go.")
+    ] = Path("reports/eval"),
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N pairs (smoke runs).")
+    ] = None,
+) -> None:
+    """10-fold accuracy, ROC AUC, EER and TAR@FAR of the full face core on a pairs file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from pipeline.evaluation.pairs import evaluate_pairs, read_pairs
+
+    pair_list = read_pairs(pairs, root)[: limit or None]
+    pipe = _face_pipeline()
+    n_images = len({p for pair in pair_list for p in (pair.a, pair.b)})
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task("embedding images", total=n_images)
+        result = evaluate_pairs(
+            pipe, pair_list, out_dir, on_progress=lambda n: progress.advance(task, n)
+        )
+    _print_eval(result, out_dir)
+
+
+def _print_eval(result: dict[str, Any], out_dir: Path) -> None:
+    v = result["verification"]
+    table = Table(
+        title=f"Verification: {v['n_pairs']} pairs "
+        f"({v['n_genuine']} same, {v['n_impostor']} different)"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("model", str(result["model_version"]))
+    table.add_row(
+        "10-fold accuracy",
+        f"{100 * v['accuracy_10fold']:.2f}% ± {100 * v['accuracy_10fold_std']:.2f}",
+    )
+    table.add_row("ROC AUC", f"{v['roc_auc']:.5f}")
+    table.add_row("EER", f"{100 * v['eer']:.2f}%")
+    for far, tar in v["tar_at_far"].items():
+        note = " (below FAR resolution)" if float(far) < v["far_resolution"] else ""
+        table.add_row(f"TAR @ FAR {far}", f"{100 * tar:.2f}%{note}")
+    table.add_row(
+        "failure to detect", f"{result['failure_to_detect']} of {result['n_images']} images"
+    )
+    table.add_row("time per image", f"{1000 * result['seconds_per_image']:.1f} ms")
+    for stage, ms in result["stage_ms_per_image"].items():
+        table.add_row(f"  {stage}", f"{ms:.1f} ms")
+    out.print(table)
+    out.print(
+        f"report: {out_dir / 'report.json'}  ROC plot: {out_dir / 'roc.png'}", highlight=False
+    )
+
+
+@models_app.command("bootstrap")
+@cli_errors
+def models_bootstrap(
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation of the version: none or flip.")
+    ] = "flip",
+    activate: Annotated[bool, typer.Option(help="Make it the active version.")] = True,
+) -> None:
+    """Build the default embedder (dlib ResNet, CC0) from PyPI-shipped files."""
+    from pipeline.nets.bootstrap import bootstrap_default
+
+    if tta not in ("none", "flip"):
+        raise typer.BadParameter("--tta must be 'none' or 'flip'")
+    with err.status("porting dlib ResNet to torch and exporting ONNX..."):
+        manifest = bootstrap_default(_store(), tta=tta, activate=activate)
+    out.print(f"built {manifest.version} in {_store().folder(manifest.version)}", highlight=False)
+
+
+@models_app.command("list")
+@cli_errors
+def models_list() -> None:
+    """List model versions in the store; * marks the active one."""
+    store = _store()
+    try:
+        active = store.active_version()
+    except Exception:
+        active = None
+    table = Table()
+    for col in ("", "version", "format", "dim", "tta", "threshold"):
+        table.add_column(col)
+    for v in store.versions():
+        m = store.manifest(v)
+        table.add_row(
+            "*" if v == active else "",
+            v,
+            m.format,
+            str(m.embedding_dim),
+            m.preprocessing.tta,
+            f"{m.threshold.value:.4f}",
+        )
+    out.print(table)
+
+
+@models_app.command("show")
+@cli_errors
+def models_show(
+    version: Annotated[str | None, typer.Argument(help="Default: the active version.")] = None,
+) -> None:
+    """Print a version's manifest as JSON."""
+    print(_store().resolve(version).model_dump_json(indent=2))
+
+
+def _default_images() -> Path | None:
+    from pipeline.shared_data import shared_dir
+
+    shared = shared_dir()
+    return shared / "data" / "lfw-dev" if shared else None
+
+
+@bench_app.command("embed")
+@cli_errors
+def bench_embed(
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of face images (searched recursively). Default: ../shared LFW-dev."
+        ),
+    ] = None,
+    faces: Annotated[int, typer.Option(help="Number of aligned faces to embed.")] = 256,
+    repeats: Annotated[int, typer.Option(help="Timed runs per row; the best is reported.")] = 3,
+) -> None:
+    """Faces/s of the batched ONNX Runtime embedder vs dlib as face_recognition calls it."""
+    from rich.progress import Progress
+
+    from pipeline.bench.embed_bench import bench_embedders, collect_faces
+    from pipeline.face.embed import Embedder
+
+    folder = images or _default_images()
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError("no image folder: pass --images DIR")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    pipe = _face_pipeline()
+    assert pipe.embedder is not None
+    with Progress(console=err) as progress:
+        task = progress.add_task("detect + align", total=faces)
+        samples, stages, n_images = collect_faces(
+            pipe, paths, faces, lambda: progress.advance(task)
+        )
+    if not samples:
+        raise FileNotFoundError(f"no faces found in {folder}")
+    m = pipe.embedder.manifest
+    plain = m.model_copy(
+        update={"preprocessing": m.preprocessing.model_copy(update={"tta": "none"})}
+    )
+    store = _store()
+    one_thread = store.load_embedder(m.version, intra_op_threads=1)
+    embedders = {
+        "onnxruntime, no TTA": Embedder(plain, pipe.embedder.backend),
+        "onnxruntime, no TTA, 1 thread": Embedder(plain, one_thread.backend),
+        f"onnxruntime, {m.version} (tta={m.preprocessing.tta})": pipe.embedder,
+    }
+    with err.status("timing embedders..."):
+        rows = bench_embedders(samples, embedders, repeats=repeats)
+    base = rows[0].faces_per_s
+    table = Table(title=f"Embedding {len(samples)} aligned faces (best of {repeats})")
+    for col in ("runtime", "batch", "faces/s", "ms/face", "vs dlib"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for r in rows:
+        table.add_row(
+            r.runtime,
+            str(r.batch),
+            f"{r.faces_per_s:.1f}",
+            f"{r.ms_per_face:.2f}",
+            f"{r.faces_per_s / base:.2f}x",
+        )
+    out.print(table)
+    stage_table = Table(title=f"Face core per image ({n_images} images, {len(samples)} faces)")
+    stage_table.add_column("stage")
+    stage_table.add_column("ms/image", justify="right")
+    emb_rate = next(
+        r.faces_per_s
+        for r in rows
+        if r.runtime.startswith(f"onnxruntime, {m.version}") and r.batch == 32
+    )
+    stage_ms = {k: 1000 * v / n_images for k, v in stages.items()}
+    stage_ms["embed (batch 32, per face)"] = 1000 / emb_rate
+    for k, v in stage_ms.items():
+        stage_table.add_row(k, f"{v:.2f}")
+    out.print(stage_table)
