@@ -1,0 +1,117 @@
+"""Shared fixtures: real infrastructure (Kafka broker, Ray, Milvus Lite), no mocks.
+
+Expensive services are session-scoped and started only when a test asks for them, so a
+unit-only run never starts a JVM or Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+# Ray reads this when it is imported; local test clusters must not require a token.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    override = os.environ.get("FACESTREAM_SHARED")
+    return Path(override).expanduser().resolve() if override else REPO_ROOT.parent / "shared"
+
+
+def _shared_missing_reason() -> str | None:
+    root = _shared_root()
+    if not root.is_dir() or not any(root.iterdir()):
+        return (
+            f"shared test data not found at {root} "
+            "(expected ../shared beside the repo; set FACESTREAM_SHARED to override)"
+        )
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("shared_data") is not None:
+        reason = _shared_missing_reason()
+        if reason is not None:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared test-data directory; the requesting test skips when it is absent."""
+    reason = _shared_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return _shared_root()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real single-node Kafka broker, shared by the session."""
+    from pipeline.stream.broker import LocalKafka
+
+    data_dir = Path(tempfile.mkdtemp(prefix="facestream-test-kafka-"))
+    broker = LocalKafka(port=0, data_dir=data_dir)
+    try:
+        yield broker.start()
+    finally:
+        try:
+            broker.stop()
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray instance for the session; its session files go to a removed temp dir."""
+    import ray
+
+    # Short path under /tmp: Ray puts unix sockets in it (108-byte path limit).
+    temp_dir = tempfile.mkdtemp(prefix="fs-ray-", dir="/tmp")
+    ray.init(
+        address="local",  # never attach to a cluster named by RAY_ADDRESS
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 1024 * 1024,
+        _temp_dir=temp_dir,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> Iterator[str]:
+    """Path of a fresh Milvus Lite database, one per test."""
+    uri = str(tmp_path / "milvus.db")
+    yield uri
+    # Milvus Lite serves each .db path from an in-process gRPC server that lives until
+    # interpreter exit unless released; release it so tests do not pile up servers.
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(uri)
+
+
+@pytest.fixture
+def milvus_client(milvus_uri: str) -> Iterator[MilvusClient]:
+    """A MilvusClient on :func:`milvus_uri`, closed after the test."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(milvus_uri)
+    try:
+        yield client
+    finally:
+        client.close()
