@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import PickPolicy, Settings, load_settings
+from pipeline.cli_common import (
+    cli_errors,
+    err,
+    face_json,
+    face_pipeline,
+    load_image_checked,
+    model_store,
+    out,
+    state,
+)
+from pipeline.config import PickPolicy, load_settings
 
 app = typer.Typer(
     name="facestream",
@@ -31,44 +37,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def cli_errors(fn: F) -> F:
-    """Turn expected failures into one red line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline.evaluation.pairs import PairsFileError
-        from pipeline.face.errors import FaceError
-
-        try:
-            return fn(*args, **kwargs)
-        except (FaceError, PairsFileError, FileNotFoundError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except ValidationError as exc:
-            err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class State:
-    config_file: Path | None = None
-    _settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config_file)
-        return self._settings
-
-
-state = State()
-
 
 @app.callback()
 def main(
@@ -84,59 +52,6 @@ def main(
     except (ValidationError, FileNotFoundError) as exc:
         err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def _store():  # type: ignore[no-untyped-def]
-    from pipeline.registry import ModelStore
-
-    return ModelStore(state.settings.models.store)
-
-
-def _face_pipeline(with_embedder: bool = True, version: str | None = None):  # type: ignore[no-untyped-def]
-    from pipeline.face.align import Aligner
-    from pipeline.face.analyze import FacePipeline
-
-    s = state.settings
-    store = _store()
-    embedder = None
-    if with_embedder:
-        embedder = store.load_embedder(
-            version or s.models.version,
-            batch_size=s.models.batch_size,
-            intra_op_threads=s.models.intra_op_threads,
-        )
-        template = embedder.manifest.alignment
-    else:
-        template = store.resolve(version or s.models.version).alignment
-    return FacePipeline.from_config(s.face, Aligner(template), embedder)
-
-
-def _load(path: Path):  # type: ignore[no-untyped-def]
-    from pipeline.face.image_io import load_image
-
-    lim = state.settings.face.limits
-    return load_image(path, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes)
-
-
-def _face_json(face: Any, full_vector: bool = False) -> dict[str, Any]:
-    d = face.detection
-    rec: dict[str, Any] = {
-        "box": [round(v, 1) for v in d.box],
-        "score": round(d.score, 4),
-        "detector": d.detector,
-        "landmarks": {"scheme": face.landmarks.scheme, "points": face.landmarks.to_list()},
-        "quality": {
-            "passed": face.quality.passed,
-            "reasons": list(face.quality.reasons),
-            **face.quality.metrics,
-        },
-    }
-    if face.embedding is not None:
-        rec["model_version"] = face.model_version
-        rec["embedding_sha256"] = hashlib.sha256(face.embedding.tobytes()).hexdigest()[:16]
-        if full_vector:
-            rec["embedding"] = [round(float(x), 6) for x in face.embedding]
-    return rec
 
 
 PickOpt = Annotated[
@@ -156,13 +71,13 @@ def detect(
     pick: PickOpt = None,
 ) -> None:
     """Detect faces: print boxes, 5 landmarks and quality as JSON."""
-    pipe = _face_pipeline(with_embedder=False)
-    faces = pipe.analyze(_load(image), pick=pick or "all", embed=False)
+    pipe = face_pipeline(with_embedder=False)
+    faces = pipe.analyze(load_image_checked(image), pick=pick or "all", embed=False)
     if not faces:
         from pipeline.face.errors import NoFaceError
 
         raise NoFaceError(f"{image}: no face found")
-    print(json.dumps({"image": str(image), "faces": [_face_json(f) for f in faces]}, indent=2))
+    print(json.dumps({"image": str(image), "faces": [face_json(f) for f in faces]}, indent=2))
 
 
 @app.command()
@@ -178,13 +93,13 @@ def embed(
     """Embed every face of each image: print JSON with the vector (or its digest)."""
     from pipeline.face.errors import NoFaceError
 
-    pipe = _face_pipeline()
+    pipe = face_pipeline()
     results = []
     for path in images:
-        faces = pipe.analyze(_load(path), pick=pick or "all", gate=not no_gate)
+        faces = pipe.analyze(load_image_checked(path), pick=pick or "all", gate=not no_gate)
         if not faces:
             raise NoFaceError(f"{path}: no face found")
-        results.append({"image": str(path), "faces": [_face_json(f, full) for f in faces]})
+        results.append({"image": str(path), "faces": [face_json(f, full) for f in faces]})
     print(json.dumps(results, indent=2))
 
 
@@ -204,12 +119,12 @@ def verify(
     """Are the two faces the same person? Prints the decision, similarity and threshold."""
     from pipeline.face.errors import FaceError
 
-    pipe = _face_pipeline()
+    pipe = face_pipeline()
     assert pipe.embedder is not None
     vecs = []
     for path in (image_a, image_b):
         try:
-            face = pipe.single_face(_load(path), pick=pick, gate=False)
+            face = pipe.single_face(load_image_checked(path), pick=pick, gate=False)
         except FaceError as exc:
             raise type(exc)(f"{path}: {exc}") from None
         vecs.append(face.embedding)
@@ -240,7 +155,7 @@ def eval_pairs(
     from pipeline.evaluation.pairs import evaluate_pairs, read_pairs
 
     pair_list = read_pairs(pairs, root)[: limit or None]
-    pipe = _face_pipeline()
+    pipe = face_pipeline()
     n_images = len({p for pair in pair_list for p in (pair.a, pair.b)})
     with Progress(
         "[progress.description]{task.description}",
@@ -300,15 +215,17 @@ def models_bootstrap(
     if tta not in ("none", "flip"):
         raise typer.BadParameter("--tta must be 'none' or 'flip'")
     with err.status("porting dlib ResNet to torch and exporting ONNX..."):
-        manifest = bootstrap_default(_store(), tta=tta, activate=activate)
-    out.print(f"built {manifest.version} in {_store().folder(manifest.version)}", highlight=False)
+        manifest = bootstrap_default(model_store(), tta=tta, activate=activate)
+    out.print(
+        f"built {manifest.version} in {model_store().folder(manifest.version)}", highlight=False
+    )
 
 
 @models_app.command("list")
 @cli_errors
 def models_list() -> None:
     """List model versions in the store; * marks the active one."""
-    store = _store()
+    store = model_store()
     try:
         active = store.active_version()
     except Exception:
@@ -335,7 +252,7 @@ def models_show(
     version: Annotated[str | None, typer.Argument(help="Default: the active version.")] = None,
 ) -> None:
     """Print a version's manifest as JSON."""
-    print(_store().resolve(version).model_dump_json(indent=2))
+    print(model_store().resolve(version).model_dump_json(indent=2))
 
 
 def _default_images() -> Path | None:
@@ -367,7 +284,7 @@ def bench_embed(
     if folder is None or not folder.is_dir():
         raise FileNotFoundError("no image folder: pass --images DIR")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    pipe = _face_pipeline()
+    pipe = face_pipeline()
     assert pipe.embedder is not None
     with Progress(console=err) as progress:
         task = progress.add_task("detect + align", total=faces)
@@ -380,7 +297,7 @@ def bench_embed(
     plain = m.model_copy(
         update={"preprocessing": m.preprocessing.model_copy(update={"tta": "none"})}
     )
-    store = _store()
+    store = model_store()
     one_thread = store.load_embedder(m.version, intra_op_threads=1)
     embedders = {
         "onnxruntime, no TTA": Embedder(plain, pipe.embedder.backend),
@@ -415,3 +332,78 @@ def bench_embed(
     for k, v in stage_ms.items():
         stage_table.add_row(k, f"{v:.2f}")
     out.print(stage_table)
+
+
+@app.command()
+@cli_errors
+def demo(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Video file, URL (rtsp://, http://) or device index. Default: see below."
+        ),
+    ] = None,
+    enroll_opt: Annotated[
+        list[str] | None,
+        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second of video to process.")] = 5.0,
+) -> None:
+    """Recognise faces in a video with the face core (no Kafka/Ray needed).
+
+    Without --source it uses ../shared/data/video/short_hamilton_clip.mp4 when present,
+    else a short clip it makes from a photo shipped by scikit-image, so it runs offline.
+    """
+    from rich.progress import Progress
+
+    from pipeline.demo import UNKNOWN, default_input, enroll, run_demo
+
+    inp = default_input(Path(".facestream/demo"))
+    video = source or inp.video
+    people = inp.enroll
+    if enroll_opt:
+        people = {}
+        for item in enroll_opt:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise typer.BadParameter(f"--enroll expects NAME=IMAGE, got {item!r}")
+            people[name] = Path(path)
+    pipe = face_pipeline()
+    assert pipe.embedder is not None
+    names, gallery = enroll(pipe, people)
+    thr = pipe.embedder.manifest.threshold.value
+    out.print(f"video: {video}" + ("" if source else f"  ({inp.note})"), highlight=False)
+    out.print(
+        f"enrolled: {', '.join(names)}  model: {pipe.embedder.model_version}  threshold: {thr:.3f}"
+    )
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("recognising", total=None)
+        result = run_demo(
+            pipe,
+            video,
+            names,
+            gallery,
+            thr,
+            fps=fps,
+            on_frame=lambda seq, d: progress.update(
+                task,
+                completed=seq + 1,
+                description=f"frame {seq}: " + (", ".join(f"{n} {s:.2f}" for n, s in d) or "-"),
+            ),
+        )
+    table = Table(
+        title=f"{result.frames} frames, {result.faces} faces, {result.rejected} rejected by quality"
+    )
+    for col in ("identity", "face detections", "best similarity", "first seen (s)"):
+        table.add_column(col)
+    for label, n in result.decisions.most_common():
+        first = result.first_seen_ms.get(label, 0.0) / 1000
+        table.add_row(label, str(n), f"{result.best_similarity[label]:.3f}", f"{first:.1f}")
+    out.print(table)
+    if result.reject_reasons:
+        out.print(
+            "quality rejections: "
+            + ", ".join(f"{k} x{v}" for k, v in result.reject_reasons.items())
+        )
+    if not any(k != UNKNOWN for k in result.decisions):
+        out.print("[yellow]nobody enrolled was recognised[/yellow]")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import FacestreamError
 from pipeline.evaluation.metrics import plot_roc, verification_report
 from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.face.errors import FaceError
@@ -22,8 +23,8 @@ from pipeline.face.image_io import load_image
 from pipeline.face.records import Face
 
 
-class PairsFileError(ValueError):
-    pass
+class PairsFileError(FacestreamError):
+    code = "bad_pairs_file"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ traceback and exits non-zero, and the stream code turns it into a dead-letter re
 
 from __future__ import annotations
 
+from pipeline.errors import FacestreamError
 
-class FaceError(Exception):
+
+class FaceError(FacestreamError):
     """Base class of every expected failure in the face core."""
 
     code: str = "face_error"

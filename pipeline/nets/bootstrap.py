@@ -25,7 +25,7 @@ from pipeline.face.manifest import (
     version_digest,
 )
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
-from pipeline.nets.dlib_resnet import DLIB_RGB_MEAN, DLIB_RGB_SCALE, load_dlib_resnet
+from pipeline.nets.dlib_resnet import DLIB_RGB_MEAN, DLIB_RGB_STD, load_dlib_resnet
 from pipeline.nets.onnx_export import export_onnx
 from pipeline.registry import ModelStore
 
@@ -43,7 +43,7 @@ def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
         colour_order="RGB",
         layout="NCHW",
         mean=DLIB_RGB_MEAN,
-        std=(DLIB_RGB_SCALE, DLIB_RGB_SCALE, DLIB_RGB_SCALE),
+        std=(DLIB_RGB_STD, DLIB_RGB_STD, DLIB_RGB_STD),
         tta=tta,  # type: ignore[arg-type]
     )
 

@@ -1,0 +1,110 @@
+"""Pieces shared by every ``facestream`` sub-command: consoles, settings, errors, loaders."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from pipeline.config import Settings, load_settings
+from pipeline.errors import FacestreamError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.face.analyze import FacePipeline
+    from pipeline.registry import ModelStore
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cli_errors(fn: F) -> F:
+    """Turn expected failures into one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (FacestreamError, FileNotFoundError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ValidationError as exc:
+            err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class State:
+    config_file: Path | None = None
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+
+state = State()
+
+
+def model_store() -> ModelStore:
+    from pipeline.registry import ModelStore
+
+    return ModelStore(state.settings.models.store)
+
+
+def face_pipeline(with_embedder: bool = True, version: str | None = None) -> FacePipeline:
+    from pipeline.face.align import Aligner
+    from pipeline.face.analyze import FacePipeline
+
+    s = state.settings
+    store = model_store()
+    embedder = None
+    if with_embedder:
+        embedder = store.load_embedder(
+            version or s.models.version,
+            batch_size=s.models.batch_size,
+            intra_op_threads=s.models.intra_op_threads,
+        )
+        template = embedder.manifest.alignment
+    else:
+        template = store.resolve(version or s.models.version).alignment
+    return FacePipeline.from_config(s.face, Aligner(template), embedder)
+
+
+def load_image_checked(path: Path) -> np.ndarray:
+    from pipeline.face.image_io import load_image
+
+    lim = state.settings.face.limits
+    return load_image(path, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes)
+
+
+def face_json(face: Any, full_vector: bool = False) -> dict[str, Any]:
+    d = face.detection
+    rec: dict[str, Any] = {
+        "box": [round(v, 1) for v in d.box],
+        "score": round(d.score, 4),
+        "detector": d.detector,
+        "landmarks": {"scheme": face.landmarks.scheme, "points": face.landmarks.to_list()},
+        "quality": {
+            "passed": face.quality.passed,
+            "reasons": list(face.quality.reasons),
+            **face.quality.metrics,
+        },
+    }
+    if face.embedding is not None:
+        rec["model_version"] = face.model_version
+        rec["embedding_sha256"] = hashlib.sha256(face.embedding.tobytes()).hexdigest()[:16]
+        if full_vector:
+            rec["embedding"] = [round(float(x), 6) for x in face.embedding]
+    return rec
