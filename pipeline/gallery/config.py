@@ -1,0 +1,96 @@
+"""Settings of the gallery and its REST API (the ``[gallery]`` section of the settings).
+
+``GalleryConfig`` is a plain pydantic section, meant to sit in
+``pipeline.config.Settings`` as ``gallery: GalleryConfig``. Until it does,
+``gallery_config(settings)`` builds it from the environment
+(``FACESTREAM_GALLERY__<FIELD>``, e.g. ``FACESTREAM_GALLERY__API_TOKEN``), so the
+same variables work before and after the hook-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PositiveInt, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IndexType = Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
+CropMode = Literal["auto", "scene", "tight"]
+EnrollPick = Literal["error", "largest", "center"]
+
+DEFAULT_DATA_DIR = Path(".facestream/gallery")
+
+
+class GalleryConfig(BaseModel):
+    """Where the gallery lives, how it searches, and how its REST API is served."""
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Folder of the identity catalogue (SQLite), the write lock and, by "
+        "default, the Milvus Lite file and the crop blobs.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus Lite file (*.db) or a Milvus server URI (http://host:19530). "
+        "Default: <data_dir>/milvus.db.",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus server credentials.")
+    blob_dir: Path | None = Field(
+        None, description="Where aligned face crops are stored. Default: <data_dir>/crops."
+    )
+    collection_prefix: str = Field(
+        "faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Collections: <prefix>_<ver>."
+    )
+    alias: str = Field(
+        "faces_active",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The Milvus alias that points at the active model version's collection.",
+    )
+    # FLAT: exact search. At gallery sizes up to 100k faces, Milvus Lite 3.x measured the
+    # same latency for every index type (its search loops in Python), and exact search
+    # never misses an enrolled person; see pipeline/gallery/bench.py and README.md.
+    index_type: IndexType = Field("FLAT", description="Vector index of new collections.")
+    top_k: PositiveInt = Field(5, le=100, description="Candidates returned per face.")
+    crop_mode: CropMode = Field(
+        "auto",
+        description="'scene': detect faces in the photo; 'tight': the photo is a face crop "
+        "(ID photo, video crop); 'auto': scene first, tight when nothing is found.",
+    )
+    enroll_pick: EnrollPick = Field(
+        "error",
+        description="An enrolment photo holding several faces: reject it ('error') or take "
+        "the largest / most central face.",
+    )
+    max_images_per_request: PositiveInt = Field(20, description="Images per enrol request.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token required by every write of the REST API."
+    )
+    auth_reads: bool = Field(False, description="Require the token for searches and reads too.")
+    host: str = Field("127.0.0.1", description="REST API bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
+
+
+class _GalleryEnv(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
+    )
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+
+
+def gallery_config(settings: Any = None) -> GalleryConfig:
+    """The gallery section of ``settings`` when it has one, else one read from the env."""
+    section = getattr(settings, "gallery", None)
+    if isinstance(section, GalleryConfig):
+        return section
+    return _GalleryEnv().gallery
+
+
+def resolved_paths(cfg: GalleryConfig) -> tuple[Path, str, Path]:
+    """(data_dir, milvus_uri, blob_dir) with the defaults filled in and paths absolute."""
+    data_dir = cfg.data_dir.expanduser().resolve()
+    uri = cfg.milvus_uri or str(data_dir / "milvus.db")
+    if uri.endswith(".db"):
+        uri = str(Path(uri).expanduser().resolve())
+    blob_dir = (cfg.blob_dir or data_dir / "crops").expanduser().resolve()
+    return data_dir, uri, blob_dir

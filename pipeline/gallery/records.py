@@ -1,0 +1,134 @@
+"""The gallery's value types; pydantic models so the CLI prints and the REST API documents
+exactly the same shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class FaceRecord(BaseModel):
+    """One enrolled face of an identity (its vector lives in Milvus, one row per version)."""
+
+    face_id: str
+    identity_id: str
+    crop: str = Field(description="Path of the stored aligned crop, relative to the blob dir.")
+    crop_sha256: str
+    template: str = Field(description="Digest of the alignment template the crop was cut with.")
+    source: str = Field(description="Name of the image the face came from.")
+    crop_mode: str = Field(description="'scene' or 'tight': how the face was found.")
+    quality: dict[str, float]
+    enrolled_version: str = Field(description="Model version active when it was enrolled.")
+    created_at: float
+
+
+class Identity(BaseModel):
+    identity_id: str = Field(description="Stable id, assigned by the gallery.")
+    name: str = Field(description="Display name (need not be unique).")
+    external_id: str | None = Field(None, description="Caller's own id; unique when set.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    n_faces: int = 0
+    created_at: float
+    updated_at: float
+
+
+class IdentityDetail(Identity):
+    faces: list[FaceRecord] = Field(default_factory=list)
+
+
+class ThresholdInfo(BaseModel):
+    value: float = Field(description="Cosine similarity at or above which a match is accepted.")
+    target_far: float | None = Field(description="False-accept rate it was calibrated for.")
+    provenance: str = Field(description="Where the value came from.")
+    overridden: bool = Field(False, description="True when the request set the value.")
+
+
+class Candidate(BaseModel):
+    identity_id: str
+    name: str
+    external_id: str | None = None
+    face_id: str = Field(description="The enrolled face that matched best.")
+    similarity: float
+    decision: Literal["identity", "unknown"] = Field(
+        description="'identity' when similarity >= threshold, else 'unknown'."
+    )
+
+
+class FaceResult(BaseModel):
+    """The open-set answer for one face of the probe image."""
+
+    box: list[float]
+    crop_mode: str
+    quality: dict[str, Any]
+    decision: Literal["identity", "unknown", "rejected"] = Field(
+        description="'identity': the best candidate passed the threshold; 'unknown': nobody "
+        "enrolled is similar enough; 'rejected': the face failed the quality gate."
+    )
+    identity: Candidate | None = None
+    similarity: float | None = Field(None, description="Best similarity found.")
+    candidates: list[Candidate] = Field(default_factory=list, description="Top-k identities.")
+
+
+class SearchResult(BaseModel):
+    model_version: str
+    collection: str
+    threshold: ThresholdInfo
+    faces: list[FaceResult]
+
+
+class VerifyResult(BaseModel):
+    decision: Literal["same", "different"]
+    similarity: float
+    threshold: ThresholdInfo
+    model_version: str
+    identity_id: str | None = None
+
+
+class ImageReport(BaseModel):
+    image: str
+    accepted: bool
+    reasons: list[str] = Field(default_factory=list)
+    quality: dict[str, float] | None = None
+    crop_mode: str | None = None
+
+
+class EnrollResult(BaseModel):
+    identity: Identity
+    added_faces: list[str]
+    model_version: str
+    collection: str
+    images: list[ImageReport]
+
+
+class RemoveResult(BaseModel):
+    identity_id: str
+    faces_removed: int
+    rows_deleted: dict[str, int] = Field(description="Rows deleted per collection.")
+    crops_deleted: int
+
+
+class ReembedResult(BaseModel):
+    from_version: str | None
+    to_version: str
+    collection: str
+    faces: int
+    identities: int
+    seconds: float
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    model_version: str
+    rows: int
+    active: bool
+
+
+class GalleryStatus(BaseModel):
+    milvus_uri: str
+    alias: str
+    active_collection: str | None
+    active_version: str | None
+    identities: int
+    faces: int
+    collections: list[CollectionInfo]

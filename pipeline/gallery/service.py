@@ -1,0 +1,623 @@
+"""The gallery: enrol, remove, rename, list, search and re-embed identities.
+
+It ties together the identity catalogue (SQLite, ``catalogue.py``), the stored aligned
+crops (``blobs.py``) and the versioned Milvus collections (``vectors.py``), and runs
+photos through the face core of the model version that the active collection holds.
+The CLI and the REST API are thin layers over this class.
+
+Consistency rules:
+
+- Writes (enrol, remove, rename, re-embed) are serialised by a thread lock and a file
+  lock in the data dir, so a re-embed never misses a concurrent enrolment.
+- Enrolment is all-or-nothing: every image is analysed before anything is written;
+  then the catalogue transaction is opened, crops written and vectors inserted, and
+  the transaction commits last. Any failure deletes the inserted rows by face id and
+  the written crops, and rolls the transaction back.
+- Removal deletes the vectors from every version's collection first (from then on no
+  search can find the person), then the crops, then the catalogue rows; a failure
+  part-way leaves the identity listed, so the removal can simply be retried.
+- A request uses one (model version, collection) pair from start to end: the alias is
+  resolved once and the embedder of that collection's version embeds the probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import FaceConfig, PickPolicy
+from pipeline.face.align import AlignmentTemplate
+from pipeline.face.analyze import FacePipeline
+from pipeline.face.errors import FaceError, MultipleFacesError
+from pipeline.face.image_io import decode_image
+from pipeline.face.manifest import Threshold
+from pipeline.face.records import Face
+from pipeline.gallery.blobs import CropStore
+from pipeline.gallery.catalogue import Catalogue
+from pipeline.gallery.config import CropMode, GalleryConfig, resolved_paths
+from pipeline.gallery.errors import (
+    EnrollmentRejected,
+    GalleryError,
+    IdentityNotFound,
+    ImageVerdict,
+    ModelVersionMismatch,
+    NoActiveCollection,
+    ReembedError,
+)
+from pipeline.gallery.faces import find_faces
+from pipeline.gallery.records import (
+    Candidate,
+    CollectionInfo,
+    EnrollResult,
+    FaceRecord,
+    FaceResult,
+    GalleryStatus,
+    Identity,
+    IdentityDetail,
+    ImageReport,
+    ReembedResult,
+    RemoveResult,
+    SearchResult,
+    ThresholdInfo,
+    VerifyResult,
+)
+from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
+from pipeline.registry import ModelStore
+
+ImageInput = tuple[str, bytes | np.ndarray]
+REEMBED_BATCH = 64
+
+
+def template_digest(template: AlignmentTemplate) -> str:
+    """Digest of what defines an aligned crop's geometry (not its description)."""
+    payload = json.dumps(template.model_dump(mode="json", exclude={"source"}), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def threshold_info(thr: Threshold, override: float | None) -> ThresholdInfo:
+    if override is not None:
+        if not -1.0 <= override <= 1.0:
+            raise GalleryError(f"threshold must be a cosine in [-1, 1], got {override}")
+        return ThresholdInfo(
+            value=override, target_far=None, provenance="set by the request", overridden=True
+        )
+    return ThresholdInfo(value=thr.value, target_far=thr.target_far, provenance=thr.provenance)
+
+
+class Gallery:
+    def __init__(
+        self,
+        config: GalleryConfig,
+        store: ModelStore,
+        face_config: FaceConfig,
+        *,
+        default_version: str | None = None,
+        batch_size: int = 32,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.face_config = face_config
+        self.default_version = default_version
+        self.batch_size = batch_size
+        self.intra_op_threads = intra_op_threads
+        self.data_dir, self.milvus_uri, blob_dir = resolved_paths(config)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.catalogue = Catalogue(self.data_dir / "catalogue.sqlite3")
+        self.crops = CropStore(blob_dir)
+        token = config.milvus_token.get_secret_value() if config.milvus_token else None
+        self.vectors = VectorStore(
+            self.milvus_uri,
+            prefix=config.collection_prefix,
+            alias=config.alias,
+            index_type=config.index_type,
+            token=token,
+        )
+        self._pipelines: dict[str, FacePipeline] = {}
+        self._pipeline_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+
+    def close(self) -> None:
+        self.vectors.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model versions -------------------------------------------------------------------
+
+    def active(self) -> Snapshot | None:
+        return self.vectors.active()
+
+    def serving_version(self) -> str:
+        """The version searches and enrolments use: the active collection's, else the
+        configured or the model store's active version (before the first enrolment)."""
+        snap = self.active()
+        if snap is not None:
+            return snap.version
+        return self.default_version or self.store.active_version()
+
+    def pipeline(self, version: str) -> FacePipeline:
+        """The face core with the embedder of ``version`` (loaded once, then cached)."""
+        with self._pipeline_lock:
+            if version not in self._pipelines:
+                from pipeline.face.align import Aligner
+
+                embedder = self.store.load_embedder(
+                    version, batch_size=self.batch_size, intra_op_threads=self.intra_op_threads
+                )
+                self._pipelines[version] = FacePipeline.from_config(
+                    self.face_config, Aligner(embedder.manifest.alignment), embedder
+                )
+            return self._pipelines[version]
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._write_lock:
+            fd = os.open(self.data_dir / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # another process's write finishes first
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    # -- images ---------------------------------------------------------------------------
+
+    def _decode(self, name: str, data: bytes | np.ndarray) -> np.ndarray:
+        if isinstance(data, np.ndarray):
+            if data.ndim != 3 or data.shape[2] != 3 or data.dtype != np.uint8:
+                raise GalleryError(f"{name}: expected an RGB uint8 (h, w, 3) array")
+            return data
+        lim = self.face_config.limits
+        return decode_image(data, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes, name=name)
+
+    def _enrol_face(
+        self, pipe: FacePipeline, name: str, data: bytes | np.ndarray, mode: CropMode, pick: str
+    ) -> tuple[ImageVerdict, Face | None]:
+        try:
+            image = self._decode(name, data)
+            faces = find_faces(pipe, image, mode=mode, pick=pick)  # type: ignore[arg-type]
+        except MultipleFacesError as exc:
+            return ImageVerdict(name, False, (f"{exc}".split(";")[0],)), None
+        except FaceError as exc:
+            return ImageVerdict(name, False, (str(exc),)), None
+        if not faces:
+            how = {"scene": "in the photo", "tight": "in the crop"}.get(mode, "as photo or crop")
+            return ImageVerdict(name, False, (f"no face found {how}",)), None
+        face = faces[0]
+        mode_used = str(face.extras.get("crop_mode", mode))
+        if not face.quality.passed:
+            return ImageVerdict(name, False, face.quality.reasons, face.quality.metrics), None
+        return ImageVerdict(name, True, (), face.quality.metrics), _with_mode(face, mode_used)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        name: str | None = None,
+        external_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        identity_id: str | None = None,
+        crop_mode: CropMode | None = None,
+        pick: str | None = None,
+    ) -> EnrollResult:
+        """Enrol one person from one or more images, or add faces to ``identity_id``.
+
+        Every image must yield exactly one face that passes the quality gate; otherwise
+        ``EnrollmentRejected`` lists each image's verdict and nothing is stored.
+        """
+        if not images:
+            raise GalleryError("enrolment needs at least one image")
+        if len(images) > self.config.max_images_per_request:
+            raise GalleryError(
+                f"{len(images)} images in one enrolment; the limit is "
+                f"{self.config.max_images_per_request} (gallery.max_images_per_request)"
+            )
+        if identity_id is None and not (name and name.strip()):
+            raise GalleryError("a new identity needs a name")
+        if external_id is not None and not external_id.strip():
+            raise GalleryError("external id must not be blank")
+        mode = crop_mode or self.config.crop_mode
+        pick = pick or self.config.enroll_pick
+        with self._writing():
+            existing = self.catalogue.get(identity_id) if identity_id else None
+            version = self.serving_version()
+            pipe = self.pipeline(version)
+            verdicts, faces = [], []
+            for img_name, data in images:
+                verdict, face = self._enrol_face(pipe, img_name, data, mode, pick)
+                verdicts.append(verdict)
+                if face is not None:
+                    faces.append((img_name, face))
+            if len(faces) != len(images):
+                raise EnrollmentRejected(verdicts)
+            pipe.embed_faces([f for _, f in faces])
+            snap = self._ensure_collection(version, pipe)
+            ident_id = existing.identity_id if existing else uuid.uuid4().hex
+            assert pipe.embedder is not None
+            template = template_digest(pipe.embedder.manifest.alignment)
+            face_ids = [uuid.uuid4().hex for _ in faces]
+            written: list[str] = []
+            inserted = False
+            try:
+                with self.catalogue.transaction() as con:
+                    if existing is None:
+                        assert name is not None
+                        self.catalogue.add_identity(
+                            con, ident_id, name.strip(), external_id, metadata or {}
+                        )
+                    rows = []
+                    for fid, (img_name, face) in zip(face_ids, faces, strict=True):
+                        rel, sha = self.crops.put(ident_id, fid, face.chip)
+                        written.append(rel)
+                        rec = FaceRecord(
+                            face_id=fid,
+                            identity_id=ident_id,
+                            crop=rel,
+                            crop_sha256=sha,
+                            template=template,
+                            source=img_name,
+                            crop_mode=str(face.extras["crop_mode"]),
+                            quality=face.quality.metrics,
+                            enrolled_version=version,
+                            created_at=time.time(),
+                        )
+                        self.catalogue.add_face(con, rec)
+                        rows.append(rec.model_dump())
+                    vecs = np.stack([f.embedding for _, f in faces])
+                    self.vectors.insert(snap.collection, version, rows, vecs)
+                    inserted = True
+            except BaseException:
+                if inserted:
+                    self.vectors.delete_faces(snap.collection, face_ids)
+                for rel in written:
+                    self.crops.delete(rel)
+                if existing is None:
+                    with contextlib.suppress(OSError):
+                        (self.crops.root / ident_id).rmdir()
+                raise
+            reports = [
+                ImageReport(
+                    image=v.image,
+                    accepted=True,
+                    quality=v.quality,
+                    crop_mode=str(f.extras["crop_mode"]),
+                )
+                for v, (_, f) in zip(verdicts, faces, strict=True)
+            ]
+            return EnrollResult(
+                identity=self.catalogue.get(ident_id),
+                added_faces=face_ids,
+                model_version=version,
+                collection=snap.collection,
+                images=reports,
+            )
+
+    def _ensure_collection(self, version: str, pipe: FacePipeline) -> Snapshot:
+        snap = self.active()
+        if snap is not None:
+            if snap.version != version:
+                raise ModelVersionMismatch(
+                    f"active collection {snap.collection} is of model {snap.version}, "
+                    f"the faces were embedded by {version}"
+                )
+            return snap
+        assert pipe.embedder is not None
+        name = self.vectors.create(version, pipe.embedder.dim)
+        self.vectors.flip(name)
+        return Snapshot(name, version)
+
+    def remove(self, identity_id: str) -> RemoveResult:
+        """Erase an identity: vectors in every version's collection, crops, catalogue."""
+        with self._writing():
+            faces = self.catalogue.faces(identity_id)
+            self.catalogue.get(identity_id)  # IdentityNotFound before anything is touched
+            rows = self.vectors.delete_identity(identity_id)
+            n_crops = self.crops.delete_identity(identity_id)
+            with self.catalogue.transaction() as con:
+                self.catalogue.delete_identity(con, identity_id)
+            left = {c: self.vectors.count(c, identity_id) for c in self.vectors.collections()}
+            if any(left.values()) or self.crops.files_of(identity_id):
+                raise GalleryError(
+                    f"removal of {identity_id} incomplete: rows left {left}, crops left "
+                    f"{[str(p) for p in self.crops.files_of(identity_id)]}"
+                )
+            return RemoveResult(
+                identity_id=identity_id,
+                faces_removed=len(faces),
+                rows_deleted=rows,
+                crops_deleted=n_crops,
+            )
+
+    def rename(self, identity_id: str, name: str) -> Identity:
+        if not name.strip():
+            raise GalleryError("name must not be blank")
+        with self._writing():
+            return self.catalogue.rename(identity_id, name.strip())
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list(
+        self, limit: int = 100, offset: int = 0, name_contains: str | None = None
+    ) -> list[Identity]:
+        return self.catalogue.list(limit=limit, offset=offset, name_contains=name_contains)
+
+    def show(self, identity_id: str) -> IdentityDetail:
+        return self.catalogue.detail(identity_id)
+
+    def threshold(self, version: str) -> Threshold:
+        # Read every time: `facestream calibrate` may update the manifest while we serve.
+        return self.store.manifest(version).threshold
+
+    def _snapshot(self) -> Snapshot:
+        snap = self.active()
+        if snap is None:
+            raise NoActiveCollection("the gallery is empty: enrol someone first")
+        return snap
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        model_version: str,
+        *,
+        collection: str | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> tuple[Snapshot, ThresholdInfo, list[list[Candidate]]]:
+        """Open-set 1:N search of embeddings made by ``model_version``.
+
+        ``collection`` None searches the active collection. An embedding of another
+        version than the collection's raises ``ModelVersionMismatch``.
+        """
+        if collection is None:
+            snap = self._snapshot()
+        else:
+            snap = Snapshot(collection, self.vectors.version_of(collection))
+        thr = threshold_info(self.threshold(snap.version), threshold)
+        k = top_k or self.config.top_k
+        if not 1 <= k <= 100:
+            raise GalleryError(f"top_k must be in 1..100, got {k}")
+        hits = self.vectors.search(snap, np.atleast_2d(vectors), model_version, limit=k + 2)
+        return snap, thr, [self._candidates(h, thr.value, k) for h in hits]
+
+    def _candidates(self, hits: list[Hit], thr: float, k: int) -> list[Candidate]:
+        known = self.catalogue.find(sorted({h.identity_id for h in hits}))
+        out = []
+        for h in hits:
+            ident = known.get(h.identity_id)
+            if ident is None:  # enrolment not committed yet, or being removed
+                continue
+            out.append(
+                Candidate(
+                    identity_id=h.identity_id,
+                    name=ident.name,
+                    external_id=ident.external_id,
+                    face_id=h.face_id,
+                    similarity=round(h.similarity, 6),
+                    decision="identity" if h.similarity >= thr else "unknown",
+                )
+            )
+        return out[:k]
+
+    def search_image(
+        self,
+        data: bytes | np.ndarray,
+        *,
+        name: str = "image",
+        top_k: int | None = None,
+        threshold: float | None = None,
+        crop_mode: CropMode | None = None,
+        gate: bool = True,
+        pick: PickPolicy = "all",
+    ) -> SearchResult:
+        """Every face of the image, each with top-k candidates and an open-set decision."""
+        snap = self._snapshot()
+        pipe = self.pipeline(snap.version)
+        assert pipe.embedder is not None
+        image = self._decode(name, data)
+        faces = find_faces(pipe, image, mode=crop_mode or self.config.crop_mode, pick=pick)
+        usable = [f for f in faces if f.quality.passed or not gate]
+        pipe.embed_faces(usable)
+        thr = threshold_info(self.threshold(snap.version), threshold)
+        results = []
+        cands: list[list[Candidate]] = []
+        if usable:
+            vecs = np.stack([f.embedding for f in usable])
+            _, thr, cands = self.search_vectors(
+                vecs,
+                pipe.embedder.model_version,
+                collection=snap.collection,
+                top_k=top_k,
+                threshold=threshold,
+            )
+        by_face = {id(f): c for f, c in zip(usable, cands, strict=True)}
+        for f in faces:
+            base = {
+                "box": [round(v, 1) for v in f.detection.box],
+                "crop_mode": str(f.extras.get("crop_mode", "scene")),
+                "quality": {
+                    "passed": f.quality.passed,
+                    "reasons": list(f.quality.reasons),
+                    **f.quality.metrics,
+                },
+            }
+            if id(f) not in by_face:
+                results.append(FaceResult(**base, decision="rejected"))
+                continue
+            c = by_face[id(f)]
+            best = c[0] if c else None
+            accepted = best is not None and best.decision == "identity"
+            results.append(
+                FaceResult(
+                    **base,
+                    decision="identity" if accepted else "unknown",
+                    identity=best if accepted else None,
+                    similarity=best.similarity if best else None,
+                    candidates=c,
+                )
+            )
+        return SearchResult(
+            model_version=snap.version, collection=snap.collection, threshold=thr, faces=results
+        )
+
+    def _one_embedding(
+        self, pipe: FacePipeline, name: str, data: bytes | np.ndarray, mode: CropMode | None
+    ) -> np.ndarray:
+        image = self._decode(name, data)
+        faces = find_faces(pipe, image, mode=mode or self.config.crop_mode, pick="largest")
+        if not faces:
+            raise GalleryError(f"{name}: no face found")
+        pipe.embed_faces(faces[:1])
+        assert faces[0].embedding is not None
+        return faces[0].embedding
+
+    def verify(
+        self,
+        image: bytes | np.ndarray,
+        *,
+        identity_id: str | None = None,
+        other: bytes | np.ndarray | None = None,
+        threshold: float | None = None,
+        crop_mode: CropMode | None = None,
+    ) -> VerifyResult:
+        """1:1: is the (largest) face of ``image`` the enrolled identity / the other face?"""
+        if (identity_id is None) == (other is None):
+            raise GalleryError("verify needs exactly one of: an identity id, a second image")
+        if identity_id is not None:
+            self.catalogue.get(identity_id)
+            snap = self._snapshot()
+            pipe = self.pipeline(snap.version)
+            assert pipe.embedder is not None
+            probe = self._one_embedding(pipe, "image", image, crop_mode)
+            if pipe.embedder.model_version != snap.version:
+                raise ModelVersionMismatch("probe and collection versions differ")
+            enrolled = self.vectors.identity_vectors(snap, identity_id)
+            if len(enrolled) == 0:
+                raise IdentityNotFound(f"identity {identity_id} has no faces in {snap.collection}")
+            sim = float(np.max(enrolled @ probe))
+            version = snap.version
+        else:
+            assert other is not None
+            version = self.serving_version()
+            pipe = self.pipeline(version)
+            a = self._one_embedding(pipe, "image", image, crop_mode)
+            b = self._one_embedding(pipe, "other", other, crop_mode)
+            sim = float(a @ b)
+        thr = threshold_info(self.threshold(version), threshold)
+        return VerifyResult(
+            decision="same" if sim >= thr.value else "different",
+            similarity=round(sim, 6),
+            threshold=thr,
+            model_version=version,
+            identity_id=identity_id,
+        )
+
+    # -- model change ---------------------------------------------------------------------
+
+    def reembed(self, to_version: str) -> ReembedResult:
+        """Build ``to_version``'s collection from the stored crops, then flip the alias.
+
+        Searches keep using the old collection until the flip, and the ones that
+        resolved the alias before it finish on the old collection, which is kept.
+        """
+        t0 = time.perf_counter()
+        with self._writing():
+            manifest = self.store.manifest(to_version)
+            snap = self.active()
+            if snap is not None and snap.version == to_version:
+                raise ReembedError(
+                    f"{to_version} is already the active version ({snap.collection})"
+                )
+            faces = self.catalogue.faces()
+            want = template_digest(manifest.alignment)
+            odd = [f.face_id for f in faces if f.template != want]
+            if odd:
+                raise ReembedError(
+                    f"{len(odd)} stored crops were aligned with another template than "
+                    f"{to_version} expects ({manifest.alignment.size[0]}x"
+                    f"{manifest.alignment.size[1]} {manifest.alignment.scheme}); those people "
+                    "must be enrolled again from photos"
+                )
+            pipe = self.pipeline(to_version)
+            assert pipe.embedder is not None
+            name = self.vectors.create(to_version, manifest.embedding_dim, replace=True)
+            try:
+                for i in range(0, len(faces), REEMBED_BATCH):
+                    batch = faces[i : i + REEMBED_BATCH]
+                    chips = np.stack([self.crops.get(f.crop, f.crop_sha256) for f in batch])
+                    vecs = pipe.embedder.embed(chips)
+                    self.vectors.insert(name, to_version, [f.model_dump() for f in batch], vecs)
+                n = self.vectors.count(name)
+                if n != len(faces):
+                    raise ReembedError(f"{name} holds {n} rows after re-embedding {len(faces)}")
+            except BaseException:
+                self.vectors.drop(name)
+                raise
+            self.vectors.flip(name)
+            return ReembedResult(
+                from_version=snap.version if snap else None,
+                to_version=to_version,
+                collection=name,
+                faces=len(faces),
+                identities=len({f.identity_id for f in faces}),
+                seconds=round(time.perf_counter() - t0, 3),
+            )
+
+    def status(self) -> GalleryStatus:
+        snap = self.active()
+        n_id, n_faces = self.catalogue.counts()
+        colls = [
+            CollectionInfo(
+                name=c,
+                model_version=v,
+                rows=self.vectors.count(c),
+                active=snap is not None and c == snap.collection,
+            )
+            for c, v in sorted(self.vectors.collections().items())
+        ]
+        return GalleryStatus(
+            milvus_uri=self.milvus_uri,
+            alias=self.config.alias,
+            active_collection=snap.collection if snap else None,
+            active_version=snap.version if snap else None,
+            identities=n_id,
+            faces=n_faces,
+            collections=colls,
+        )
+
+
+def _with_mode(face: Face, mode: str) -> Face:
+    face.extras["crop_mode"] = mode
+    return face
+
+
+def open_gallery(settings: Any, store: ModelStore) -> Gallery:
+    """A Gallery from the facestream settings (models and face sections, gallery section)."""
+    from pipeline.gallery.config import gallery_config
+
+    return Gallery(
+        gallery_config(settings),
+        store,
+        settings.face,
+        default_version=settings.models.version,
+        batch_size=settings.models.batch_size,
+        intra_op_threads=settings.models.intra_op_threads,
+    )
+
+
+__all__ = ["Gallery", "ImageInput", "open_gallery", "template_digest"]

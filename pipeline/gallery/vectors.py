@@ -1,0 +1,346 @@
+"""Versioned face-vector collections in Milvus, behind an alias that names the active one.
+
+One collection per model version (``<prefix>_<version>``), each tagged with its
+version twice: in the collection's properties and in every row. The alias
+(``faces_active`` by default) is the active pointer; moving it is Milvus's atomic
+alias switch.
+
+A search resolves the alias once, to a concrete collection, and runs against that
+name, so a flip in the middle of a request cannot make it read two collections.
+Before it runs, the embedding's version is checked against the collection's, and
+every hit's row version is checked again after: any difference raises
+``ModelVersionMismatch`` rather than comparing vectors of two models.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.gallery.errors import GalleryBusy, GalleryError, ModelVersionMismatch
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+VERSION_PROPERTY = "facestream.model_version"
+DIM_PROPERTY = "facestream.dim"
+ID_MAX = 64
+VECTOR_FIELD = "embedding"
+OUTPUT_FIELDS = ["face_id", "identity_id", "model_version"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A concrete collection and the model version of its vectors."""
+
+    collection: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    face_id: str
+    identity_id: str
+    similarity: float
+
+
+def _index_params(client: MilvusClient, index_type: str) -> Any:
+    params = client.prepare_index_params()
+    extra: dict[str, Any] = {}
+    if index_type == "IVF_FLAT":
+        extra = {"nlist": 256}
+    elif index_type == "HNSW":
+        extra = {"M": 16, "efConstruction": 200}
+    params.add_index(VECTOR_FIELD, index_type=index_type, metric_type="COSINE", params=extra)
+    return params
+
+
+def _search_params(index_type: str) -> dict[str, Any]:
+    # Generous probing: a missed enrolled face is a false "unknown", which costs more
+    # than the extra milliseconds (bench.py measures recall with these settings).
+    if index_type == "IVF_FLAT":
+        return {"params": {"nprobe": 32}}
+    if index_type == "HNSW":
+        return {"params": {"ef": 128}}
+    return {}
+
+
+def lite_lock_holder_busy(db_path: str) -> bool:
+    """True when another process holds the Milvus Lite data dir's lock."""
+    lock = Path(db_path) / "LOCK"
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class VectorStore:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        prefix: str,
+        alias: str,
+        index_type: str,
+        token: str | None = None,
+    ) -> None:
+        self.uri = uri
+        self.prefix = prefix
+        self.alias = alias
+        self.index_type = index_type
+        self._token = token
+        self._client: MilvusClient | None = None
+        self._versions: dict[str, str] = {}  # collection -> version (immutable once made)
+        self._lock = threading.Lock()
+
+    @property
+    def is_lite(self) -> bool:
+        return self.uri.endswith(".db")
+
+    @property
+    def client(self) -> MilvusClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._open()
+            return self._client
+
+    def _open(self) -> MilvusClient:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        if self.is_lite:
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return MilvusClient(self.uri, token=self._token or "")
+        except MilvusException as exc:
+            if self.is_lite and lite_lock_holder_busy(self.uri):
+                raise GalleryBusy(
+                    f"the Milvus Lite database {self.uri} is open in another process (is "
+                    "`facestream serve` running? Milvus Lite serves one process: use the "
+                    "REST API, or point gallery.milvus_uri at a Milvus server)"
+                ) from None
+            raise GalleryError(f"cannot open Milvus at {self.uri}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        if self.is_lite:
+            # Milvus Lite runs an in-process server per file until released.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    # -- collections ----------------------------------------------------------------------
+
+    def collection_name(self, version: str) -> str:
+        return f"{self.prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', version)}"
+
+    def version_of(self, collection: str) -> str:
+        """The model version a collection was created for (from its properties)."""
+        if collection in self._versions:
+            return self._versions[collection]
+        desc = self.client.describe_collection(collection)
+        version = (desc.get("properties") or {}).get(VERSION_PROPERTY)
+        if not version:
+            raise ModelVersionMismatch(
+                f"collection {collection} carries no {VERSION_PROPERTY} property; refusing to "
+                "search vectors of an unknown model version"
+            )
+        self._versions[desc["collection_name"]] = version
+        return version
+
+    def collections(self) -> dict[str, str]:
+        """Every facestream collection -> its model version."""
+        out = {}
+        for name in self.client.list_collections():
+            if name.startswith(f"{self.prefix}_"):
+                try:
+                    out[name] = self.version_of(name)
+                except ModelVersionMismatch:
+                    continue  # not one of ours
+        return out
+
+    def active(self) -> Snapshot | None:
+        """The collection the alias points at, or None before the first enrolment."""
+        # list_aliases first: describe_alias logs an RPC error when the alias is absent.
+        if self.alias not in self.client.list_aliases().get("aliases", []):
+            return None
+        coll = self.client.describe_alias(self.alias)["collection_name"]
+        return Snapshot(coll, self.version_of(coll))
+
+    def create(self, version: str, dim: int, *, replace: bool = False) -> str:
+        from pymilvus import DataType, MilvusClient
+
+        name = self.collection_name(version)
+        if self.client.has_collection(name):
+            if not replace:
+                return name
+            self.client.drop_collection(name)
+            self._versions.pop(name, None)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
+        schema.add_field("identity_id", DataType.VARCHAR, max_length=ID_MAX)
+        schema.add_field("model_version", DataType.VARCHAR, max_length=128)
+        schema.add_field("quality", DataType.VARCHAR, max_length=1024)
+        schema.add_field("crop", DataType.VARCHAR, max_length=512)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        self.client.create_collection(
+            name,
+            schema=schema,
+            index_params=_index_params(self.client, self.index_type),
+            consistency_level="Strong",  # a search right after an enrolment sees it
+            properties={VERSION_PROPERTY: version, DIM_PROPERTY: str(dim)},
+        )
+        self._versions[name] = version
+        return name
+
+    def drop(self, collection: str) -> None:
+        self.client.drop_collection(collection)
+        self._versions.pop(collection, None)
+
+    def flip(self, collection: str) -> None:
+        """Point the alias at ``collection`` in one atomic step."""
+        if self.active() is None:
+            self.client.create_alias(collection, self.alias)
+        else:
+            self.client.alter_alias(collection, self.alias)
+
+    def count(self, collection: str, identity_id: str | None = None) -> int:
+        expr = f'identity_id == "{identity_id}"' if identity_id else 'face_id != ""'
+        res = self.client.query(collection, filter=expr, output_fields=["count(*)"])
+        return int(res[0]["count(*)"]) if res else 0
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def insert(
+        self,
+        collection: str,
+        version: str,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+    ) -> None:
+        """Insert face rows with their vectors; refuses vectors of another version."""
+        coll_version = self.version_of(collection)
+        if coll_version != version:
+            raise ModelVersionMismatch(
+                f"refusing to insert embeddings of model {version} into collection "
+                f"{collection} of model {coll_version}"
+            )
+        data = []
+        for row, vec in zip(rows, vectors.tolist(), strict=True):
+            data.append(
+                {
+                    "face_id": row["face_id"],
+                    "identity_id": row["identity_id"],
+                    "model_version": version,
+                    "quality": json.dumps(row.get("quality", {}))[:1024],
+                    "crop": row["crop"],
+                    VECTOR_FIELD: vec,
+                }
+            )
+        if data:
+            self.client.insert(collection, data)
+
+    def delete_faces(self, collection: str, face_ids: list[str]) -> None:
+        if face_ids:
+            self.client.delete(collection, ids=face_ids)
+
+    def delete_identity(self, identity_id: str) -> dict[str, int]:
+        """Delete the identity's rows from every version's collection; rows deleted each."""
+        _check_id(identity_id)
+        deleted = {}
+        for coll in self.collections():
+            before = self.count(coll, identity_id)
+            self.client.delete(coll, filter=f'identity_id == "{identity_id}"')
+            deleted[coll] = before
+        return deleted
+
+    def identity_vectors(self, snap: Snapshot, identity_id: str) -> np.ndarray:
+        _check_id(identity_id)
+        rows = self.client.query(
+            snap.collection,
+            filter=f'identity_id == "{identity_id}"',
+            output_fields=[VECTOR_FIELD, "model_version"],
+        )
+        for r in rows:
+            if r["model_version"] != snap.version:
+                raise ModelVersionMismatch(
+                    f"row of model {r['model_version']} in collection {snap.collection} of "
+                    f"model {snap.version}"
+                )
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.asarray([r[VECTOR_FIELD] for r in rows], dtype=np.float32)
+
+    def search(
+        self, snap: Snapshot, vectors: np.ndarray, model_version: str, limit: int
+    ) -> list[list[Hit]]:
+        """Top ``limit`` identities (best face each) per vector, within ``snap`` only."""
+        if model_version != snap.version:
+            raise ModelVersionMismatch(
+                f"embedding of model {model_version} cannot be searched in collection "
+                f"{snap.collection} of model {snap.version}; re-embed the probe with "
+                f"{snap.version} or search that version's collection"
+            )
+        stored = self.version_of(snap.collection)
+        if stored != model_version:
+            raise ModelVersionMismatch(
+                f"collection {snap.collection} holds model {stored}, not {model_version}"
+            )
+        if len(vectors) == 0:
+            return []
+        res = self.client.search(
+            snap.collection,
+            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            limit=limit,
+            anns_field=VECTOR_FIELD,
+            search_params=_search_params(self.index_type),
+            output_fields=OUTPUT_FIELDS,
+            group_by_field="identity_id",  # top-k people, not k faces of one person
+        )
+        out = []
+        for hits in res:
+            row_hits = []
+            for h in hits:
+                ent = h["entity"]
+                if ent["model_version"] != model_version:
+                    raise ModelVersionMismatch(
+                        f"row {ent.get('face_id')} of collection {snap.collection} was made by "
+                        f"model {ent['model_version']}, the probe by {model_version}"
+                    )
+                row_hits.append(
+                    Hit(
+                        face_id=str(h.get("face_id", ent.get("face_id"))),
+                        identity_id=ent["identity_id"],
+                        similarity=float(h["distance"]),
+                    )
+                )
+            out.append(row_hits)
+        return out
+
+
+_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def _check_id(identity_id: str) -> None:
+    # Ids go into Milvus filter expressions: only plain characters may pass.
+    if not _ID_RE.match(identity_id):
+        raise GalleryError(f"invalid identity id {identity_id!r}")
