@@ -1,0 +1,220 @@
+"""Open-set identification on real faces: ``facestream eval openset``.
+
+Protocol (identities of a folder with >= ``min_images`` photos each):
+
+1. A stable hash of each name puts about a third of the identities into the
+   *calibration* split and the rest into the *report* split, so the threshold is never
+   chosen on the people it is reported on.
+2. Report split: half the people are *enrolled* (their first 2 usable photos, through
+   ``Gallery.enroll`` on a fresh Milvus Lite gallery), half are *never enrolled*.
+3. Every other photo of the report split is a probe, searched 1:N in the gallery.
+
+Reported: rank-1 of enrolled probes (closed-set: is the nearest identity the right
+one); DIR (detection and identification rate: right identity *and* above the
+threshold) and the false-accept rate of never-enrolled probes, both at the calibrated
+threshold; and DIR at the threshold that lets 1% of never-enrolled probes in
+(DIR@FAR=1%). Probes where no face is found or the face fails the quality gate count
+as not identified (and not falsely accepted): that is what a user gets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.face.analyze import FacePipeline
+from pipeline.gallery.calibrate import Calibration, pair_scores, threshold_at_far
+from pipeline.gallery.config import GalleryConfig
+from pipeline.gallery.embcache import OK, EmbeddingCache, ImageEmbedding, embed_paths, split_of
+from pipeline.gallery.errors import CalibrationError, EnrollmentRejected
+from pipeline.gallery.service import Gallery
+
+SEARCH_BATCH = 256
+
+
+@dataclass
+class Splits:
+    calibration: dict[str, list[Path]]
+    enrolled: dict[str, list[Path]]
+    never_enrolled: dict[str, list[Path]]
+
+
+def make_splits(
+    identities: dict[str, list[Path]], calib_fraction: float = 1 / 3, enrol_fraction: float = 0.5
+) -> Splits:
+    calib, enrolled, never = {}, {}, {}
+    for name, paths in identities.items():
+        if split_of(name) < calib_fraction:
+            calib[name] = paths
+        elif split_of(name, salt="facestream-enrol") < enrol_fraction:
+            enrolled[name] = paths
+        else:
+            never[name] = paths
+    return Splits(calib, enrolled, never)
+
+
+def calibrate_on(
+    embeddings: dict[Path, ImageEmbedding], identities: dict[str, list[Path]], target_far: float
+) -> Calibration:
+    """Threshold at ``target_far`` from every pair of quality-passing photos."""
+    vecs, labels = [], []
+    for i, paths in enumerate(identities.values()):
+        for p in paths:
+            e = embeddings.get(p)
+            if e is not None and e.status == OK and e.vector is not None:
+                vecs.append(e.vector)
+                labels.append(i)
+    if len(vecs) < 2:
+        raise CalibrationError("fewer than 2 usable photos to calibrate on")
+    genuine, impostor = pair_scores(np.stack(vecs), np.asarray(labels))
+    return threshold_at_far(genuine, impostor, target_far)
+
+
+@dataclass
+class OpenSetReport:
+    model_version: str
+    threshold: float
+    threshold_target_far: float | None
+    threshold_provenance: str
+    n_calibration_identities: int
+    n_enrolled: int
+    n_never_enrolled: int
+    n_enrolled_probes: int
+    n_never_enrolled_probes: int
+    enrol_rejected_images: int
+    probe_failures: dict[str, int]
+    rank1: float
+    dir_at_threshold: float
+    far_at_threshold: float
+    threshold_at_far_1pct: float
+    dir_at_far_1pct: float
+    far_at_far_1pct: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _top1(
+    gallery: Gallery, version: str, vectors: list[np.ndarray | None]
+) -> tuple[list[str | None], np.ndarray]:
+    """Best identity id and similarity per probe (None / -inf where there is no vector)."""
+    ids: list[str | None] = [None] * len(vectors)
+    sims = np.full(len(vectors), -np.inf)
+    idx = [i for i, v in enumerate(vectors) if v is not None]
+    for s in range(0, len(idx), SEARCH_BATCH):
+        chunk = idx[s : s + SEARCH_BATCH]
+        _, _, cands = gallery.search_vectors(
+            np.stack([vectors[i] for i in chunk]), version, top_k=1
+        )
+        for i, c in zip(chunk, cands, strict=True):
+            if c:
+                ids[i], sims[i] = c[0].identity_id, c[0].similarity
+    return ids, sims
+
+
+def evaluate_openset(
+    pipe: FacePipeline,
+    gallery: Gallery,
+    splits: Splits,
+    embeddings: dict[Path, ImageEmbedding],
+    *,
+    enrol_per_identity: int = 2,
+    on_enrol: Callable[[int], None] | None = None,
+) -> OpenSetReport:
+    assert pipe.embedder is not None
+    version = pipe.embedder.model_version
+    thr = gallery.threshold(version)
+    truth: dict[str, str] = {}  # identity id -> name
+    probes_enrolled: list[tuple[str, Path]] = []
+    rejected_images = 0
+    notes = []
+    for name, paths in splits.enrolled.items():
+        usable = [p for p in paths if embeddings[p].status == OK]
+        chosen: list[Path] = []
+        for p in usable:
+            if len(chosen) == enrol_per_identity:
+                break
+            try:
+                res = gallery.enroll(
+                    [(p.name, p.read_bytes())],
+                    name=name,
+                    identity_id=next((k for k, v in truth.items() if v == name), None),
+                    crop_mode="scene",
+                    pick="center",
+                )
+            except EnrollmentRejected:
+                rejected_images += 1
+                continue
+            truth[res.identity.identity_id] = name
+            chosen.append(p)
+        if len(chosen) < enrol_per_identity:
+            notes.append(f"{name}: only {len(chosen)} enrolable photos")
+        probes_enrolled += [(name, p) for p in paths if p not in chosen]
+        if on_enrol is not None:
+            on_enrol(1)
+    probes_never = [(n, p) for n, ps in splits.never_enrolled.items() for p in ps]
+
+    def vec(p: Path) -> np.ndarray | None:
+        e = embeddings[p]
+        return e.vector if e.status == OK else None
+
+    failures = {
+        "enrolled_no_face": sum(embeddings[p].vector is None for _, p in probes_enrolled),
+        "enrolled_low_quality": sum(embeddings[p].status == 2 for _, p in probes_enrolled),
+        "never_no_face": sum(embeddings[p].vector is None for _, p in probes_never),
+        "never_low_quality": sum(embeddings[p].status == 2 for _, p in probes_never),
+    }
+    e_ids, e_sims = _top1(gallery, version, [vec(p) for _, p in probes_enrolled])
+    _, n_sims = _top1(gallery, version, [vec(p) for _, p in probes_never])
+    correct = np.array(
+        [i is not None and truth[i] == n for i, (n, _) in zip(e_ids, probes_enrolled, strict=True)]
+    )
+    t = thr.value
+    # DIR@FAR=1%: the threshold letting at most 1% of never-enrolled probes in.
+    t1 = threshold_at_far(np.array([1.0]), n_sims[np.isfinite(n_sims)], 0.01).threshold
+    return OpenSetReport(
+        model_version=version,
+        threshold=t,
+        threshold_target_far=thr.target_far,
+        threshold_provenance=thr.provenance,
+        n_calibration_identities=len(splits.calibration),
+        n_enrolled=len(splits.enrolled),
+        n_never_enrolled=len(splits.never_enrolled),
+        n_enrolled_probes=len(probes_enrolled),
+        n_never_enrolled_probes=len(probes_never),
+        enrol_rejected_images=rejected_images,
+        probe_failures=failures,
+        rank1=float(correct.mean()),
+        dir_at_threshold=float((correct & (e_sims >= t)).mean()),
+        far_at_threshold=float((n_sims >= t).mean()),
+        threshold_at_far_1pct=t1,
+        dir_at_far_1pct=float((correct & (e_sims >= t1)).mean()),
+        far_at_far_1pct=float((n_sims >= t1).mean()),
+        notes=notes,
+    )
+
+
+def run_openset(
+    pipe: FacePipeline,
+    gallery_factory: Callable[[GalleryConfig], Gallery],
+    splits: Splits,
+    cache: EmbeddingCache | None,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> OpenSetReport:
+    """Embed the report split (cached), enrol into a throw-away gallery, search, score."""
+    paths = [p for d in (splits.enrolled, splits.never_enrolled) for ps in d.values() for p in ps]
+    embeddings = embed_paths(pipe, paths, cache, on_progress=on_progress)
+    scratch = Path(tempfile.mkdtemp(prefix="fs-openset-"))
+    try:
+        with gallery_factory(GalleryConfig(data_dir=scratch)) as gallery:
+            return evaluate_openset(pipe, gallery, splits, embeddings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
