@@ -348,6 +348,13 @@ def demo(
         typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
     ] = None,
     fps: Annotated[float, typer.Option(help="Frames per second of video to process.")] = 5.0,
+    fallback: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the slow CNN fallback detector on frames where HOG finds no face "
+            "(about 2 s a frame on 2 cores)."
+        ),
+    ] = False,
 ) -> None:
     """Recognise faces in a video with the face core (no Kafka/Ray needed).
 
@@ -368,7 +375,12 @@ def demo(
             if not sep or not name or not path:
                 raise typer.BadParameter(f"--enroll expects NAME=IMAGE, got {item!r}")
             people[name] = Path(path)
-    pipe = face_pipeline()
+    face_cfg = state.settings.face
+    if not fallback:
+        face_cfg = face_cfg.model_copy(
+            update={"detector": face_cfg.detector.model_copy(update={"fallbacks": []})}
+        )
+    pipe = face_pipeline(face_config=face_cfg)
     assert pipe.embedder is not None
     names, gallery = enroll(pipe, people)
     thr = pipe.embedder.manifest.threshold.value

@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import FaceConfig, Settings, load_settings
 from pipeline.errors import FacestreamError
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def model_store() -> ModelStore:
     return ModelStore(state.settings.models.store)
 
 
-def face_pipeline(with_embedder: bool = True, version: str | None = None) -> FacePipeline:
+def face_pipeline(
+    with_embedder: bool = True, version: str | None = None, face_config: FaceConfig | None = None
+) -> FacePipeline:
     from pipeline.face.align import Aligner
     from pipeline.face.analyze import FacePipeline
 
@@ -79,7 +81,7 @@ def face_pipeline(with_embedder: bool = True, version: str | None = None) -> Fac
         template = embedder.manifest.alignment
     else:
         template = store.resolve(version or s.models.version).alignment
-    return FacePipeline.from_config(s.face, Aligner(template), embedder)
+    return FacePipeline.from_config(face_config or s.face, Aligner(template), embedder)
 
 
 def load_image_checked(path: Path) -> np.ndarray:

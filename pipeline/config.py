@@ -9,6 +9,7 @@ Invalid values fail at start-up with pydantic's field-by-field message.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -66,7 +67,7 @@ class QualityConfig(BaseModel):
         40.0, description="Minimum of the detection box's width and height, in pixels."
     )
     min_sharpness: float | None = Field(
-        10.0, description="Minimum variance of the Laplacian of the aligned grey chip."
+        5.0, description="Minimum variance of the Laplacian of the aligned grey chip."
     )
     max_yaw: float | None = Field(
         0.45, description="Maximum |yaw proxy|: nose offset from the eye midline / eye distance."
@@ -115,16 +116,26 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("FACESTREAM_CONFIG")
+        config_file = _config_file.get() or os.environ.get("FACESTREAM_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
 
+# The file of the settings being built: a context variable rather than an environment
+# variable, so loading one file never leaks into later loads in the same process.
+_config_file: ContextVar[Path | None] = ContextVar("facestream_config_file", default=None)
+
+
 def load_settings(config_file: Path | None = None) -> Settings:
     """Build the settings, reading ``config_file`` (TOML) when given."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file not found: {config_file}")
-        os.environ["FACESTREAM_CONFIG"] = str(config_file)
-    return Settings()
+    if config_file is None:
+        env = os.environ.get("FACESTREAM_CONFIG")
+        config_file = Path(env) if env else None
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    token = _config_file.set(config_file)
+    try:
+        return Settings()
+    finally:
+        _config_file.reset(token)

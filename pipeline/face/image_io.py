@@ -8,13 +8,16 @@ where OpenCV's ``imdecode`` silently returns a half-grey image.
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.face.errors import ImageDecodeError, ImageNotFoundError, ImageTooLargeError
+
+# Our own limit (checked from the header below) replaces Pillow's global bomb guard, which
+# would otherwise refuse large images with its own threshold and wording.
+Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -55,24 +58,18 @@ def decode_image(
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        # Pillow's own bomb guard would warn or raise with its own limit; ours is the one
-        # that counts, checked against the header below.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                    f"{max_pixels} (face.limits.max_pixels)"
-                )
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                f"{max_pixels} (face.limits.max_pixels)"
+            )
+        img.load()
     except ImageTooLargeError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{name}: not a recognised image format") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     if img.mode != "RGB":

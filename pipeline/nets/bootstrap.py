@@ -31,10 +31,12 @@ from pipeline.registry import ModelStore
 
 DEFAULT_NAME = "dlib-resnet-v1"
 DEFAULT_TTA = "flip"
-# dlib documents 0.6 Euclidean distance between its descriptors as "same person" (99.38% on
-# LFW). Its descriptors are close to unit length, so that is cosine 1 - 0.6**2 / 2 = 0.82.
+# dlib documents 0.6 Euclidean distance between its raw descriptors as "same person".
+# Raw descriptors have a norm of about 1.43 (measured on LFW faces), so on unit vectors that
+# is a distance of 0.6 / 1.43 and a cosine of 1 - (0.6 / 1.43)**2 / 2 = 0.912.
 # `facestream calibrate` replaces this with a threshold measured at a target FAR.
-DLIB_DOC_THRESHOLD = 1.0 - 0.6**2 / 2.0
+DLIB_RAW_NORM = 1.43
+DLIB_DOC_THRESHOLD = 1.0 - (0.6 / DLIB_RAW_NORM) ** 2 / 2.0
 
 
 def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
@@ -88,7 +90,8 @@ def bootstrap_default(
             embedding_dim=128,
             threshold=Threshold(
                 value=round(DLIB_DOC_THRESHOLD, 4),
-                provenance="dlib's documented 0.6 Euclidean distance as cosine; not calibrated",
+                provenance="dlib's documented 0.6 Euclidean distance at raw norm 1.43, as cosine; "
+                "not calibrated (run `facestream calibrate`)",
             ),
             created_by="facestream models bootstrap",
         )

@@ -8,7 +8,7 @@ import dlib
 import numpy as np
 import pytest
 
-from pipeline.face.align import AlignmentTemplate, Aligner, dlib_chip_template, similarity_transform
+from pipeline.face.align import Aligner, AlignmentTemplate, dlib_chip_template, similarity_transform
 from pipeline.face.detect import DlibHogDetector
 from pipeline.face.errors import LandmarkSchemeError
 from pipeline.face.image_io import load_image

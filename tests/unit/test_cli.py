@@ -1,0 +1,123 @@
+"""The CLI end to end, and its promise on bad input: one clear line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.registry import ModelStore
+from tests.unit.test_image_io import huge_header_jpeg
+
+
+@pytest.fixture()
+def cli(model_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
+    return CliRunner()
+
+
+def _fails_cleanly(cli: CliRunner, args: list[str], expect: str) -> str:
+    res = cli.invoke(app, args)
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    assert "Traceback" not in res.output
+    assert expect in res.output, res.output
+    return res.output
+
+
+@pytest.fixture()
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    files = {"missing": tmp_path / "missing.jpg"}
+    (tmp_path / "notimage.jpg").write_text("hello")
+    files["notimage"] = tmp_path / "notimage.jpg"
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    files["empty"] = tmp_path / "empty.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(
+        buf, "JPEG"
+    )
+    (tmp_path / "truncated.jpg").write_bytes(buf.getvalue()[:3000])
+    files["truncated"] = tmp_path / "truncated.jpg"
+    (tmp_path / "huge.jpg").write_bytes(huge_header_jpeg(20000, 20000))
+    files["huge"] = tmp_path / "huge.jpg"
+    Image.fromarray(np.full((240, 320, 3), 90, dtype=np.uint8)).save(tmp_path / "noface.png")
+    files["noface"] = tmp_path / "noface.png"
+    return files
+
+
+@pytest.mark.parametrize(
+    ("kind", "expect"),
+    [
+        ("missing", "no such file"),
+        ("notimage", "not a recognised image format"),
+        ("empty", "empty file (0 bytes)"),
+        ("truncated", "corrupt or truncated"),
+        ("huge", "20000x20000"),
+        ("noface", "no face found"),
+    ],
+)
+@pytest.mark.parametrize("command", ["detect", "embed"])
+def test_bad_input(
+    cli: CliRunner, bad_files: dict[str, Path], kind: str, expect: str, command: str
+) -> None:
+    _fails_cleanly(cli, [command, str(bad_files[kind])], expect)
+
+
+def test_verify_bad_input_names_the_file(cli: CliRunner, bad_files: dict[str, Path]) -> None:
+    out = _fails_cleanly(
+        cli, ["verify", str(bad_files["noface"]), str(bad_files["noface"])], "no face"
+    )
+    assert "noface.png" in out
+
+
+@pytest.mark.shared_data
+def test_two_faces_when_one_expected(
+    cli: CliRunner, shared_dir: Path, lfw_images: list[Path]
+) -> None:
+    two = shared_dir / "data/video/stills/two_people.jpg"
+    out = _fails_cleanly(cli, ["verify", str(two), str(lfw_images[0])], "2 faces found")
+    assert "--pick largest" in out
+    res = cli.invoke(app, ["verify", "--pick", "largest", str(two), str(lfw_images[0])])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.shared_data
+def test_detect_embed_verify(cli: CliRunner, lfw_dir: Path) -> None:
+    a, b = (
+        lfw_dir / "Abel_Pacheco/Abel_Pacheco_0001.jpg",
+        lfw_dir / "Abel_Pacheco/Abel_Pacheco_0004.jpg",
+    )
+    other = next(p for p in sorted(lfw_dir.rglob("*.jpg")) if "Abel_Pacheco" not in p.name)
+    res = cli.invoke(app, ["detect", str(a)])
+    assert res.exit_code == 0, res.output
+    face = json.loads(res.output)["faces"][0]
+    assert len(face["landmarks"]["points"]) == 5 and face["quality"]["passed"]
+    res = cli.invoke(app, ["embed", "--full", str(a)])
+    vec = np.array(json.loads(res.output)[0]["faces"][0]["embedding"])
+    assert vec.shape == (128,) and abs(np.linalg.norm(vec) - 1) < 1e-3
+    same = cli.invoke(app, ["verify", str(a), str(b)])
+    assert same.exit_code == 0 and same.output.startswith("same"), same.output
+    diff = cli.invoke(app, ["verify", str(a), str(other)])
+    assert diff.exit_code == 0 and diff.output.startswith("different"), diff.output
+
+
+def test_invalid_config_fails_at_startup(cli: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[face.quality]\nmin_face_px = 'big'\n")
+    _fails_cleanly(cli, ["--config", str(cfg), "models", "list"], "min_face_px")
+    _fails_cleanly(cli, ["--config", str(tmp_path / "nope.toml"), "models", "list"], "config file")
+
+
+def test_models_list_and_show(cli: CliRunner, model_store: ModelStore) -> None:
+    res = cli.invoke(app, ["models", "show"])
+    assert res.exit_code == 0
+    manifest = json.loads(res.output)
+    assert manifest["version"] == model_store.active_version()
+    assert manifest["alignment"]["sampling"] == "dlib_chip"
+    assert set(manifest["files"]) == {"onnx", "torch", "dlib"}
+    assert model_store.active_version() in cli.invoke(app, ["models", "list"]).output
