@@ -193,7 +193,8 @@ class Gallery:
         except MultipleFacesError as exc:
             return ImageVerdict(name, False, (f"{exc}".split(";")[0],)), None
         except FaceError as exc:
-            return ImageVerdict(name, False, (str(exc),)), None
+            # Decode errors already start with the image name; the verdict carries it.
+            return ImageVerdict(name, False, (str(exc).removeprefix(f"{name}: "),)), None
         if not faces:
             how = {"scene": "in the photo", "tight": "in the crop"}.get(mode, "as photo or crop")
             return ImageVerdict(name, False, (f"no face found {how}",)), None

@@ -1,0 +1,389 @@
+"""The gallery's REST API: a FastAPI app, served by Ray Serve (``facestream serve``).
+
+``create_app(gallery, config)`` builds the FastAPI app around a ``Gallery``;
+``GalleryAPI`` is the Ray Serve deployment that owns one Gallery per replica and
+serves that app (``@serve.ingress`` with the app built at replica start, so the routes
+close over the replica's own gallery). OpenAPI docs are at ``/docs``.
+
+Every write (enrol, add faces, rename, delete) needs ``Authorization: Bearer <token>``
+with the token of ``gallery.api_token``; reads need it too when ``gallery.auth_reads``.
+The token is a ``SecretStr`` end to end: it is compared in constant time and never
+formatted into a message or a log line.
+
+Expected failures map to 4xx answers ``{"error": code, "detail": message}``; only bugs
+give a 500. With Milvus Lite one replica owns the database file (Milvus Lite allows one
+process); point ``gallery.milvus_uri`` at a Milvus server to run several replicas.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the routes' Annotated
+# parameters, which refer to names local to create_app.
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from pipeline.config import FaceConfig, ModelsConfig
+from pipeline.errors import FacestreamError
+from pipeline.face.errors import ImageError, ImageTooLargeError, NoFaceError
+from pipeline.gallery.config import GalleryConfig, resolved_paths
+from pipeline.gallery.records import (
+    EnrollResult,
+    GalleryStatus,
+    Identity,
+    IdentityDetail,
+    RemoveResult,
+    SearchResult,
+    VerifyResult,
+)
+
+if TYPE_CHECKING:
+    from pipeline.gallery.service import Gallery
+
+log = logging.getLogger("facestream.api")
+APP_NAME = "facestream"
+_bearer = HTTPBearer(auto_error=False, description="The gallery.api_token.")
+
+
+class RenameBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None
+    active_collection: str | None
+    identities: int
+
+
+def _status_of(exc: FacestreamError) -> int:
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    if isinstance(exc, NoFaceError):
+        return 422
+    if isinstance(exc, ImageError):
+        return 400
+    return int(getattr(exc, "http_status", 400))
+
+
+def create_app(gallery: "Gallery", config: GalleryConfig) -> FastAPI:
+    """The FastAPI app of one gallery."""
+    app = FastAPI(
+        title="facestream gallery",
+        version="1",
+        description="Enrol and remove people; identify faces 1:N (open set) and verify 1:1.",
+    )
+    # One face-core computation at a time per replica: the CPU embedder already uses every
+    # core, and dlib's detectors are not documented as thread-safe. Scale with replicas.
+    compute = threading.Lock()
+    max_bytes = gallery.face_config.limits.max_bytes
+
+    def check_token(creds: HTTPAuthorizationCredentials | None) -> None:
+        expected = config.api_token
+        ok = (
+            expected is not None
+            and creds is not None
+            and creds.scheme.lower() == "bearer"
+            and hmac.compare_digest(
+                creds.credentials.encode(), expected.get_secret_value().encode()
+            )
+        )
+        if not ok:
+            raise HTTPException(
+                status_code=401,
+                detail="missing or invalid bearer token"
+                if expected is not None
+                else "writes are disabled: the server has no gallery.api_token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def writer(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        check_token(creds)
+
+    def reader(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if config.auth_reads:
+            check_token(creds)
+
+    @app.exception_handler(FacestreamError)
+    async def _facestream_error(request: Request, exc: FacestreamError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.code, "detail": str(exc)}
+        verdicts = getattr(exc, "verdicts", None)
+        if verdicts is not None:
+            body["images"] = [
+                {"image": v.image, "accepted": v.accepted, "reasons": list(v.reasons)}
+                for v in verdicts
+            ]
+        return JSONResponse(status_code=_status_of(exc), content=body)
+
+    async def read_upload(f: UploadFile, field: str) -> tuple[str, bytes]:
+        data = await f.read(max_bytes + 1)
+        name = f.filename or field
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
+        if not data:
+            raise HTTPException(400, f"{name}: empty upload")
+        return name, data
+
+    def run(fn: Callable[[], Any]) -> Any:
+        with compute:
+            return fn()
+
+    crop_q = Form(pattern="^(auto|scene|tight)$", description="auto, scene or tight.")
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        snap = gallery.active()
+        n_id, _ = gallery.catalogue.counts()
+        return Health(
+            status="ok",
+            model_version=snap.version if snap else None,
+            active_collection=snap.collection if snap else None,
+            identities=n_id,
+        )
+
+    @app.get("/gallery", response_model=GalleryStatus, tags=["ops"])
+    def status(_: Annotated[None, Depends(reader)]) -> GalleryStatus:
+        return gallery.status()
+
+    @app.post(
+        "/identities",
+        response_model=EnrollResult,
+        status_code=201,
+        tags=["identities"],
+        summary="Enrol a person from one or more photos (all accepted or nothing stored)",
+    )
+    async def enroll(
+        _: Annotated[None, Depends(writer)],
+        images: Annotated[list[UploadFile], File(description="Photos of one person.")],
+        name: Annotated[str, Form(min_length=1, max_length=200)],
+        external_id: Annotated[str | None, Form(max_length=200)] = None,
+        metadata: Annotated[str | None, Form(description="A JSON object.")] = None,
+        crop: Annotated[str | None, crop_q] = None,
+        pick: Annotated[str | None, Form(pattern="^(error|largest|center)$")] = None,
+    ) -> EnrollResult:
+        meta = _parse_metadata(metadata)
+        files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
+        return run(
+            lambda: gallery.enroll(
+                files,
+                name=name,
+                external_id=external_id,
+                metadata=meta,
+                crop_mode=crop,  # type: ignore[arg-type]
+                pick=pick,
+            )
+        )
+
+    @app.post(
+        "/identities/{identity_id}/faces",
+        response_model=EnrollResult,
+        status_code=201,
+        tags=["identities"],
+        summary="Add photos to an enrolled person",
+    )
+    async def add_faces(
+        identity_id: str,
+        _: Annotated[None, Depends(writer)],
+        images: Annotated[list[UploadFile], File()],
+        crop: Annotated[str | None, crop_q] = None,
+        pick: Annotated[str | None, Form(pattern="^(error|largest|center)$")] = None,
+    ) -> EnrollResult:
+        files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
+        return run(
+            lambda: gallery.enroll(
+                files,
+                identity_id=identity_id,
+                crop_mode=crop,  # type: ignore[arg-type]
+                pick=pick,
+            )
+        )
+
+    @app.get("/identities", response_model=list[Identity], tags=["identities"])
+    def list_identities(
+        _: Annotated[None, Depends(reader)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        name: Annotated[str | None, Query(description="Name contains.")] = None,
+    ) -> list[Identity]:
+        return gallery.list(limit=limit, offset=offset, name_contains=name)
+
+    @app.get("/identities/{identity_id}", response_model=IdentityDetail, tags=["identities"])
+    def show(identity_id: str, _: Annotated[None, Depends(reader)]) -> IdentityDetail:
+        return gallery.show(identity_id)
+
+    @app.patch("/identities/{identity_id}", response_model=Identity, tags=["identities"])
+    def rename(identity_id: str, body: RenameBody, _: Annotated[None, Depends(writer)]) -> Identity:
+        return run(lambda: gallery.rename(identity_id, body.name))
+
+    @app.delete(
+        "/identities/{identity_id}",
+        response_model=RemoveResult,
+        tags=["identities"],
+        summary="Erase a person: vectors of every model version and stored crops",
+    )
+    def remove(identity_id: str, _: Annotated[None, Depends(writer)]) -> RemoveResult:
+        return run(lambda: gallery.remove(identity_id))
+
+    @app.post(
+        "/search",
+        response_model=SearchResult,
+        tags=["recognition"],
+        summary="1:N open-set search of every face in a photo",
+    )
+    async def search(
+        _: Annotated[None, Depends(reader)],
+        image: Annotated[UploadFile, File(description="Photo or face crop.")],
+        top_k: Annotated[int | None, Form(ge=1, le=100)] = None,
+        threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+        crop: Annotated[str | None, crop_q] = None,
+    ) -> SearchResult:
+        name, data = await read_upload(image, "image")
+        return run(
+            lambda: gallery.search_image(
+                data,
+                name=name,
+                top_k=top_k,
+                threshold=threshold,
+                crop_mode=crop,  # type: ignore[arg-type]
+            )
+        )
+
+    @app.post(
+        "/verify",
+        response_model=VerifyResult,
+        tags=["recognition"],
+        summary="1:1: is this face the enrolled identity (or the face of image_b)?",
+    )
+    async def verify(
+        _: Annotated[None, Depends(reader)],
+        image: Annotated[UploadFile, File()],
+        identity_id: Annotated[str | None, Form()] = None,
+        image_b: Annotated[UploadFile | None, File()] = None,
+        threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+        crop: Annotated[str | None, crop_q] = None,
+    ) -> VerifyResult:
+        if (identity_id is None) == (image_b is None):
+            raise HTTPException(422, "send exactly one of: identity_id, image_b")
+        _, a = await read_upload(image, "image")
+        b = (await read_upload(image_b, "image_b"))[1] if image_b is not None else None
+        return run(
+            lambda: gallery.verify(
+                a,
+                identity_id=identity_id,
+                other=b,
+                threshold=threshold,
+                crop_mode=crop,  # type: ignore[arg-type]
+            )
+        )
+
+    return app
+
+
+def _parse_metadata(raw: str | None) -> dict[str, Any]:
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"metadata is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, "metadata must be a JSON object")
+    return value
+
+
+def _absolute(cfg: GalleryConfig) -> GalleryConfig:
+    # Replicas may start in another working directory: pass them absolute paths.
+    data_dir, uri, blob_dir = resolved_paths(cfg)
+    return cfg.model_copy(update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir})
+
+
+def deployment(num_cpus: float = 1.0) -> Any:
+    """The Ray Serve deployment class (built lazily: importing Ray costs seconds)."""
+    from ray import serve
+
+    @serve.deployment(name="gallery_api", num_replicas=1, ray_actor_options={"num_cpus": num_cpus})
+    @serve.ingress()
+    class GalleryAPI:
+        def __init__(self, config: GalleryConfig, face: FaceConfig, models: ModelsConfig) -> None:
+            from pipeline.gallery.service import Gallery
+            from pipeline.registry import ModelStore
+
+            self.config = config
+            self.gallery = Gallery(
+                config,
+                ModelStore(models.store),
+                face,
+                default_version=models.version,
+                batch_size=models.batch_size,
+                intra_op_threads=models.intra_op_threads,
+            )
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return create_app(self.gallery, self.config)
+
+        def __del__(self) -> None:
+            # Release the Milvus Lite file lock when the replica stops.
+            gallery = getattr(self, "gallery", None)
+            if gallery is not None:
+                gallery.close()
+
+    return GalleryAPI
+
+
+def deploy(
+    config: GalleryConfig, face: FaceConfig, models: ModelsConfig, *, num_cpus: float = 1.0
+) -> str:
+    """Start Serve's HTTP proxy on config.host:config.port and deploy the API; its URL."""
+    from ray import serve
+
+    serve.start(http_options={"host": config.host, "port": config.port})
+    app = deployment(num_cpus).bind(_absolute(config), face, models)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{config.host}:{config.port}"
+
+
+def run_blocking(
+    config: GalleryConfig,
+    face: FaceConfig,
+    models: ModelsConfig,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """``facestream serve``: local Ray, deploy, wait for Ctrl-C, shut everything down."""
+    import os
+    import time
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    if config.port == 0:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((config.host, 0))
+            config = config.model_copy(update={"port": s.getsockname()[1]})
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False)
+    try:
+        url = deploy(config, face, models)
+        if on_ready is not None:
+            on_ready(url)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
