@@ -110,7 +110,7 @@ def bench_embedders(
     n = len(chips)
     rows = []
     rate = _rate(face_recognition_style(samples), n, repeats)
-    rows.append(Row("dlib compute_face_descriptor (face_recognition style)", 1, rate, 1000 / rate))
+    rows.append(Row("dlib, face_recognition style", 1, rate, 1000 / rate))
     for name, emb in embedders.items():
         for b in batches:
             emb.embed(chips[:b])  # warm-up: ORT allocates per shape on first use
