@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pipeline.config import FaceConfig
+from pipeline.face.align import Aligner
+from pipeline.face.analyze import FacePipeline
+from pipeline.face.embed import Embedder
+from pipeline.registry import ModelStore
+
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
@@ -118,12 +124,6 @@ def milvus_client(milvus_uri: str) -> Iterator[MilvusClient]:
 
 
 # --- the face core: a model store built the way users build it ---
-
-from pipeline.config import FaceConfig  # noqa: E402
-from pipeline.face.align import Aligner  # noqa: E402
-from pipeline.face.analyze import FacePipeline  # noqa: E402
-from pipeline.face.embed import Embedder  # noqa: E402
-from pipeline.registry import ModelStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")
