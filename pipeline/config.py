@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipeline.gallery.config import GalleryConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DetectorBackend = Literal["dlib_hog", "dlib_cnn", "onnx"]
@@ -105,6 +107,7 @@ class Settings(BaseSettings):
 
     face: FaceConfig = Field(default_factory=FaceConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
 
     @classmethod
     def settings_customise_sources(
