@@ -1,0 +1,84 @@
+"""Shared helpers of the gallery tests (imported by tests/integration/test_gallery_*.py and
+test_api.py): a model store with two real model versions, LFW people, tight crops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import FaceConfig
+from pipeline.gallery.config import GalleryConfig
+from pipeline.gallery.service import Gallery
+from pipeline.registry import ModelStore
+
+# Two versions of the default model: the same weights with and without flip test-time
+# augmentation have different version ids, so they are really two embedding spaces.
+PLAIN_TTA, FLIP_TTA = "none", "flip"
+
+
+def two_version_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
+    """(store, v_flip, v_plain), bootstrapped once per test session; v_flip is active."""
+    from pipeline.nets.bootstrap import bootstrap_default
+
+    root = tmp_path_factory.getbasetemp() / "gallery-models"
+    store = ModelStore(root)
+    marker = root / "versions.txt"
+    if not marker.is_file():
+        plain = bootstrap_default(store, tta=PLAIN_TTA, activate=False).version
+        flip = bootstrap_default(store, tta=FLIP_TTA, activate=True).version
+        marker.write_text(f"{flip}\n{plain}\n")
+    flip, plain = marker.read_text().split()
+    store.set_active(flip)
+    return store, flip, plain
+
+
+def lfw_root(shared_dir: Path) -> Path:
+    root = shared_dir / "data" / "lfw-dev"
+    if not root.is_dir():
+        pytest.skip(f"LFW-dev not found at {root}")
+    return root
+
+
+def photos(root: Path, person: str) -> list[Path]:
+    return sorted((root / person).glob("*.jpg"))
+
+
+def as_input(paths: list[Path]) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def tight_crop(gallery: Gallery, path: Path, *, shrink: float = 0.2, side: int = 56) -> np.ndarray:
+    """A low-res face crop with no margin, cut from an LFW photo: the detected face box
+    shrunk by ``shrink`` of its width on each side (eyebrows to chin, like a crop from a
+    video frame), resized to ``side`` x ``side``."""
+    from pipeline.face.image_io import load_image
+
+    pipe = gallery.pipeline(gallery.serving_version())
+    image = load_image(path)
+    face = pipe.analyze(image, pick="center", embed=False)[0]
+    x1, y1, x2, y2 = face.detection.box
+    d = shrink * (x2 - x1)
+    crop = image[int(y1 + d) : int(y2 - d), int(x1 + d) : int(x2 - d)]
+    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+def open_gallery(data_dir: Path, store: ModelStore, **cfg: object) -> Gallery:
+    return Gallery(GalleryConfig(data_dir=data_dir, **cfg), store, FaceConfig())  # type: ignore[arg-type]
+
+
+def gallery_fixture(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:
+    g = open_gallery(tmp_path / "gallery", store)
+    try:
+        yield g
+    finally:
+        g.close()

@@ -1,0 +1,369 @@
+"""The gallery on real Milvus Lite and real LFW faces: enrol, search, remove, re-embed,
+cross-version refusal, all-or-nothing enrolment, tight crops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.face.errors import ModelError
+from pipeline.gallery.errors import (
+    DuplicateExternalId,
+    EnrollmentRejected,
+    GalleryError,
+    IdentityNotFound,
+    ModelVersionMismatch,
+    NoActiveCollection,
+    ReembedError,
+)
+from pipeline.gallery.service import Gallery
+from pipeline.gallery.vectors import Snapshot
+from pipeline.registry import ModelStore
+from tests.gallery.support import (
+    as_input,
+    lfw_root,
+    open_gallery,
+    photos,
+    png,
+    tight_crop,
+    two_version_store,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+
+ENROLLED = ["Abdullah_Gul", "Abel_Pacheco", "Aaron_Peirsol"]
+STRANGER = "Adrien_Brody"
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
+    return two_version_store(tmp_path_factory)
+
+
+@pytest.fixture
+def store(versions: tuple[ModelStore, str, str]) -> ModelStore:
+    return versions[0]
+
+
+@pytest.fixture(scope="module")
+def lfw(shared_dir: Path) -> Path:
+    return lfw_root(shared_dir)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:
+    g = open_gallery(tmp_path / "gallery", store)
+    yield g
+    g.close()
+
+
+def enrol_people(gallery: Gallery, lfw: Path, people: list[str]) -> dict[str, str]:
+    """name -> identity id, enrolling each person's first two photos."""
+    return {
+        p: gallery.enroll(as_input(photos(lfw, p)[:2]), name=p, pick="center").identity.identity_id
+        for p in people
+    }
+
+
+def best(gallery: Gallery, path: Path, **kw: object):  # type: ignore[no-untyped-def]
+    """The result for the centre face of a probe photo."""
+    res = gallery.search_image(path.read_bytes(), name=path.name, **kw)  # type: ignore[arg-type]
+    assert res.faces, f"no face found in {path}"
+    centre = min(res.faces, key=lambda f: abs((f.box[0] + f.box[2]) / 2 - 125) + abs(f.box[1] - 60))
+    return res, centre
+
+
+def test_enrol_then_search_finds_each_person_and_a_stranger_is_unknown(
+    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    store, v_flip, _ = versions
+    with pytest.raises(NoActiveCollection):
+        gallery.search_image(photos(lfw, ENROLLED[0])[2].read_bytes())
+    ids = enrol_people(gallery, lfw, ENROLLED)
+    thr = store.manifest(v_flip).threshold
+    for person in ENROLLED:
+        res, face = best(gallery, photos(lfw, person)[2])
+        assert res.model_version == v_flip
+        assert res.threshold.value == thr.value and res.threshold.provenance == thr.provenance
+        assert face.decision == "identity", face
+        assert face.identity is not None and face.identity.identity_id == ids[person]
+        assert face.identity.name == person
+        assert face.similarity is not None and face.similarity >= thr.value
+        # top-k are distinct people, best first, each with its own decision
+        cand_ids = [c.identity_id for c in face.candidates]
+        assert len(cand_ids) == len(set(cand_ids)) == len(ENROLLED)
+        sims = [c.similarity for c in face.candidates]
+        assert sims == sorted(sims, reverse=True)
+        for c in face.candidates:
+            assert c.decision == ("identity" if c.similarity >= thr.value else "unknown")
+    _, face = best(gallery, photos(lfw, STRANGER)[0])
+    assert face.decision == "unknown" and face.identity is None
+    assert face.candidates and face.similarity == face.candidates[0].similarity
+    assert face.similarity < thr.value
+    # a request's threshold overrides the calibrated one and says so
+    res, face = best(gallery, photos(lfw, STRANGER)[0], threshold=-1.0)
+    assert res.threshold.overridden and face.decision == "identity"
+
+
+def test_enrolment_is_all_or_nothing_and_says_why_each_image_failed(
+    gallery: Gallery, lfw: Path
+) -> None:
+    good = photos(lfw, ENROLLED[0])[0]
+    blank = np.full((200, 200, 3), 128, dtype=np.uint8)
+    images = [
+        (good.name, good.read_bytes()),
+        ("blank.png", png(blank)),
+        ("junk.jpg", b"not an image"),
+    ]
+    with pytest.raises(EnrollmentRejected) as info:
+        gallery.enroll(images, name="Someone", pick="center")
+    verdicts = {v.image: v for v in info.value.verdicts}
+    assert verdicts[good.name].accepted
+    assert not verdicts["blank.png"].accepted
+    assert "no face found" in verdicts["blank.png"].reasons[0]
+    assert not verdicts["junk.jpg"].accepted
+    assert "not a recognised image format" in verdicts["junk.jpg"].reasons[0]
+    # nothing was written anywhere
+    assert gallery.list() == []
+    assert gallery.catalogue.counts() == (0, 0)
+    assert not any(p.is_file() for p in gallery.crops.root.rglob("*"))
+    snap = gallery.active()
+    assert snap is None or gallery.vectors.count(snap.collection) == 0
+
+
+def test_quality_gate_rejects_a_tiny_face_with_the_measured_reason(
+    gallery: Gallery, lfw: Path
+) -> None:
+    import cv2
+
+    from pipeline.face.image_io import load_image
+
+    small = cv2.resize(load_image(photos(lfw, ENROLLED[0])[0]), (80, 80), cv2.INTER_AREA)
+    with pytest.raises(EnrollmentRejected) as info:
+        gallery.enroll([("small.png", png(small))], name="Small", pick="center")
+    (verdict,) = info.value.verdicts
+    assert not verdict.accepted
+    assert any(r.startswith("face too small") for r in verdict.reasons), verdict.reasons
+    assert verdict.quality is not None and verdict.quality["face_px"] < 40
+    assert gallery.catalogue.counts() == (0, 0)
+
+
+def test_tight_low_res_crops_enrol_and_match_scene_photos(gallery: Gallery, lfw: Path) -> None:
+    # 56 px crops from eyebrows to chin: the scene detectors find no face in these two.
+    campbell = [tight_crop(gallery, p) for p in photos(lfw, "Alastair_Campbell")[:2]]
+    crops = [(f"campbell-{i}.png", png(c)) for i, c in enumerate(campbell)]
+    with pytest.raises(EnrollmentRejected) as info:
+        gallery.enroll(crops, name="Alastair Campbell", crop_mode="scene")
+    assert all("no face found" in v.reasons[0] for v in info.value.verdicts)
+    # auto: pad and re-detect finds them
+    res = gallery.enroll(crops, name="Alastair Campbell")
+    assert [r.crop_mode for r in res.images] == ["tight", "tight"]
+    assert all(r.quality and r.quality["face_px"] <= 56 for r in res.images)  # crop pixels
+    # Even padded, no detector fires on these; an explicit tight crop is taken as the face.
+    sandler = [tight_crop(gallery, p) for p in photos(lfw, "Adam_Sandler")[:2]]
+    s_crops = [(f"sandler-{i}.png", png(c)) for i, c in enumerate(sandler)]
+    with pytest.raises(EnrollmentRejected):
+        gallery.enroll(s_crops, name="Adam Sandler")
+    s_res = gallery.enroll(s_crops, name="Adam Sandler", crop_mode="tight")
+    assert [r.crop_mode for r in s_res.images] == ["tight", "tight"]
+    # scene photos of both are identified from the crops alone
+    for person, ident in (("Alastair_Campbell", res.identity), ("Adam_Sandler", s_res.identity)):
+        _, face = best(gallery, photos(lfw, person)[2])
+        assert face.decision == "identity", (person, face.candidates)
+        assert face.identity is not None and face.identity.identity_id == ident.identity_id
+    # and a tight crop probe of another photo finds the person too
+    probe = tight_crop(gallery, photos(lfw, "Alastair_Campbell")[3])
+    out = gallery.search_image(png(probe), crop_mode="tight")
+    assert out.faces[0].identity is not None
+    assert out.faces[0].identity.identity_id == res.identity.identity_id
+
+
+def test_remove_erases_every_version_and_the_crops(
+    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    _, v_flip, v_plain = versions
+    ids = enrol_people(gallery, lfw, ENROLLED[:2])
+    gone, kept = ids[ENROLLED[0]], ids[ENROLLED[1]]
+    crop_files = gallery.crops.files_of(gone)
+    assert len(crop_files) == 2 and all(p.is_file() for p in crop_files)
+    gallery.reembed(v_plain)  # now the person has rows in two collections
+    colls = gallery.vectors.collections()
+    assert sorted(colls.values()) == sorted([v_flip, v_plain])
+    assert all(gallery.vectors.count(c, gone) == 2 for c in colls)
+
+    res = gallery.remove(gone)
+    assert res.faces_removed == 2 and res.crops_deleted == 2
+    assert res.rows_deleted == {c: 2 for c in colls}
+    assert all(gallery.vectors.count(c, gone) == 0 for c in colls)
+    assert not any(p.exists() for p in crop_files)
+    assert not (gallery.crops.root / gone).exists()
+    with pytest.raises(IdentityNotFound):
+        gallery.show(gone)
+    with pytest.raises(IdentityNotFound):
+        gallery.remove(gone)
+    # a search can no longer find the person; the other one is still there
+    _, face = best(gallery, photos(lfw, ENROLLED[0])[2])
+    assert face.decision == "unknown"
+    assert gone not in {c.identity_id for c in face.candidates}
+    _, face = best(gallery, photos(lfw, ENROLLED[1])[2])
+    assert face.identity is not None and face.identity.identity_id == kept
+    # nor can a search in the old version's collection
+    pipe = gallery.pipeline(v_flip)
+    probe = pipe.analyze(
+        __import__("pipeline.face.image_io", fromlist=["load_image"]).load_image(
+            photos(lfw, ENROLLED[0])[2]
+        ),
+        pick="center",
+    )[0]
+    _, _, cands = gallery.search_vectors(
+        probe.embedding[None], v_flip, collection=gallery.vectors.collection_name(v_flip)
+    )
+    assert gone not in {c.identity_id for c in cands[0]}
+
+
+def test_reembed_builds_the_new_collection_flips_the_alias_and_searches_follow(
+    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    store, v_flip, v_plain = versions
+    ids = enrol_people(gallery, lfw, ENROLLED)
+    before = gallery.active()
+    assert before == Snapshot(gallery.vectors.collection_name(v_flip), v_flip)
+    res = gallery.reembed(v_plain)
+    assert (res.from_version, res.to_version) == (v_flip, v_plain)
+    assert res.faces == 6 and res.identities == 3
+    after = gallery.active()
+    assert after == Snapshot(gallery.vectors.collection_name(v_plain), v_plain)
+    assert gallery.vectors.client.describe_alias(gallery.config.alias)["collection_name"] == (
+        after.collection
+    )
+    assert gallery.vectors.count(after.collection) == 6
+    # the old collection is kept (searches that resolved the alias before the flip finish)
+    assert gallery.vectors.count(before.collection) == 6
+    # the rows are exactly the new model's embedding of the stored (lossless) crops
+    plain = store.load_embedder(v_plain)
+    for face in gallery.catalogue.faces():
+        stored = gallery.crops.get(face.crop, face.crop_sha256)
+        row = gallery.vectors.client.query(
+            after.collection, ids=[face.face_id], output_fields=["embedding", "model_version"]
+        )[0]
+        assert row["model_version"] == v_plain
+        np.testing.assert_allclose(row["embedding"], plain.embed(stored[None])[0], atol=1e-6)
+    # later searches embed with the new version and search its collection
+    for person in ENROLLED:
+        out, face = best(gallery, photos(lfw, person)[3])
+        assert out.model_version == v_plain and out.collection == after.collection
+        assert out.threshold.value == store.manifest(v_plain).threshold.value
+        assert face.identity is not None and face.identity.identity_id == ids[person]
+    # enrolments now go to the new collection
+    new = gallery.enroll(as_input(photos(lfw, STRANGER)[:2]), name=STRANGER, pick="center")
+    assert new.model_version == v_plain and new.collection == after.collection
+    with pytest.raises(ReembedError, match="already the active"):
+        gallery.reembed(v_plain)
+    with pytest.raises(ModelError):
+        gallery.reembed("no-such-version")
+    # and back: the stale v_flip collection is rebuilt, now with the 4th person
+    back = gallery.reembed(v_flip)
+    assert back.faces == 8 and gallery.vectors.count(before.collection) == 8
+
+
+def test_cross_version_search_and_insert_are_refused(
+    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    _, v_flip, v_plain = versions
+    enrol_people(gallery, lfw, ENROLLED[:1])
+    from pipeline.face.image_io import load_image
+
+    image = load_image(photos(lfw, ENROLLED[0])[2])
+    old = gallery.pipeline(v_flip).analyze(image, pick="center")[0].embedding
+    new = gallery.pipeline(v_plain).analyze(image, pick="center")[0].embedding
+    gallery.reembed(v_plain)
+    with pytest.raises(ModelVersionMismatch, match=v_plain):
+        gallery.search_vectors(old[None], v_flip)  # active collection is v_plain now
+    with pytest.raises(ModelVersionMismatch):
+        gallery.search_vectors(
+            old[None], v_flip, collection=gallery.vectors.collection_name(v_plain)
+        )
+    with pytest.raises(ModelVersionMismatch):
+        gallery.vectors.insert(
+            gallery.vectors.collection_name(v_plain),
+            v_flip,
+            [{"face_id": "x", "identity_id": "y", "crop": "z"}],
+            old[None],
+        )
+    # each version searches its own collection
+    _, _, cands = gallery.search_vectors(new[None], v_plain)
+    assert cands[0][0].name == ENROLLED[0]
+    _, _, cands = gallery.search_vectors(
+        old[None], v_flip, collection=gallery.vectors.collection_name(v_flip)
+    )
+    assert cands[0][0].name == ENROLLED[0]
+    # a collection that does not say which model made its vectors is never searched
+    gallery.vectors.client.create_collection("faces_unlabelled", dimension=128)
+    with pytest.raises(ModelVersionMismatch, match=r"no facestream\.model_version"):
+        gallery.search_vectors(new[None], v_plain, collection="faces_unlabelled")
+
+
+def test_identity_records_rename_list_show_external_ids(gallery: Gallery, lfw: Path) -> None:
+    person = ENROLLED[0]
+    res = gallery.enroll(
+        as_input(photos(lfw, person)[:1]),
+        name=person,
+        external_id="emp-42",
+        metadata={"team": "blue"},
+        pick="center",
+    )
+    ident = res.identity
+    with pytest.raises(DuplicateExternalId):
+        gallery.enroll(as_input(photos(lfw, ENROLLED[1])[:1]), name="x", external_id="emp-42")
+    assert gallery.catalogue.counts() == (1, 1)  # the duplicate left nothing behind
+    more = gallery.enroll(
+        as_input(photos(lfw, person)[1:2]), identity_id=ident.identity_id, pick="center"
+    )
+    assert more.identity.n_faces == 2
+    detail = gallery.show(ident.identity_id)
+    assert detail.metadata == {"team": "blue"} and detail.external_id == "emp-42"
+    assert [f.source for f in detail.faces] == [p.name for p in photos(lfw, person)[:2]]
+    assert all(f.enrolled_version == res.model_version for f in detail.faces)
+    assert all((gallery.crops.root / f.crop).is_file() for f in detail.faces)
+    renamed = gallery.rename(ident.identity_id, "Abdullah Gül")
+    assert renamed.name == "Abdullah Gül"
+    assert [i.name for i in gallery.list(name_contains="Gül")] == ["Abdullah Gül"]
+    assert gallery.list(name_contains="%") == []  # LIKE wildcards are literal
+    _, face = best(gallery, photos(lfw, person)[2])
+    assert face.identity is not None and face.identity.name == "Abdullah Gül"
+    with pytest.raises(IdentityNotFound):
+        gallery.rename("nobody", "x")
+    with pytest.raises(GalleryError, match="needs a name"):
+        gallery.enroll(as_input(photos(lfw, person)[:1]))
+    with pytest.raises(GalleryError, match="invalid identity id"):
+        gallery.vectors.delete_identity('x" or identity_id != "')
+
+
+def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) -> None:
+    person = ENROLLED[0]
+    res = gallery.enroll(as_input(photos(lfw, person)[:1]), name=person, pick="center")
+    ident = res.identity.identity_id
+    snap = gallery.active()
+    assert snap is not None
+    # Put a plain file where the identity's crop folder is: the next crop write fails
+    # for real (mkdir/open on a non-directory), after the face was analysed and embedded.
+    folder = gallery.crops.root / ident
+    saved = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+    folder.write_bytes(b"in the way")
+    with pytest.raises(OSError):
+        gallery.enroll(as_input(photos(lfw, person)[1:3]), identity_id=ident, pick="center")
+    assert gallery.show(ident).n_faces == 1
+    assert gallery.vectors.count(snap.collection, ident) == 1
+    assert folder.read_bytes() == b"in the way"
+    folder.unlink()
+    folder.mkdir()
+    for name, data in saved.items():
+        (folder / name).write_bytes(data)
+    more = gallery.enroll(as_input(photos(lfw, person)[1:3]), identity_id=ident, pick="center")
+    assert more.identity.n_faces == 3 and gallery.vectors.count(snap.collection, ident) == 3
