@@ -537,7 +537,11 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``gallery``, ``calibrate``, ``serve`` and ``eval openset`` to the main app."""
+    """Add ``gallery``, ``calibrate``, ``serve`` and ``eval openset`` to the main app.
+
+    Idempotent: a second call on the same app adds nothing."""
+    if any(g.name == "gallery" for g in app.registered_groups):
+        return
     app.add_typer(gallery_app, name="gallery")
     app.command("calibrate")(cli_errors(calibrate))
     app.command("serve")(cli_errors(serve))

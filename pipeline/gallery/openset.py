@@ -177,8 +177,13 @@ def evaluate_openset(
         [i is not None and truth[i] == n for i, (n, _) in zip(e_ids, probes_enrolled, strict=True)]
     )
     t = thr.value
-    # DIR@FAR=1%: the threshold letting at most 1% of never-enrolled probes in.
-    t1 = threshold_at_far(np.array([1.0]), n_sims[np.isfinite(n_sims)], 0.01).threshold
+    # DIR@FAR=1%: the threshold letting at most 1% of never-enrolled probes in (all
+    # probes count; one without a face can never be accepted, whatever the threshold).
+    if len(n_sims) >= 100:
+        t1 = threshold_at_far(np.array([1.0]), n_sims, 0.01).threshold
+    else:
+        t1 = float("nan")
+        notes.append(f"{len(n_sims)} never-enrolled probes cannot measure FAR=1%")
     return OpenSetReport(
         model_version=version,
         threshold=t,

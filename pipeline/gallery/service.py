@@ -141,6 +141,13 @@ class Gallery:
     def active(self) -> Snapshot | None:
         return self.vectors.active()
 
+    def collection_for(self, version: str) -> str | None:
+        """The collection holding ``version``'s vectors (the active one first), or None."""
+        snap = self.active()
+        if snap is not None and snap.version == version:
+            return snap.collection
+        return next((c for c, v in self.vectors.collections().items() if v == version), None)
+
     def serving_version(self) -> str:
         """The version searches and enrolments use: the active collection's, else the
         configured or the model store's active version (before the first enrolment)."""

@@ -107,6 +107,7 @@ class VectorStore:
         self._token = token
         self._client: MilvusClient | None = None
         self._versions: dict[str, str] = {}  # collection -> version (immutable once made)
+        self._loaded: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -137,8 +138,16 @@ class VectorStore:
                 ) from None
             raise GalleryError(f"cannot open Milvus at {self.uri}: {exc}") from None
 
+    def _ensure_loaded(self, collection: str) -> None:
+        # A collection reopened by a new process starts released; searches, queries and
+        # deletes by filter need it loaded. load_collection is idempotent.
+        if collection not in self._loaded:
+            self.client.load_collection(collection)
+            self._loaded.add(collection)
+
     def close(self) -> None:
         with self._lock:
+            self._loaded.clear()
             if self._client is not None:
                 self._client.close()
                 self._client = None
@@ -193,8 +202,7 @@ class VectorStore:
         if self.client.has_collection(name):
             if not replace:
                 return name
-            self.client.drop_collection(name)
-            self._versions.pop(name, None)
+            self.drop(name)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("face_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
         schema.add_field("identity_id", DataType.VARCHAR, max_length=ID_MAX)
@@ -215,6 +223,7 @@ class VectorStore:
     def drop(self, collection: str) -> None:
         self.client.drop_collection(collection)
         self._versions.pop(collection, None)
+        self._loaded.discard(collection)
 
     def flip(self, collection: str) -> None:
         """Point the alias at ``collection`` in one atomic step."""
@@ -225,6 +234,7 @@ class VectorStore:
 
     def count(self, collection: str, identity_id: str | None = None) -> int:
         expr = f'identity_id == "{identity_id}"' if identity_id else 'face_id != ""'
+        self._ensure_loaded(collection)
         res = self.client.query(collection, filter=expr, output_fields=["count(*)"])
         return int(res[0]["count(*)"]) if res else 0
 
@@ -261,6 +271,7 @@ class VectorStore:
 
     def delete_faces(self, collection: str, face_ids: list[str]) -> None:
         if face_ids:
+            self._ensure_loaded(collection)
             self.client.delete(collection, ids=face_ids)
 
     def delete_identity(self, identity_id: str) -> dict[str, int]:
@@ -268,13 +279,14 @@ class VectorStore:
         _check_id(identity_id)
         deleted = {}
         for coll in self.collections():
-            before = self.count(coll, identity_id)
+            before = self.count(coll, identity_id)  # also loads the collection
             self.client.delete(coll, filter=f'identity_id == "{identity_id}"')
             deleted[coll] = before
         return deleted
 
     def identity_vectors(self, snap: Snapshot, identity_id: str) -> np.ndarray:
         _check_id(identity_id)
+        self._ensure_loaded(snap.collection)
         rows = self.client.query(
             snap.collection,
             filter=f'identity_id == "{identity_id}"',
@@ -307,6 +319,7 @@ class VectorStore:
             )
         if len(vectors) == 0:
             return []
+        self._ensure_loaded(snap.collection)
         res = self.client.search(
             snap.collection,
             data=np.asarray(vectors, dtype=np.float32).tolist(),

@@ -1,0 +1,206 @@
+"""``facestream gallery ...``, ``calibrate`` and ``eval openset`` through the real CLI
+(Typer's runner on ``pipeline.cli.app``), on Milvus Lite and LFW photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.gallery.cli import register
+from pipeline.gallery.embcache import identity_folders
+from pipeline.registry import ModelStore
+from tests.gallery.support import lfw_root, photos, two_version_store
+
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+
+register(app)  # until pipeline/cli.py calls it; register() is idempotent
+PERSON = "Abdullah_Gul"
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
+    return two_version_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lfw(shared_dir: Path) -> Path:
+    return lfw_root(shared_dir)
+
+
+def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def private_store(versions: tuple[ModelStore, str, str], dest: Path, version: str) -> Path:
+    """A store holding a copy of one version, for tests that rewrite its manifest."""
+    src = versions[0]
+    (dest / version).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src.folder(version), dest / version)
+    ModelStore(dest).set_active(version)
+    return dest
+
+
+def test_gallery_commands_end_to_end(
+    tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    store, v_flip, v_plain = versions
+    env = {
+        "FACESTREAM_MODELS__STORE": str(store.root),
+        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
+    }
+    imgs = [str(p) for p in photos(lfw, PERSON)]
+    code, out, err = cli(
+        env, "gallery", "enroll", *imgs[:2], "--name", PERSON, "--pick", "center",
+        "--external-id", "E1", "--meta", "site=north", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    enrolled = json.loads(out)
+    ident = enrolled["identity"]["identity_id"]
+    assert enrolled["identity"]["metadata"] == {"site": "north"}
+    assert (tmp_path / "g" / "milvus.db").is_dir()  # the default Milvus Lite file
+    assert len(list((tmp_path / "g" / "crops" / ident).glob("*.png"))) == 2
+
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out, err = cli(env, "gallery", "enroll", imgs[2], str(blank), "--name", "X")
+    assert code == 2
+    assert "rejected" in err and "blank.png" in err and "nothing stored" in err
+
+    code, out, _ = cli(env, "gallery", "list", "--json")
+    assert code == 0 and [i["identity_id"] for i in json.loads(out)] == [ident]
+    code, out, _ = cli(env, "gallery", "rename", ident, "A. Gul")
+    assert code == 0 and "A. Gul" in out
+    code, out, _ = cli(env, "gallery", "show", ident)
+    shown = json.loads(out)
+    assert shown["name"] == "A. Gul" and len(shown["faces"]) == 2
+
+    code, out, _ = cli(env, "gallery", "search", imgs[2], "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["model_version"] == v_flip and res["threshold"]["provenance"]
+    assert [f["identity"]["identity_id"] for f in res["faces"] if f["identity"]] == [ident]
+    code, out, _ = cli(env, "gallery", "search", imgs[2])
+    assert "A. Gul" in out and "threshold=" in out
+
+    code, out, err = cli(env, "gallery", "reembed", "--to", v_plain, "--json")
+    assert code == 0, err
+    assert json.loads(out)["collection"].endswith(v_plain.replace("-", "_"))
+    code, out, _ = cli(env, "gallery", "status", "--json")
+    status = json.loads(out)
+    assert status["active_version"] == v_plain and len(status["collections"]) == 2
+    code, out, _ = cli(env, "gallery", "search", imgs[2], "--json")
+    assert json.loads(out)["model_version"] == v_plain
+
+    code, out, _ = cli(env, "gallery", "remove", ident, "--json")
+    assert code == 0 and sum(json.loads(out)["rows_deleted"].values()) == 4
+    assert not (tmp_path / "g" / "crops" / ident).exists()
+    code, out, _ = cli(env, "gallery", "search", imgs[2], "--json")
+    assert all(f["decision"] != "identity" for f in json.loads(out)["faces"])
+    code, _, err = cli(env, "gallery", "show", ident)
+    assert code == 2 and "no identity" in err
+    # --milvus-uri points elsewhere: a different (empty) vector store
+    code, out, _ = cli(
+        env, "gallery", "--milvus-uri", str(tmp_path / "other.db"), "status", "--json"
+    )
+    assert code == 0 and json.loads(out)["collections"] == []
+
+
+def test_milvus_lite_held_by_another_process_is_a_clear_error(
+    tmp_path: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import sys, time
+                from pymilvus import MilvusClient
+                MilvusClient({str(db)!r})
+                print("ready", flush=True)
+                sys.stdin.read()
+            """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        env = {"FACESTREAM_MODELS__STORE": str(versions[0].root)}
+        code, _, err = cli(
+            env, "gallery", "--data-dir", str(tmp_path / "g"), "--milvus-uri", str(db), "status"
+        )
+        assert code == 2
+        assert "open in another process" in err and "facestream serve" in err
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_cli_import_stays_light() -> None:
+    # `facestream --help` must not pay for pymilvus, Ray or FastAPI.
+    code = (
+        "import sys, pipeline.cli, pipeline.gallery.cli as g; g.register(pipeline.cli.app); "
+        "print(sorted(m for m in ('pymilvus', 'ray', 'fastapi', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ},
+    ).stdout  # fmt: skip
+    assert out.strip() == "[]"
+
+
+def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
+    tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    _, v_flip, _ = versions
+    store_root = private_store(versions, tmp_path / "models", v_flip)
+    # A small LFW folder: the 30 first identities with >= 4 photos, at most 8 photos each.
+    subset = tmp_path / "lfw"
+    for name, paths in list(identity_folders(lfw, min_images=4).items())[:30]:
+        (subset / name).mkdir(parents=True)
+        for p in paths[:8]:
+            (subset / name / p.name).symlink_to(p)
+    env = {"FACESTREAM_MODELS__STORE": str(store_root)}
+    cache = str(tmp_path / "cache")
+    code, out, err = cli(
+        env, "calibrate", "--root", str(subset), "--split", "calibration",
+        "--target-far", "0.01", "--cache-dir", cache,
+    )  # fmt: skip
+    assert code == 0, err
+    thr = ModelStore(store_root).manifest(v_flip).threshold
+    assert thr.target_far == 0.01 and "calibration split" in thr.provenance
+    assert f"{thr.value:.4f}" in out
+    code, out, err = cli(
+        env, "calibrate", "--root", str(subset), "--target-far", "1e-6", "--cache-dir", cache
+    )
+    assert code == 2 and "cannot measure a FAR of 1e-06" in err
+
+    code, out, err = cli(
+        env, "eval", "openset", "--root", str(subset), "--cache-dir", cache,
+        "--out", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert rep["threshold"] == thr.value and rep["threshold_target_far"] == 0.01
+    assert rep["n_calibration_identities"] + rep["n_enrolled"] + rep["n_never_enrolled"] == 30
+    assert rep["n_calibration_identities"] > 0 and rep["n_enrolled"] > 0
+    assert rep["n_never_enrolled"] > 0
+    assert rep["rank1"] >= 0.9  # dlib's model on frontal LFW faces
+    assert rep["dir_at_threshold"] <= rep["rank1"]
+    assert 0.0 <= rep["far_at_threshold"] <= 1.0
+    assert "rank-1" in out and "DIR" in out
