@@ -1,0 +1,365 @@
+"""``facestream train`` end to end: data -> Ray Train -> export -> evaluation -> version.
+
+1. List the images, run each through the production face core of the base version
+   (cached crops), split identities into training and held-out.
+2. Fine-tune with Ray Train's ``TorchTrainer`` (``loop.train_loop_per_worker``).
+3. Stage the new version: ``model.pt`` + ``model.onnx``, ONNX/torch parity checked.
+4. Evaluate the base and the new version on the held-out identities (and the guard
+   pairs sets, e.g. LFW) through ONNX Runtime exactly as production embeds; write
+   ``report.json`` and one ``roc.png``.
+5. Calibrate the new version's threshold and register it with its lineage. It is not
+   made active: that is ``facestream models promote``, behind the gate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.config import FaceConfig
+from pipeline.face.align import Aligner
+from pipeline.face.analyze import FacePipeline
+from pipeline.face.manifest import ModelManifest, Threshold
+from pipeline.registry import ModelStore
+from pipeline.train.config import TrainConfig, check_paths
+from pipeline.train.data import (
+    CropCache,
+    Splits,
+    check_sampler_fits,
+    list_images,
+    load_faces,
+    make_splits,
+)
+from pipeline.train.evaluate import GuardChips, ModelEval, evaluate_model, guard_chips, write_report
+from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_epoch
+from pipeline.train.model import load_torch_model
+
+PARITY_CHIPS = 16
+
+
+class Reporter(Protocol):
+    def task(self, description: str, total: int | None) -> Callable[[int], None]: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class QuietReporter:
+    def task(self, description: str, total: int | None) -> Callable[[int], None]:
+        return lambda n: None
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    store: ModelStore
+    base: ModelManifest
+    pipeline: FacePipeline
+    cache: CropCache
+    splits: Splits
+    guards: list[GuardChips]
+
+
+@dataclass
+class TrainOutcome:
+    run_name: str
+    base_version: str
+    version: str | None
+    manifest: ModelManifest | None
+    base_eval: ModelEval
+    candidate_eval: ModelEval
+    history: list[dict[str, Any]]
+    report_path: Path
+    roc_path: Path
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(
+    cfg: TrainConfig,
+    store: ModelStore,
+    face_config: FaceConfig,
+    reporter: Reporter | None = None,
+) -> Prepared:
+    """Steps that need no Ray: config checks, crops (cached), splits, guard chips."""
+    rep = reporter or QuietReporter()
+    check_paths(cfg)
+    base = store.resolve(cfg.base_version)
+    if "torch" not in base.files:
+        load_torch_model(store, base.version)  # raises the explanatory error
+    # The "center" face: training folders hold one labelled person per photo.
+    pipe = FacePipeline.from_config(
+        face_config.model_copy(update={"pick": "center"}), Aligner(base.alignment), None
+    )
+    cache = CropCache(cfg.data.cache_dir, pipe)
+    images = list_images(cfg.data)
+    n = sum(len(v) for v in images.values())
+    advance = rep.task(f"face core on {n} training images (cached crops)", n)
+    faces = load_faces(
+        images,
+        cache,
+        quality_gate=cfg.data.quality_gate,
+        min_images=cfg.data.min_images,
+        on_progress=advance,
+    )
+    splits = make_splits(faces, cfg.data)
+    check_sampler_fits(splits.train, cfg.sampler.p)
+    if splits.heldout.n_identities < 2:
+        from pipeline.train.config import TrainConfigError
+
+        raise TrainConfigError("the held-out split needs at least 2 identities")
+    guards = []
+    for g in cfg.eval.guard_pairs:
+        advance = rep.task(f"face core on guard set {g.name} (cached crops)", None)
+        guards.append(guard_chips(g, cache, on_progress=advance))
+    rep.log(
+        f"data: {faces.n_identities} identities, {len(faces)} faces, "
+        f"{len(faces.failures)} images without a usable face; train "
+        f"{splits.train.n_identities} ids / {len(splits.train)} faces, held-out "
+        f"{splits.heldout.n_identities} ids / {len(splits.heldout)} faces "
+        f"(crop cache: {cache.hits} hits, {cache.misses} new)"
+    )
+    return Prepared(cfg, store, base, pipe, cache, splits, guards)
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"ft-{cfg.loss.name}-{stamp}"
+
+
+def storage_path(cfg: TrainConfig) -> str:
+    """Ray wants an absolute local path or a URI."""
+    if "://" in cfg.checkpoint_dir:
+        return cfg.checkpoint_dir
+    return str(Path(cfg.checkpoint_dir).expanduser().resolve())
+
+
+def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Run the Ray Train job; returns the final network weights and per-epoch metrics."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train.loop import train_loop_per_worker
+
+    cfg = prep.cfg
+    net, _ = load_torch_model(prep.store, prep.base.version)
+    tr, ho = prep.splits.train, prep.splits.heldout
+    data_ref = ray.put(WorkerData(tr.chips, tr.labels, tr.n_identities, ho.chips, ho.labels))
+    state_ref = ray.put({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "preprocessing": prep.base.preprocessing.model_dump(mode="json"),
+            "data": data_ref,
+            "base_state": state_ref,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path(cfg),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+        import json
+
+        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    return state, history
+
+
+def calibrate(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    target_far: float,
+    source: str,
+    fallback: Threshold,
+) -> Threshold:
+    """The threshold at ``target_far`` on every held-out pair (the gallery's calibration
+    rule); the parent's threshold where the split is too small to measure that FAR."""
+    from pipeline.gallery.calibrate import pair_scores, provenance, threshold_at_far
+    from pipeline.gallery.errors import CalibrationError
+
+    try:
+        genuine, impostor = pair_scores(vectors, labels)
+        cal = threshold_at_far(genuine, impostor, target_far)
+    except CalibrationError as exc:
+        return fallback.model_copy(
+            update={
+                "provenance": f"inherited from the parent ({fallback.provenance}); not "
+                f"calibrated: {exc}"
+            }
+        )
+    return Threshold(
+        value=round(cal.threshold, 6), target_far=target_far, provenance=provenance(cal, source)
+    )
+
+
+def run_training(
+    cfg: TrainConfig,
+    store: ModelStore,
+    face_config: FaceConfig,
+    out_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    register: bool = True,
+    batch_size: int = 32,
+    intra_op_threads: int = 0,
+) -> TrainOutcome:
+    rep = reporter or QuietReporter()
+    wall: dict[str, float] = {}
+    t = time.perf_counter()
+    prep = prepare(cfg, store, face_config, rep)
+    wall["data_s"] = time.perf_counter() - t
+    run_name = cfg.run_name or default_run_name(cfg)
+    steps = steps_per_epoch(cfg, len(prep.splits.train))
+    rep.log(
+        f"run {run_name}: {cfg.loss.name} loss, {cfg.epochs} epochs x {steps} steps of "
+        f"{cfg.sampler.p}x{cfg.sampler.k}, freeze {cfg.freeze}, {cfg.num_workers} worker(s)"
+        f"{' on GPU' if cfg.use_gpu else ''}; base {prep.base.version}"
+    )
+
+    import ray
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(log_to_driver=True)
+    try:
+        t = time.perf_counter()
+        state, history = fit(prep, run_name)
+        wall["train_s"] = time.perf_counter() - t
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    from pipeline.nets.dlib_resnet import DlibResNet
+    from pipeline.train.export import stage_version
+
+    model = DlibResNet()
+    model.load_state_dict(state)
+    model.eval()
+    ho = prep.splits.heldout
+    t = time.perf_counter()
+    staged = stage_version(
+        store, prep.base, model, ho.chips[:PARITY_CHIPS], source_extra={"run": run_name}
+    )
+    try:
+        wall["export_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        base_emb = store.load_embedder(
+            prep.base.version, batch_size=batch_size, intra_op_threads=intra_op_threads
+        )
+        cand_emb = staged.embedder(batch_size, intra_op_threads)
+        rep.log(
+            "evaluating base and fine-tuned models on the held-out identities"
+            + (" and " + ", ".join(g.name for g in prep.guards) if prep.guards else "")
+        )
+        base_eval = evaluate_model(base_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
+        cand_eval = evaluate_model(cand_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
+        wall["eval_s"] = time.perf_counter() - t
+        heldout_digest = ho.digest(prep.cache.salt)
+        threshold = calibrate(
+            cand_emb.embed(ho.chips),
+            ho.labels,
+            cfg.calibrate_far,
+            f"held-out split {heldout_digest} of {cfg.data.root or cfg.data.manifest} "
+            f"({ho.n_identities} identities)",
+            prep.base.threshold,
+        )
+        rates = [h["images_per_s"] for h in history if "images_per_s" in h]
+        lineage: dict[str, Any] = {
+            "parent": prep.base.version,
+            "run": run_name,
+            "storage": storage_path(cfg) + "/" + run_name,
+            "data": {
+                "source": str(cfg.data.root or cfg.data.manifest),
+                "digest": prep.splits.all_faces.digest(prep.cache.salt),
+                "train_digest": prep.splits.train.digest(prep.cache.salt),
+                "heldout_digest": heldout_digest,
+                "split_seed": cfg.data.split_seed,
+                "heldout_fraction": cfg.data.heldout_fraction,
+                "crop_cache_key": prep.cache.salt,
+                **prep.splits.describe(),
+            },
+            "loss": cfg.loss.model_dump(mode="json"),
+            "optim": cfg.optim.model_dump(mode="json"),
+            "sampler": cfg.sampler.model_dump(mode="json"),
+            "augment": cfg.augment.model_dump(mode="json"),
+            "freeze": cfg.freeze,
+            "init_head": cfg.init_head,
+            "epochs": cfg.epochs,
+            "steps": cfg.epochs * steps,
+            "seed": cfg.seed,
+            "training": {
+                "num_workers": cfg.num_workers,
+                "use_gpu": cfg.use_gpu,
+                "images_per_s": float(np.mean(rates)) if rates else None,
+                "wall_s": round(wall["train_s"], 1),
+                "history": history,
+            },
+            "evaluation": {
+                "heldout_digest": heldout_digest,
+                "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
+                "models": {
+                    prep.base.version: base_eval.summary(),
+                    staged.version: cand_eval.summary(),
+                },
+            },
+            "metrics": cand_eval.summary(),
+            "files": {role: f.sha256 for role, f in staged.draft.files.items()},
+            "parity": staged.parity,
+        }
+        cand_eval.version = staged.version
+        report_path, roc_path = write_report(
+            out_dir,
+            base_eval,
+            cand_eval,
+            {
+                "run": run_name,
+                "base_version": prep.base.version,
+                "candidate_version": staged.version,
+                "registered": register,
+                "config": cfg.model_dump(mode="json"),
+                "data": lineage["data"],
+                "training": lineage["training"],
+                "parity": staged.parity,
+                "threshold": threshold.model_dump(mode="json"),
+                "wall_s": wall,
+            },
+        )
+        manifest = staged.commit(threshold, lineage) if register else None
+    finally:
+        if staged.scratch.exists():
+            staged.discard()
+    return TrainOutcome(
+        run_name,
+        prep.base.version,
+        manifest.version if manifest else None,
+        manifest,
+        base_eval,
+        cand_eval,
+        history,
+        report_path,
+        roc_path,
+        wall,
+    )

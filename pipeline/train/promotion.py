@@ -1,0 +1,391 @@
+"""Promotion and rollback of model versions, behind an evaluation gate.
+
+Promotion of version V (``promote(store, gallery, V, force)``):
+
+1. Check V: its manifest reads and its files match their sha256.
+2. Gate: V must beat the active version A on held-out metrics measured on the *same*
+   held-out data (the run that trained V evaluated its parent; a version trained on
+   the same split also carries comparable numbers). Refused otherwise, with the
+   numbers, unless ``force`` (then the override and the failed gate are recorded).
+3. Gallery: ``Gallery.reembed(V)`` builds V's collection from the stored aligned crops
+   while A's keeps serving, then flips the Milvus alias to it (skipped when the alias
+   already points at V: a re-run after a crash picks up where it stopped).
+4. ``ModelStore.set_active(V)``: the atomic flip of ``ACTIVE``.
+5. One JSON line appended to ``<store>/HISTORY.jsonl``: who, when, from, to, forced,
+   the gate's numbers, the re-embedding's counts and time.
+
+Rollback re-embeds the gallery back into the version that was active before the last
+promotion to the current one, flips both pointers back and records the rollback; it
+is not gated (it is the way back from a bad promotion).
+
+The live swap of a running ``facestream run`` (rolling the Serve embedder replicas so
+that no request embeds with one version and searches another) slots in between steps
+3 and 4; ``gate_check`` and ``record`` are public so the streaming runner can perform
+the steps itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import getpass
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import FacestreamError
+from pipeline.face.manifest import verify_files
+from pipeline.registry import ModelStore
+from pipeline.train.evaluate import lower_is_better
+
+if TYPE_CHECKING:
+    from pipeline.gallery.service import Gallery
+
+HISTORY_FILE = "HISTORY.jsonl"
+
+
+class PromotionError(FacestreamError):
+    code = "promotion_failed"
+
+
+class PromotionRefused(PromotionError):
+    """The candidate does not beat the active model; the message holds the numbers."""
+
+    code = "promotion_refused"
+
+    def __init__(self, message: str, gate: GateResult) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What "beats" means.
+
+    ``primary`` must be strictly better (by more than ``min_gain``); every other metric
+    that both versions have may be worse by at most ``tolerance`` (absolute), and
+    guard-set accuracies (``<set>.accuracy``, e.g. LFW) by at most ``guard_tolerance``.
+    """
+
+    primary: str = "tar@far=0.01"
+    min_gain: float = 0.0
+    tolerance: float = 0.01
+    guard_tolerance: float = 0.005
+    checked: tuple[str, ...] = ("tar@far=0.001", "eer", "roc_auc", "rank1", "dir@far=0.01")
+
+
+@dataclass
+class GateRow:
+    metric: str
+    active: float | None
+    candidate: float | None
+    rule: str
+    ok: bool
+
+    @property
+    def delta(self) -> float | None:
+        if self.active is None or self.candidate is None:
+            return None
+        return self.candidate - self.active
+
+
+@dataclass
+class GateResult:
+    candidate: str
+    active: str
+    passed: bool
+    comparable: bool
+    heldout_digest: str | None
+    rows: list[GateRow] = field(default_factory=list)
+    reason: str = ""
+
+    def table(self) -> str:
+        lines = [f"  {'metric':<24}{'active':>10}{'candidate':>11}{'delta':>10}  rule"]
+        for r in self.rows:
+            a = "-" if r.active is None else f"{r.active:.4f}"
+            c = "-" if r.candidate is None else f"{r.candidate:.4f}"
+            d = "-" if r.delta is None else f"{r.delta:+.4f}"
+            mark = "ok" if r.ok else "FAILS"
+            lines.append(f"  {r.metric:<24}{a:>10}{c:>11}{d:>10}  {r.rule} ({mark})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, r in zip(d["rows"], self.rows, strict=True):
+            row["delta"] = r.delta
+        return d
+
+
+def _evaluations(lineage: dict[str, Any]) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    ev = lineage.get("evaluation")
+    if not isinstance(ev, dict):
+        return None, {}
+    models = ev.get("models")
+    return ev.get("heldout_digest"), models if isinstance(models, dict) else {}
+
+
+def comparable_metrics(
+    store: ModelStore, candidate: str, active: str
+) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(held-out digest, active's metrics, candidate's metrics) on the same held-out data.
+
+    Sources, in order: the candidate's own evaluation (which ran its parent, and any
+    other version it compared against), then the active version's evaluation when it
+    was measured on the same held-out digest.
+    """
+    digest, models = _evaluations(store.manifest(candidate).lineage)
+    cand = models.get(candidate)
+    if cand is None:
+        return digest, None, None
+    if active in models:
+        return digest, models[active], cand
+    a_digest, a_models = _evaluations(store.manifest(active).lineage)
+    if digest is not None and a_digest == digest and active in a_models:
+        return digest, a_models[active], cand
+    return digest, None, cand
+
+
+def gate_check(
+    store: ModelStore, candidate: str, active: str, policy: GatePolicy | None = None
+) -> GateResult:
+    """Does ``candidate`` beat ``active`` on the same held-out data?"""
+    policy = policy or GatePolicy()
+    digest, a, c = comparable_metrics(store, candidate, active)
+    if c is None:
+        return GateResult(
+            candidate,
+            active,
+            False,
+            False,
+            digest,
+            reason=f"{candidate} carries no held-out evaluation (it was not made by "
+            "`facestream train`)",
+        )
+    if a is None:
+        return GateResult(
+            candidate,
+            active,
+            False,
+            False,
+            digest,
+            reason=f"no metrics of the active version {active} on {candidate}'s held-out "
+            f"split ({digest}); it was trained from {store.manifest(candidate).parent}. "
+            f"Fine-tune from {active} to get a comparable evaluation",
+        )
+    rows: list[GateRow] = []
+    pa, pc = a.get(policy.primary), c.get(policy.primary)
+    ok = pa is not None and pc is not None and _better(policy.primary, pc, pa, policy.min_gain)
+    rows.append(GateRow(policy.primary, pa, pc, "must be better", ok))
+    guards = sorted(k for k in c if k.endswith(".accuracy") and k in a)
+    for k in (*policy.checked, *guards):
+        va, vc = a.get(k), c.get(k)
+        if va is None or vc is None:
+            continue
+        tol = policy.guard_tolerance if k in guards else policy.tolerance
+        worse = (vc - va) if lower_is_better(k) else (va - vc)
+        rows.append(GateRow(k, va, vc, f"may be at most {tol:g} worse", worse <= tol + 1e-12))
+    passed = all(r.ok for r in rows)
+    reason = "" if passed else "fails: " + ", ".join(r.metric for r in rows if not r.ok)
+    return GateResult(candidate, active, passed, True, digest, rows, reason)
+
+
+def _better(metric: str, cand: float, active: float, min_gain: float) -> bool:
+    gain = (active - cand) if lower_is_better(metric) else (cand - active)
+    return gain > min_gain
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+@dataclass
+class PromotionRecord:
+    action: str  # "promote" | "rollback"
+    from_version: str | None
+    to_version: str
+    forced: bool
+    at: str
+    user: str
+    reason: str = ""
+    gate: dict[str, Any] | None = None
+    reembed: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _store_lock(store: ModelStore) -> Iterator[None]:
+    """One promotion or rollback at a time per store (across processes)."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store.root / ".promotion.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def record(store: ModelStore, rec: PromotionRecord) -> None:
+    """Append one line to ``HISTORY.jsonl`` (fsynced: it is the audit trail)."""
+    path = store.root / HISTORY_FILE
+    with path.open("a") as f:
+        f.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def history(store: ModelStore) -> list[PromotionRecord]:
+    path = store.root / HISTORY_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(PromotionRecord(**json.loads(line)))
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _switch_gallery(gallery: Gallery | None, version: str) -> dict[str, Any] | None:
+    if gallery is None:
+        return None
+    snap = gallery.active()
+    if snap is not None and snap.version == version:
+        return {"skipped": f"the gallery alias already points at {snap.collection}"}
+    res = gallery.reembed(version)
+    return res.model_dump(mode="json") if hasattr(res, "model_dump") else dict(vars(res))
+
+
+def promote(
+    store: ModelStore,
+    gallery: Gallery | None,
+    version: str,
+    force: bool = False,
+    *,
+    policy: GatePolicy | None = None,
+    reason: str = "",
+) -> PromotionRecord:
+    """Make ``version`` the active model (see the module docstring for the steps).
+
+    ``gallery`` None promotes the model store only (no gallery in this deployment).
+    Raises ``PromotionRefused`` when the gate fails and ``force`` is False.
+    """
+    t0 = time.perf_counter()
+    with _store_lock(store):
+        manifest = store.manifest(version)
+        verify_files(manifest, store.folder(version))
+        try:
+            active: str | None = store.active_version()
+        except FacestreamError:
+            active = None
+        if active == version and (gallery is None or _gallery_version(gallery) in (None, version)):
+            raise PromotionError(f"{version} is already the active version")
+        gate = gate_check(store, version, active, policy) if active else None
+        if gate is not None and not gate.passed and not force:
+            raise PromotionRefused(
+                f"promotion of {version} refused: it does not beat the active model {active}"
+                f" on the held-out metrics"
+                + (f" (held-out split {gate.heldout_digest})" if gate.heldout_digest else "")
+                + (f"\n{gate.table()}" if gate.rows else "")
+                + f"\n{gate.reason}.\nUse --force to promote anyway (recorded in "
+                f"{store.root / HISTORY_FILE}).",
+                gate,
+            )
+        reembed = _switch_gallery(gallery, version)
+        store.set_active(version)
+        rec = PromotionRecord(
+            action="promote",
+            from_version=active,
+            to_version=version,
+            forced=bool(force and gate is not None and not gate.passed),
+            at=_now(),
+            user=_user(),
+            reason=reason,
+            gate=gate.to_dict() if gate else None,
+            reembed=reembed,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        record(store, rec)
+        return rec
+
+
+def _gallery_version(gallery: Gallery) -> str | None:
+    snap = gallery.active()
+    return snap.version if snap is not None else None
+
+
+def rollback_target(store: ModelStore, current: str) -> str:
+    """The version that was active before the latest promotion to ``current``."""
+    for rec in reversed(history(store)):
+        if rec.action == "promote" and rec.to_version == current and rec.from_version:
+            return rec.from_version
+    raise PromotionError(
+        f"nothing to roll back to: {current} did not become active through "
+        f"`facestream models promote` (see {store.root / HISTORY_FILE}); name a version "
+        "with --to"
+    )
+
+
+def rollback(
+    store: ModelStore,
+    gallery: Gallery | None,
+    to: str | None = None,
+    *,
+    reason: str = "",
+) -> PromotionRecord:
+    """Return to the previous version (or ``to``): gallery re-embedded, pointers flipped."""
+    t0 = time.perf_counter()
+    with _store_lock(store):
+        current = store.active_version()
+        target = to or rollback_target(store, current)
+        if target == current:
+            raise PromotionError(f"{target} is already the active version")
+        manifest = store.manifest(target)
+        verify_files(manifest, store.folder(target))
+        reembed = _switch_gallery(gallery, target)
+        store.set_active(target)
+        rec = PromotionRecord(
+            action="rollback",
+            from_version=current,
+            to_version=target,
+            forced=False,
+            at=_now(),
+            user=_user(),
+            reason=reason,
+            reembed=reembed,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        record(store, rec)
+        return rec
+
+
+__all__ = [
+    "HISTORY_FILE",
+    "GatePolicy",
+    "GateResult",
+    "PromotionError",
+    "PromotionRecord",
+    "PromotionRefused",
+    "gate_check",
+    "history",
+    "promote",
+    "record",
+    "rollback",
+    "rollback_target",
+]
