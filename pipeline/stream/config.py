@@ -1,0 +1,361 @@
+"""Settings of the streaming pipeline (the ``[stream]`` section of the settings).
+
+``StreamConfig`` is a plain pydantic section, meant to sit in ``pipeline.config.Settings``
+as ``stream: StreamConfig``. Until it does, :func:`stream_config` reads it from a TOML
+file (``--stream-config``: a ``[stream]`` table or top-level keys) or from the
+environment (``FACESTREAM_STREAM__<SECTION>__<FIELD>``, e.g.
+``FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS=broker:9092``), so the same variables work
+before and after the hook-up. Every value is checked at start-up; a bad one stops the
+program with the field and the reason.
+
+A camera fleet in TOML::
+
+    [stream.kafka]
+    bootstrap_servers = "kafka-0:9092,kafka-1:9092"
+
+    [[stream.cameras]]
+    id = "lobby"
+    url = "rtsp://user:pass@10.0.0.12/stream1"
+    fps = 5
+    max_side = 1280
+
+    [[stream.cameras]]
+    id = "gate"
+    url = "http://10.0.0.13/mjpg/video.mjpg"
+    fps = 2
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Camera ids become Kafka keys and the first part of event ids ("camera:seq"), so a colon
+# (the separator) and anything a shell or a URL would mangle is refused.
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+class _Section(BaseModel):
+    # A misspelt key in a config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Section):
+    """One video source: a camera URL, a file or a local device."""
+
+    id: str = Field(pattern=CAMERA_ID_PATTERN, description="Stable camera id (the Kafka key).")
+    url: str = Field(
+        min_length=1,
+        description="rtsp://…, http(s):// MJPEG or HLS (.m3u8), a video file, or a device "
+        "index such as '0'.",
+    )
+    fps: PositiveFloat = Field(5.0, le=120, description="Frames per second kept after sampling.")
+    max_side: PositiveInt | None = Field(
+        1280, ge=64, description="Downscale frames whose longer side exceeds this (pixels)."
+    )
+    loop: bool = Field(False, description="Files: start over at the end instead of stopping.")
+    realtime: bool = Field(
+        True,
+        description="Files: play at the video's own speed, like a camera. False reads as fast "
+        "as the pipeline takes frames (and never drops them).",
+    )
+    jpeg_quality: int | None = Field(
+        None, ge=10, le=100, description="Override of ingest.jpeg_quality for this camera."
+    )
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str | None = Field(
+        None,
+        description="host:port[,host:port]. None: `facestream run` starts a local broker "
+        "(scripts/kafka.sh); `ingest` and `events` require it.",
+    )
+    client_id: str = Field("facestream", min_length=1)
+    group_id: str = Field(
+        "facestream-recognition", min_length=1, description="Consumer group of the workers."
+    )
+    frames_partitions: PositiveInt = Field(
+        6,
+        description="Partitions of the frames topic when `run` creates it. A camera's frames "
+        "stay in one partition (keyed by camera id), so this caps the useful workers.",
+    )
+    output_partitions: PositiveInt = Field(3, description="Partitions of the output topics.")
+    replication_factor: PositiveInt = Field(1, description="Replication of created topics.")
+    create_topics: bool = Field(True, description="Create missing topics at start-up.")
+    request_timeout_ms: PositiveInt = Field(30_000)
+
+
+class TopicsConfig(_Section):
+    frames: str = Field("facestream.frames", pattern=TOPIC_PATTERN)
+    detections: str = Field("facestream.detections", pattern=TOPIC_PATTERN)
+    identities: str = Field("facestream.identities", pattern=TOPIC_PATTERN)
+    dlq: str = Field("facestream.frames.dlq", pattern=TOPIC_PATTERN)
+
+    def all(self) -> list[str]:
+        return [self.frames, self.detections, self.identities, self.dlq]
+
+
+class IngestConfig(_Section):
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    max_in_flight: PositiveInt = Field(
+        32,
+        description="Frames sent but not yet acknowledged by Kafka, per camera. Beyond it a "
+        "live camera drops (and counts) frames; a non-realtime file waits.",
+    )
+    reconnect_initial_s: PositiveFloat = Field(0.5, description="First reconnect delay.")
+    reconnect_max_s: PositiveFloat = Field(30.0, description="Reconnect delay cap (doubling).")
+    max_reconnects: NonNegativeInt | None = Field(
+        None, description="Give a camera up after this many reconnects in a row (None: never)."
+    )
+    open_timeout_s: PositiveFloat = Field(10.0, description="Opening a network stream.")
+    read_timeout_s: PositiveFloat = Field(10.0, description="A network stream that stalls.")
+    resume_seq: bool = Field(
+        True,
+        description="On start, continue each camera's sequence numbers after the last one in "
+        "the frames topic, so event ids ('camera:seq') stay unique across restarts.",
+    )
+    resume_scan_records: PositiveInt = Field(
+        5_000, description="How far back in the camera's partition the resume scan looks."
+    )
+    num_cpus: float = Field(0.05, ge=0, description="Ray CPUs of one ingest actor (in `run`).")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> IngestConfig:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
+
+
+class WorkerConfig(_Section):
+    count: PositiveInt = Field(2, description="Recognition actors in the consumer group.")
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per worker actor.")
+    max_poll_records: PositiveInt = Field(
+        4,
+        le=256,
+        description="Frames taken per poll and processed as one batch (their faces go to the "
+        "embedder and the gallery together).",
+    )
+    poll_timeout_ms: PositiveInt = Field(500)
+    max_partition_fetch_bytes: PositiveInt = Field(
+        2 * 1024 * 1024, description="Fetch buffer per partition: bounds prefetched frames."
+    )
+    fetch_max_bytes: PositiveInt = Field(8 * 1024 * 1024, description="Fetch buffer in total.")
+    session_timeout_ms: PositiveInt = Field(
+        10_000, ge=6_000, description="A dead worker's partitions move after this long."
+    )
+    heartbeat_interval_ms: PositiveInt = Field(2_000)
+    max_poll_interval_ms: PositiveInt = Field(300_000)
+    max_frame_bytes: PositiveInt = Field(
+        8 * 1024 * 1024, description="Larger frames go to the DLQ as 'too_large'."
+    )
+    max_frame_pixels: PositiveInt = Field(
+        4096 * 4096, description="Frames announcing more pixels go to the DLQ as 'too_large'."
+    )
+    detector_fallbacks: bool = Field(
+        False,
+        description="Also run face.detector.fallbacks (dlib's CNN: ~2 s a frame on CPU) on "
+        "frames where the primary detector finds nothing.",
+    )
+    call_timeout_s: PositiveFloat = Field(
+        60.0, description="Embedder / gallery call timeout; the batch is retried after it."
+    )
+    output_timeout_s: PositiveFloat = Field(30.0, description="Waiting for Kafka's acks.")
+    retry_backoff_s: PositiveFloat = Field(1.0, description="Pause before retrying a batch.")
+    max_restarts: int = Field(
+        -1, ge=-1, description="Ray restarts of a crashed worker actor (-1: always)."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> WorkerConfig:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError("max_poll_interval_ms must be >= session_timeout_ms")
+        return self
+
+
+class TrackerConfig(_Section):
+    iou_threshold: float = Field(
+        0.3, gt=0, le=1, description="A face continues a track when their boxes overlap this much."
+    )
+    appearance_threshold: float = Field(
+        0.75,
+        ge=-1,
+        le=1,
+        description="...or when its embedding is this similar to the track's (cosine), and its "
+        "centre moved less than max_center_shift box sizes (fast motion, low fps).",
+    )
+    max_center_shift: PositiveFloat = Field(1.5)
+    max_age_ms: PositiveInt = Field(
+        2_000, description="A track unseen for this long (capture time) ends."
+    )
+    confirm_hits: PositiveInt = Field(
+        2, description="Frames that must name the same identity before a track is identified."
+    )
+    vote_window: PositiveInt = Field(
+        15, description="Decisions of a track that vote on its identity (the latest ones)."
+    )
+    announce_changes: bool = Field(
+        True, description="Publish an 'identity_changed' event when a track's identity changes."
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> TrackerConfig:
+        if self.confirm_hits > self.vote_window:
+            raise ValueError("confirm_hits must not exceed vote_window")
+        return self
+
+
+class AutoscalingConfig(_Section):
+    """Ray Serve autoscaling of the embedder (replaces ``replicas`` when set)."""
+
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = Field(2.0)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class EmbedderServeConfig(_Section):
+    """The batched embedder deployment (Ray Serve)."""
+
+    app_name: str = Field("facestream-embedder", min_length=1)
+    replicas: PositiveInt = Field(1, description="Fixed replica count (without autoscaling).")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (TensorRT backend).")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "dlib"] = Field(
+        "auto", description="auto: ONNX Runtime when the version has an ONNX file."
+    )
+    intra_op_threads: NonNegativeInt = Field(0, description="ONNX Runtime threads; 0: default.")
+    max_batch_faces: PositiveInt = Field(
+        32,
+        description="Faces per model call: @serve.batch merges worker requests up to this "
+        "many faces (workers split larger requests).",
+    )
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    max_ongoing_requests: PositiveInt = Field(16, description="Per replica.")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests waiting for a replica; beyond it callers back off."
+    )
+
+
+class SearchServeConfig(_Section):
+    """The gallery search deployment (one owner of the gallery; Ray Serve)."""
+
+    app_name: str = Field("facestream-search", min_length=1)
+    replicas: PositiveInt = Field(
+        1,
+        description="Milvus Lite serves one process: keep 1 unless gallery.milvus_uri is a server.",
+    )
+    num_cpus: float = Field(0.2, ge=0)
+    top_k: PositiveInt = Field(3, le=100, description="Candidates kept per face.")
+    max_batch_vectors: PositiveInt = Field(
+        64, description="Vectors per gallery search: @serve.batch merges worker requests."
+    )
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+    max_ongoing_requests: PositiveInt = Field(16)
+    max_queued_requests: int = Field(64, ge=-1)
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics (Prometheus) from this port; workers use port+1+index, "
+        "ingest actors the ports after. None: off.",
+    )
+
+
+class StreamConfig(_Section):
+    """Everything the streaming pipeline needs besides the face/models/gallery sections."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    workers: WorkerConfig = Field(default_factory=WorkerConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    embedder: EmbedderServeConfig = Field(default_factory=EmbedderServeConfig)
+    search: SearchServeConfig = Field(default_factory=SearchServeConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    dlq_max_payload_bytes: NonNegativeInt = Field(
+        1024 * 1024,
+        description="Rejected frames up to this size are copied (base64) into the DLQ record.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamConfig:
+        ids = [c.id for c in self.cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        topics = self.topics.all()
+        if len(set(topics)) != len(topics):
+            raise ValueError("the four topics must have different names")
+        return self
+
+
+class _StreamEnv(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
+    )
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+
+
+def load_stream_file(path: Path) -> StreamConfig:
+    """A StreamConfig from a TOML file: its ``[stream]`` table, or its top level."""
+    if not path.is_file():
+        raise FileNotFoundError(f"stream config file not found: {path}")
+    with path.open("rb") as f:
+        data: dict[str, Any] = tomllib.load(f)
+    section = data.get("stream", data)
+    return StreamConfig.model_validate(section)
+
+
+def stream_config(settings: Any = None, file: Path | None = None) -> StreamConfig:
+    """The stream section: from ``file`` when given, else ``settings.stream`` when the
+    settings have one, else from the environment."""
+    if file is not None:
+        return load_stream_file(file)
+    section = getattr(settings, "stream", None)
+    if isinstance(section, StreamConfig):
+        return section
+    return _StreamEnv().stream
+
+
+__all__ = [
+    "AutoscalingConfig",
+    "CameraConfig",
+    "EmbedderServeConfig",
+    "IngestConfig",
+    "KafkaConfig",
+    "MetricsConfig",
+    "SearchServeConfig",
+    "StreamConfig",
+    "TopicsConfig",
+    "TrackerConfig",
+    "WorkerConfig",
+    "load_stream_file",
+    "stream_config",
+]

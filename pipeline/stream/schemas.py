@@ -1,0 +1,198 @@
+"""The messages of the output topics: pydantic models and their JSON Schema files.
+
+The models build every message the workers publish; the JSON Schema files in
+``pipeline/stream/schemas/`` are what consumers in other languages read. The files are
+generated from the models (``python -m pipeline.stream.schemas`` rewrites them) and a
+test fails when they drift apart.
+
+=========================== ======================== =====================================
+topic                        model                    schema file
+=========================== ======================== =====================================
+``facestream.detections``    :class:`DetectionEvent`  ``schemas/detection.v1.json``
+``facestream.identities``    :class:`IdentityEvent`   ``schemas/identity.v1.json``
+``facestream.frames.dlq``    :class:`DlqEvent`        ``schemas/dlq.v1.json``
+=========================== ======================== =====================================
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+DETECTION_SCHEMA = "facestream.detection/1"
+IDENTITY_SCHEMA = "facestream.identity/1"
+DLQ_SCHEMA = "facestream.dlq/1"
+
+
+class _Msg(BaseModel):
+    # Producers must not invent fields: consumers validate against the same schema.
+    # Serialisation always writes every field, so the schema lists them all as required.
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class IdentityRef(_Msg):
+    identity_id: str = Field(description="Gallery identity id.")
+    name: str = Field(description="Display name at the time of the event.")
+    external_id: str | None = Field(None, description="The operator's own id, when set.")
+
+
+class Quality(_Msg):
+    passed: bool = Field(description="Whether the face passed the quality gate (and was embedded).")
+    reasons: list[str] = Field(description="Why it failed, one entry per failed check.")
+    metrics: dict[str, float] = Field(description="Measured values (size, sharpness, yaw, …).")
+
+
+class FaceOut(_Msg):
+    face_id: str = Field(description="'camera:seq:index', deterministic.")
+    box: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] pixels.")
+    detector_score: float
+    landmarks: list[list[float]] = Field(description="[[x, y], …] in the frame's pixels.")
+    landmark_scheme: str
+    quality: Quality
+    decision: Literal["identity", "unknown", "rejected"] = Field(
+        description="This frame's open-set decision: 'identity' when the best similarity "
+        "reaches the threshold, 'unknown' otherwise, 'rejected' when the face failed the "
+        "quality gate (not embedded, not searched)."
+    )
+    identity: IdentityRef | None = Field(description="The matched identity ('identity' only).")
+    similarity: float | None = Field(description="Best cosine similarity in the gallery.")
+    model_version: str | None = Field(description="Embedder version of this face's vector.")
+    track_id: str = Field(description="Per-camera track, stable across frames.")
+    track_identity: IdentityRef | None = Field(
+        description="The identity the track is confirmed as (several agreeing frames), if any."
+    )
+
+
+class FrameRef(_Msg):
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+
+
+class DetectionEvent(_Msg):
+    schema_: Literal["facestream.detection/1"] = Field(DETECTION_SCHEMA, alias="schema")
+    event_id: str = Field(description="'camera:seq': deterministic; drop repeats.")
+    camera_id: str
+    seq: int = Field(ge=0)
+    capture_ts_ms: int = Field(description="Capture time, ms since the Unix epoch.")
+    published_ts_ms: int = Field(description="When the worker published this event.")
+    latency_ms: float = Field(description="published_ts_ms - capture_ts_ms.")
+    frame: FrameRef = Field(description="Where the frame was read from.")
+    model_version: str | None = Field(description="Embedder version (null: nothing embedded).")
+    collection: str | None = Field(description="Gallery collection searched (null: none).")
+    threshold: float | None = Field(description="Open-set threshold applied.")
+    faces: list[FaceOut]
+    worker: str = Field(description="Id of the worker that processed the frame.")
+    timings_ms: dict[str, float] = Field(description="Per-stage time spent on this frame's batch.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class IdentityEvent(_Msg):
+    schema_: Literal["facestream.identity/1"] = Field(IDENTITY_SCHEMA, alias="schema")
+    event_id: str = Field(description="'camera:seq:index' of the face that decided; drop repeats.")
+    type: Literal["identified", "identity_changed"] = Field(
+        description="'identified': the track is confirmed as someone for the first time; "
+        "'identity_changed': a confirmed track now votes for someone else."
+    )
+    camera_id: str
+    seq: int = Field(ge=0)
+    track_id: str
+    identity: IdentityRef
+    previous: IdentityRef | None = Field(description="The identity before ('identity_changed').")
+    similarity: float = Field(description="Similarity of the deciding face.")
+    best_similarity: float = Field(description="Best similarity of the track to this identity.")
+    votes: int = Field(ge=1, description="Frames of the track that named this identity.")
+    model_version: str
+    collection: str
+    box: list[float] = Field(min_length=4, max_length=4)
+    track_started_ts_ms: int
+    capture_ts_ms: int
+    published_ts_ms: int
+    latency_ms: float
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceRef(_Msg):
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0, description="Offset of the rejected record in its topic.")
+    timestamp_ms: int | None
+    key: str | None
+    headers: dict[str, str]
+
+
+class DlqEvent(_Msg):
+    schema_: Literal["facestream.dlq/1"] = Field(DLQ_SCHEMA, alias="schema")
+    event_id: str = Field(
+        description="'camera:seq' when the record carried them, else 'topic:partition:offset'."
+    )
+    reason: str = Field(
+        description="missing_key | bad_key | missing_headers | bad_header | size_mismatch | "
+        "undecodable | too_large | processing_error"
+    )
+    detail: str
+    camera_id: str | None
+    seq: int | None
+    source: SourceRef
+    payload_bytes: int = Field(ge=0)
+    payload_sha256: str
+    payload_b64: str | None = Field(
+        description="The rejected value, base64, when no larger than stream.dlq_max_payload_bytes."
+    )
+    worker: str
+    published_ts_ms: int
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "detection": DetectionEvent,
+    "identity": IdentityEvent,
+    "dlq": DlqEvent,
+}
+
+
+def generate_schema(kind: str) -> dict[str, Any]:
+    model = MODELS[kind]
+    schema = model.model_json_schema(by_alias=True, mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://facestream.dev/schemas/{kind}.v1.json"
+    return schema
+
+
+def schema_path(kind: str) -> Path:
+    return SCHEMA_DIR / f"{kind}.v1.json"
+
+
+@cache
+def load_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema file of an output topic ('detection', 'identity' or 'dlq')."""
+    return json.loads(schema_path(kind).read_text())
+
+
+def to_json(event: BaseModel) -> bytes:
+    return event.model_dump_json(by_alias=True).encode()
+
+
+def write_schemas() -> list[Path]:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    paths = []
+    for kind in MODELS:
+        path = schema_path(kind)
+        path.write_text(json.dumps(generate_schema(kind), indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for p in write_schemas():
+        print(p)

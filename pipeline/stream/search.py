@@ -1,0 +1,157 @@
+"""Gallery search for the stream: a Ray Serve deployment that owns the gallery.
+
+Workers send the vectors of a poll batch together with their ``model_version``; Serve
+merges concurrent requests with ``@serve.batch`` and each merged batch becomes one
+``Gallery.search_vectors`` call per model version. The search always runs inside the
+collection of the vectors' version: the active one when it matches, else that
+version's own collection (kept during a model swap), else none at all — faces are then
+"unknown" and the answer says there was no collection, rather than comparing vectors
+of two models.
+
+Why a deployment instead of a gallery per worker: Milvus Lite (the embedded default)
+serves one process per database file. With a Milvus server (``gallery.milvus_uri``)
+raise ``stream.search.replicas`` to scale the search out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from pipeline import metrics
+from pipeline.config import FaceConfig, ModelsConfig
+from pipeline.stream.config import SearchServeConfig
+
+log = logging.getLogger(__name__)
+DEPLOYMENT_NAME = "GallerySearch"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    vectors: np.ndarray  # (n, dim) float32
+    model_version: str
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    identity_id: str
+    name: str
+    external_id: str | None
+    similarity: float
+    decision: str  # "identity" | "unknown"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model_version: str
+    collection: str | None  # None: no collection of that version (nothing to compare with)
+    threshold: float | None
+    candidates: list[list[SearchHit]] = field(default_factory=list)  # per vector, best first
+    note: str | None = None
+
+
+def _vectors(requests: list[SearchRequest]) -> int:
+    return sum(len(r.vectors) for r in requests)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+class GallerySearchDeployment:
+    def __init__(
+        self, gallery: Any, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig
+    ) -> None:
+        from pipeline.gallery.service import Gallery
+        from pipeline.registry import ModelStore
+
+        self.cfg = cfg
+        self.gallery = Gallery(
+            gallery,
+            ModelStore(models.store),
+            face,
+            default_version=models.version,
+            batch_size=models.batch_size,
+            intra_op_threads=models.intra_op_threads,
+        )
+        # Milvus Lite's client is not meant for concurrent calls from several threads.
+        self._lock = threading.Lock()
+        self.search.set_max_batch_size(cfg.max_batch_vectors)
+        self.search.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def __del__(self) -> None:
+        gallery = getattr(self, "gallery", None)
+        if gallery is not None:
+            gallery.close()  # releases the Milvus Lite file for the next owner
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return self.gallery.status().model_dump(mode="json")
+
+    def _collection_for(self, version: str) -> str | None:
+        snap = self.gallery.active()
+        if snap is not None and snap.version == version:
+            return snap.collection
+        for name, v in self.gallery.vectors.collections().items():
+            if v == version:
+                return name
+        return None
+
+    def _search_version(self, version: str, vectors: np.ndarray) -> SearchResult:
+        collection = self._collection_for(version)
+        if collection is None:
+            return SearchResult(
+                version, None, None, [[] for _ in vectors], f"no gallery collection of {version}"
+            )
+        _, thr, cands = self.gallery.search_vectors(
+            vectors, version, collection=collection, top_k=self.cfg.top_k
+        )
+        hits = [
+            [
+                SearchHit(c.identity_id, c.name, c.external_id, float(c.similarity), c.decision)
+                for c in row
+            ]
+            for row in cands
+        ]
+        return SearchResult(version, collection, float(thr.value), hits)
+
+    def _run(self, requests: list[SearchRequest]) -> list[SearchResult]:
+        by_version: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_version.setdefault(r.model_version, []).append(i)
+        out: list[SearchResult | None] = [None] * len(requests)
+        with self._lock:
+            for version, idx in by_version.items():
+                sizes = [len(requests[i].vectors) for i in idx]
+                vecs = np.concatenate([requests[i].vectors for i in idx])
+                metrics.SEARCH_BATCH_VECTORS.observe(len(vecs))
+                with metrics.SEARCH_SECONDS.time():
+                    res = self._search_version(version, vecs)
+                start = 0
+                for i, n in zip(idx, sizes, strict=True):
+                    out[i] = SearchResult(
+                        res.model_version,
+                        res.collection,
+                        res.threshold,
+                        res.candidates[start : start + n],
+                        res.note,
+                    )
+                    start += n
+        return [r for r in out if r is not None]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_vectors)
+    async def search(self, requests: list[SearchRequest]) -> list[SearchResult]:
+        return await asyncio.to_thread(self._run, requests)
+
+
+def search_app(gallery: Any, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig) -> Any:
+    """The bound search application (``gallery`` is a ``GalleryConfig`` with absolute paths)."""
+    return GallerySearchDeployment.options(
+        num_replicas=cfg.replicas,
+        ray_actor_options={"num_cpus": cfg.num_cpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+    ).bind(gallery, face, models, cfg)

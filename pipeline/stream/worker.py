@@ -1,0 +1,640 @@
+"""Recognition workers: Ray actors in one Kafka consumer group.
+
+Each worker loops: poll a few frames -> decode -> detect, align and quality-gate with the
+face core -> embed the faces of all those frames in one request to the embedder
+deployment -> search them in one request to the gallery deployment -> per-camera
+tracking -> publish detections, identification events and dead letters -> wait for
+Kafka's acks -> commit the offsets. Only then does it poll again:
+
+- At-least-once: offsets are committed only after every output of the batch is
+  acknowledged. A worker that dies before committing leaves its frames to the group,
+  which replays them; the event ids (``camera:seq``) are deterministic, so consumers
+  drop the repeats.
+- Backpressure: the loop is synchronous, so while the embedder or the gallery is slow
+  the worker does not fetch; Kafka's fetch buffers are bounded by
+  ``workers.max_partition_fetch_bytes`` / ``fetch_max_bytes``, the deployments' queues
+  by ``max_queued_requests``. Nothing grows without bound.
+- A frame that cannot be processed (no key, missing headers, corrupt or oversized JPEG,
+  or an unexpected error in the face core) goes to the dead-letter topic and the
+  stream goes on; a failure of the embedder, the gallery or Kafka is not the frame's
+  fault: the batch is rewound and retried after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline import metrics
+from pipeline.config import FaceConfig
+from pipeline.errors import FacestreamError
+from pipeline.face.errors import ImageError
+from pipeline.face.image_io import decode_image
+from pipeline.face.records import Face
+from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
+from pipeline.stream.config import StreamConfig
+from pipeline.stream.events import (
+    Match,
+    RecordRef,
+    detection_event,
+    dlq_event,
+    face_out,
+    identity_event,
+)
+from pipeline.stream.schemas import DlqEvent, FaceOut, IdentityEvent, IdentityRef, to_json
+from pipeline.stream.tracker import Observation, Tracker
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from pipeline.face.analyze import FacePipeline
+    from pipeline.stream.search import SearchResult
+
+log = logging.getLogger(__name__)
+KNOWN_IDENTITIES = 10_000  # names remembered for track labels (LRU)
+
+
+class StageFailed(FacestreamError):
+    """A stage outside the frame failed (embedder, gallery, Kafka): rewind and retry."""
+
+    code = "stage_failed"
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(f"{stage}: {detail}")
+        self.stage = stage
+
+
+@dataclass
+class FramePlan:
+    """One decoded frame on its way through the batch."""
+
+    msg: FrameMessage
+    ref: RecordRef
+    size: tuple[int, int]
+    faces: list[Face]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerStats:
+    worker: str
+    state: str = "starting"
+    batches: int = 0
+    frames: int = 0
+    faces: int = 0
+    dlq: Counter[str] = field(default_factory=Counter)
+    identity_events: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    commit_failures: int = 0
+    cameras: Counter[str] = field(default_factory=Counter)
+    assignment: list[tuple[str, int]] = field(default_factory=list)
+    model_version: str | None = None
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker,
+            "state": self.state,
+            "batches": self.batches,
+            "frames": self.frames,
+            "faces": self.faces,
+            "dlq": dict(self.dlq),
+            "identity_events": self.identity_events,
+            "retries": dict(self.retries),
+            "commit_failures": self.commit_failures,
+            "cameras": dict(self.cameras),
+            "assignment": list(self.assignment),
+            "model_version": self.model_version,
+            "last_error": self.last_error,
+        }
+
+
+def _face_config_for_stream(face: FaceConfig, cfg: StreamConfig) -> FaceConfig:
+    if cfg.workers.detector_fallbacks:
+        return face
+    # The CNN fallback costs ~2 s a frame on CPU: off for video unless asked for.
+    return face.model_copy(update={"detector": face.detector.model_copy(update={"fallbacks": []})})
+
+
+class RecognitionWorker:
+    """One member of the recognition consumer group (run as a Ray actor, or directly)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        cfg: StreamConfig,
+        face: FaceConfig,
+        *,
+        metrics_port: int | None = None,
+        embed_handle: Any = None,
+        search_handle: Any = None,
+        autostart: bool = True,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        import cv2
+
+        # One OpenCV thread per worker: the workers, not OpenCV, spread over the cores.
+        cv2.setNumThreads(1)
+        metrics.serve_metrics(metrics_port)
+        if not cfg.kafka.bootstrap_servers:
+            raise ValueError("stream.kafka.bootstrap_servers is not set")
+        self.worker_id = worker_id
+        self.cfg = cfg
+        self.face_config = _face_config_for_stream(face, cfg)
+        self.stats = WorkerStats(worker_id)
+        self._stop = threading.Event()
+        self._names: OrderedDict[str, IdentityRef] = OrderedDict()
+        self.tracker = Tracker(cfg.tracker)
+        self._camera_partition: dict[str, tuple[str, int]] = {}
+
+        if embed_handle is None or search_handle is None:
+            from ray import serve
+
+            from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
+            from pipeline.stream.search import DEPLOYMENT_NAME as SEARCH
+
+            embed_handle = embed_handle or serve.get_deployment_handle(
+                EMBEDDER, app_name=cfg.embedder.app_name
+            )
+            search_handle = search_handle or serve.get_deployment_handle(
+                SEARCH, app_name=cfg.search.app_name
+            )
+        self.embed_handle = embed_handle
+        self.search_handle = search_handle
+        self.pipeline: FacePipeline
+        self.template_digest = ""
+        self._refresh_template()
+
+        self.producer = self._make_producer()
+        self.consumer = self._make_consumer()
+        self._thread = threading.Thread(target=self._loop, name=f"worker-{worker_id}")
+        if autostart:
+            self._thread.start()
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def _refresh_template(self) -> None:
+        """Align for the model the embedder serves now (asked, not assumed)."""
+        from pipeline.face.align import Aligner, AlignmentTemplate
+        from pipeline.face.analyze import FacePipeline
+
+        info = self.embed_handle.info.remote().result(timeout_s=self.cfg.workers.call_timeout_s)
+        template = AlignmentTemplate.model_validate(info["alignment"])
+        self.pipeline = FacePipeline.from_config(self.face_config, Aligner(template))
+        self.template_digest = info["template_digest"]
+        self.stats.model_version = info["model_version"]
+
+    def _make_producer(self) -> KafkaProducer:
+        from kafka import KafkaProducer
+
+        k = self.cfg.kafka
+        return KafkaProducer(
+            bootstrap_servers=k.bootstrap_servers,
+            client_id=f"{k.client_id}-worker-{self.worker_id}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_block_ms=10_000,
+            request_timeout_ms=k.request_timeout_ms,
+            max_request_size=self.cfg.dlq_max_payload_bytes * 2 + 1024 * 1024,
+        )
+
+    def _make_consumer(self) -> KafkaConsumer:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        w, k = self.cfg.workers, self.cfg.kafka
+        consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers,
+            client_id=f"{k.client_id}-worker-{self.worker_id}",
+            group_id=k.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=w.max_poll_records,
+            max_partition_fetch_bytes=w.max_partition_fetch_bytes,
+            fetch_max_bytes=w.fetch_max_bytes,
+            session_timeout_ms=w.session_timeout_ms,
+            heartbeat_interval_ms=w.heartbeat_interval_ms,
+            max_poll_interval_ms=w.max_poll_interval_ms,
+            request_timeout_ms=max(k.request_timeout_ms, w.session_timeout_ms + 5_000),
+        )
+        worker = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                # Our batch is committed before every poll, so nothing is in flight here;
+                # only the tracks of cameras that move away must go.
+                lost = {(tp.topic, tp.partition) for tp in revoked}
+                cams = [c for c, tp in worker._camera_partition.items() if tp in lost]
+                worker.tracker.forget(cams)
+                for c in cams:
+                    worker._camera_partition.pop(c, None)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                worker.stats.assignment = sorted((tp.topic, tp.partition) for tp in assigned)
+                log.info("worker %s assigned %s", worker.worker_id, worker.stats.assignment)
+
+        consumer.subscribe([self.cfg.topics.frames], listener=Listener())
+        return consumer
+
+    # -- public (actor methods) ----------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        return self.stats.as_dict()
+
+    def ping(self) -> str:
+        return self.worker_id
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Finish the current batch, leave the group (its partitions move at once), close."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+        self._close()
+        return self.get_stats()
+
+    def _close(self) -> None:
+        for closer in (
+            lambda: self.consumer.close(),
+            lambda: self.producer.close(timeout=10),
+        ):
+            try:
+                closer()
+            except Exception as exc:  # closing twice or on a dead broker: nothing to add
+                log.debug("close: %s", exc)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        self.stats.state = "running"
+        w = self.cfg.workers
+        while not self._stop.is_set():
+            try:
+                polled = self.consumer.poll(timeout_ms=w.poll_timeout_ms)
+            except Exception as exc:
+                self.stats.last_error = f"poll: {exc}"
+                log.warning("worker %s: poll failed: %s", self.worker_id, exc)
+                self._stop.wait(w.retry_backoff_s)
+                continue
+            records = sorted(
+                (r for rs in polled.values() for r in rs), key=lambda r: (r.partition, r.offset)
+            )
+            if not records:
+                continue
+            try:
+                self.process(records)
+            except StageFailed as exc:
+                self._rewind(records, exc)
+            except Exception as exc:  # a bug: keep the frames, say what happened, go on
+                log.exception("worker %s: batch failed", self.worker_id)
+                self._rewind(records, StageFailed("batch", f"{type(exc).__name__}: {exc}"))
+        self.stats.state = "stopped"
+
+    def _rewind(self, records: list[Any], exc: StageFailed) -> None:
+        """Seek back to the batch's first offsets; the frames are processed again."""
+        from kafka import TopicPartition
+
+        metrics.WORKER_RETRIES.labels(stage=exc.stage).inc()
+        self.stats.retries[exc.stage] += 1
+        self.stats.last_error = str(exc)
+        log.warning("worker %s: %s; retrying the batch", self.worker_id, exc)
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            first[key] = min(first.get(key, r.offset), r.offset)
+        for (topic, part), off in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, part), off)
+            except Exception as seek_exc:  # the partition moved away: its new owner replays
+                log.info("seek %s-%d: %s", topic, part, seek_exc)
+        self._stop.wait(self.cfg.workers.retry_backoff_s)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def process(self, records: list[Any]) -> None:
+        t_batch = time.perf_counter()
+        metrics.WORKER_POLL_BATCH.observe(len(records))
+        plans, dead = self._analyze(records)
+        faces = [f for p in plans for f in p.faces if f.quality.passed]
+
+        t0 = time.perf_counter()
+        version = self._embed(faces)
+        t_embed = time.perf_counter() - t0
+        metrics.WORKER_STAGE.labels(stage="embed").observe(t_embed)
+
+        t0 = time.perf_counter()
+        result = self._search(faces, version)
+        t_search = time.perf_counter() - t0
+        metrics.WORKER_STAGE.labels(stage="search").observe(t_search)
+
+        matches = self._matches(faces, result)
+        detections, identities = self._track_and_build(plans, matches, result, t_embed, t_search)
+
+        t0 = time.perf_counter()
+        self._publish(detections, identities, dead)
+        metrics.WORKER_STAGE.labels(stage="publish").observe(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        self._commit(records)
+        metrics.WORKER_STAGE.labels(stage="commit").observe(time.perf_counter() - t0)
+
+        self._account(detections, identities, dead)
+        metrics.WORKER_STAGE.labels(stage="batch").observe(time.perf_counter() - t_batch)
+
+    def _reject(self, rec: Any, reason: str, detail: str) -> DlqEvent:
+        return dlq_event(
+            RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp),
+            rec.key,
+            rec.value,
+            rec.headers,
+            reason,
+            detail,
+            worker=self.worker_id,
+            max_payload_bytes=self.cfg.dlq_max_payload_bytes,
+        )
+
+    def _analyze(self, records: list[Any]) -> tuple[list[FramePlan], list[DlqEvent]]:
+        w, lim = self.cfg.workers, self.face_config.limits
+        plans: list[FramePlan] = []
+        dead: list[DlqEvent] = []
+        for rec in records:
+            try:
+                msg = parse_record(rec.key, rec.value, rec.headers)
+                if len(msg.data) > w.max_frame_bytes:
+                    raise FrameRejected(
+                        "too_large",
+                        f"{len(msg.data)} bytes exceeds workers.max_frame_bytes="
+                        f"{w.max_frame_bytes}",
+                    )
+                timings: dict[str, float] = {}
+                t0 = time.perf_counter()
+                image = decode_image(
+                    msg.data,
+                    max_pixels=min(lim.max_pixels, w.max_frame_pixels),
+                    max_bytes=min(lim.max_bytes, w.max_frame_bytes),
+                    name=msg.event_id,
+                )
+                timings["decode"] = time.perf_counter() - t0
+                faces = self.pipeline.analyze(image, embed=False, timings=timings)
+            except FrameRejected as exc:
+                dead.append(self._reject(rec, exc.code, str(exc)))
+                continue
+            except ImageError as exc:
+                dead.append(self._reject(rec, exc.code, str(exc)))
+                continue
+            except Exception as exc:
+                # A frame that crashes the face core must not stall its partition forever.
+                log.exception(
+                    "worker %s: frame at %s-%d@%d failed",
+                    self.worker_id,
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                )
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                dead.append(self._reject(rec, "processing_error", detail))
+                continue
+            for stage, secs in timings.items():
+                metrics.WORKER_STAGE.labels(stage=stage).observe(secs)
+            self._camera_partition[msg.camera_id] = (rec.topic, rec.partition)
+            plans.append(
+                FramePlan(
+                    msg,
+                    RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp),
+                    (int(image.shape[1]), int(image.shape[0])),
+                    faces,
+                    timings,
+                )
+            )
+        return plans, dead
+
+    def _embed(self, faces: list[Face]) -> str | None:
+        """Embed every face through the deployment (in requests of at most
+        ``max_batch_faces`` faces, sent together); the model version that made them."""
+        from pipeline.serve.embedder_deployment import EmbedRequest
+
+        if not faces:
+            return None
+        size = self.cfg.embedder.max_batch_faces
+        chips = np.stack([f.chip for f in faces])
+        try:
+            responses = [
+                self.embed_handle.embed.remote(
+                    EmbedRequest(chips[i : i + size], self.template_digest)
+                )
+                for i in range(0, len(chips), size)
+            ]
+            results = [r.result(timeout_s=self.cfg.workers.call_timeout_s) for r in responses]
+        except Exception as exc:
+            raise StageFailed("embed", f"{type(exc).__name__}: {exc}") from exc
+        versions = {r.model_version for r in results}
+        if any(r.error == "template_mismatch" for r in results) or len(versions) != 1:
+            # The embedder was swapped to a model with another alignment: re-cut the chips.
+            self._refresh_template()
+            raise StageFailed("embed", f"embedder model changed to {sorted(versions)}")
+        bad = [r.error for r in results if r.error]
+        if bad:
+            raise StageFailed("embed", f"embedder refused the request: {bad[0]}")
+        vectors = np.concatenate([r.vectors for r in results])
+        version = results[0].model_version
+        for f, v in zip(faces, vectors, strict=True):
+            f.embedding = v
+            f.model_version = version
+        self.stats.model_version = version
+        return version
+
+    def _search(self, faces: list[Face], version: str | None) -> SearchResult | None:
+        from pipeline.stream.search import SearchRequest
+
+        if not faces or version is None:
+            return None
+        vectors = np.stack([f.embedding for f in faces if f.embedding is not None])
+        try:
+            return self.search_handle.search.remote(SearchRequest(vectors, version)).result(
+                timeout_s=self.cfg.workers.call_timeout_s
+            )
+        except Exception as exc:
+            raise StageFailed("search", f"{type(exc).__name__}: {exc}") from exc
+
+    def _identity(self, identity_id: str | None) -> IdentityRef | None:
+        if identity_id is None:
+            return None
+        return self._names.get(identity_id)
+
+    def _remember(self, ref: IdentityRef) -> None:
+        self._names[ref.identity_id] = ref
+        self._names.move_to_end(ref.identity_id)
+        while len(self._names) > KNOWN_IDENTITIES:
+            self._names.popitem(last=False)
+
+    def _matches(self, faces: list[Face], result: SearchResult | None) -> dict[int, Match]:
+        """Open-set answer per embedded face (keyed by id(face))."""
+        out: dict[int, Match] = {}
+        if result is None:
+            return out
+        for f, cands in zip(faces, result.candidates, strict=True):
+            best = cands[0] if cands else None
+            if best is None:
+                out[id(f)] = Match("unknown", None, None)
+                continue
+            ref = IdentityRef(
+                identity_id=best.identity_id, name=best.name, external_id=best.external_id
+            )
+            if best.decision == "identity":
+                self._remember(ref)
+                out[id(f)] = Match("identity", best.similarity, ref)
+            else:
+                out[id(f)] = Match("unknown", best.similarity, None)
+        return out
+
+    def _track_and_build(
+        self,
+        plans: list[FramePlan],
+        matches: dict[int, Match],
+        result: SearchResult | None,
+        t_embed: float,
+        t_search: float,
+    ) -> tuple[list[Any], list[IdentityEvent]]:
+        from pipeline.stream.events import now_ms
+
+        detections = []
+        identities: list[IdentityEvent] = []
+        version = result.model_version if result else None
+        collection = result.collection if result else None
+        threshold = result.threshold if result else None
+        for plan in plans:
+            msg = plan.msg
+            observations = []
+            for f in plan.faces:
+                m = matches.get(id(f))
+                ident = m.identity if m is not None and m.decision == "identity" else None
+                observations.append(
+                    Observation(
+                        box=tuple(float(v) for v in f.detection.box),  # type: ignore[arg-type]
+                        embedding=f.embedding,
+                        identity_id=ident.identity_id if ident else None,
+                        name=ident.name if ident else None,
+                        similarity=m.similarity if m is not None else None,
+                    )
+                )
+            tracks = self.tracker.update(msg.camera_id, msg.seq, msg.capture_ts_ms, observations)
+            outs: list[FaceOut] = []
+            for i, (f, tr) in enumerate(zip(plan.faces, tracks, strict=True)):
+                fo = face_out(
+                    msg, i, f, matches.get(id(f)), tr, self._identity(tr.confirmed_identity)
+                )
+                outs.append(fo)
+                if tr.announcement is not None and version and collection:
+                    ident = self._identity(tr.announcement.identity_id)
+                    if ident is None:
+                        continue
+                    identities.append(
+                        identity_event(
+                            msg,
+                            fo,
+                            tr,
+                            ident,
+                            self._identity(tr.announcement.previous_identity_id),
+                            model_version=version,
+                            collection=collection,
+                        )
+                    )
+            timings = {f"{k}_ms": v * 1000 for k, v in plan.timings.items()}
+            timings["embed_batch_ms"] = t_embed * 1000
+            timings["search_batch_ms"] = t_search * 1000
+            any_embedded = any(f.embedding is not None for f in plan.faces)
+            detections.append(
+                detection_event(
+                    msg,
+                    plan.ref,
+                    plan.size,
+                    outs,
+                    model_version=version if any_embedded else None,
+                    collection=collection if any_embedded else None,
+                    threshold=threshold if any_embedded else None,
+                    worker=self.worker_id,
+                    timings_ms=timings,
+                    published_ts_ms=now_ms(),
+                )
+            )
+        return detections, identities
+
+    def _publish(self, detections: list[Any], identities: list[Any], dead: list[DlqEvent]) -> None:
+        t = self.cfg.topics
+        futures = []
+        try:
+            for ev in detections:
+                futures.append(
+                    self.producer.send(t.detections, key=ev.camera_id.encode(), value=to_json(ev))
+                )
+            for ev in identities:
+                futures.append(
+                    self.producer.send(t.identities, key=ev.camera_id.encode(), value=to_json(ev))
+                )
+            for ev in dead:
+                key = ev.camera_id.encode() if ev.camera_id else None
+                futures.append(self.producer.send(t.dlq, key=key, value=to_json(ev)))
+            self.producer.flush(timeout=self.cfg.workers.output_timeout_s)
+            for fut in futures:
+                fut.get(timeout=self.cfg.workers.output_timeout_s)
+        except Exception as exc:
+            raise StageFailed("publish", f"{type(exc).__name__}: {exc}") from exc
+        now = time.time() * 1000
+        for ev in detections:
+            metrics.WORKER_LATENCY.observe(max(0.0, now - ev.capture_ts_ms) / 1000.0)
+
+    def _commit(self, records: list[Any]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import CommitFailedError
+        from kafka.structs import OffsetAndMetadata
+
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            last[tp] = max(last.get(tp, -1), r.offset)
+        offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()}
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group moved these partitions while we worked: the outputs are out, the
+            # new owner replays the frames, and consumers drop the repeated event ids.
+            self.stats.commit_failures += 1
+            metrics.WORKER_COMMIT_FAILURES.inc()
+            log.warning(
+                "worker %s: commit refused (%s); frames will be replayed", self.worker_id, exc
+            )
+
+    def _account(self, detections: list[Any], identities: list[Any], dead: list[DlqEvent]) -> None:
+        s = self.stats
+        s.batches += 1
+        s.frames += len(detections)
+        for ev in detections:
+            s.cameras[ev.camera_id] += 1
+            metrics.WORKER_FRAMES.labels(camera=ev.camera_id).inc()
+            for fo in ev.faces:
+                s.faces += 1
+                metrics.WORKER_FACES.labels(decision=fo.decision).inc()
+        for ev in identities:
+            s.identity_events += 1
+            metrics.WORKER_IDENTITY_EVENTS.labels(type=ev.type).inc()
+        for d in dead:
+            s.dlq[d.reason] += 1
+            metrics.WORKER_DLQ.labels(reason=d.reason).inc()
+
+
+def worker_actor_class(cfg: StreamConfig) -> Any:
+    """The Ray actor class of a worker, with its CPU share and restart policy."""
+    import ray
+
+    return ray.remote(
+        num_cpus=cfg.workers.num_cpus,
+        max_restarts=cfg.workers.max_restarts,
+        # A restarted worker replays from the last commit; stale calls are not retried.
+        max_task_retries=0,
+    )(RecognitionWorker)

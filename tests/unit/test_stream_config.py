@@ -1,0 +1,100 @@
+"""StreamConfig: defaults, start-up validation, file and environment sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.stream.config import CameraConfig, StreamConfig, load_stream_file, stream_config
+
+
+def test_defaults_are_valid_and_name_the_documented_topics() -> None:
+    cfg = StreamConfig()
+    assert cfg.topics.all() == [
+        "facestream.frames",
+        "facestream.detections",
+        "facestream.identities",
+        "facestream.frames.dlq",
+    ]
+    assert cfg.kafka.bootstrap_servers is None
+    assert cfg.metrics.port is None  # off unless asked for
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"cameras": [{"id": "a", "url": "x.mp4"}, {"id": "a", "url": "y.mp4"}]}, "unique"),
+        ({"cameras": [{"id": "lobby:1", "url": "x.mp4"}]}, "id"),
+        ({"cameras": [{"id": "a", "url": "x.mp4", "fps": 0}]}, "fps"),
+        ({"cameras": [{"id": "a", "url": "x.mp4", "fsp": 5}]}, "fsp"),  # misspelt key
+        ({"topics": {"detections": "facestream.frames"}}, "different"),
+        ({"workers": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 3000}}, "heartbeat"),
+        ({"embedder": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas"),
+        ({"tracker": {"confirm_hits": 20, "vote_window": 5}}, "confirm_hits"),
+        ({"ingest": {"reconnect_initial_s": 60, "reconnect_max_s": 30}}, "reconnect"),
+    ],
+)
+def test_bad_values_fail_at_start_up_naming_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        StreamConfig.model_validate(data)
+    assert field in str(info.value)
+
+
+def test_toml_file_with_a_stream_table(tmp_path: Path) -> None:
+    path = tmp_path / "cams.toml"
+    path.write_text(
+        """
+[stream.kafka]
+bootstrap_servers = "k1:9092,k2:9092"
+
+[[stream.cameras]]
+id = "lobby"
+url = "rtsp://user:pw@10.0.0.12/stream1"
+fps = 2
+
+[[stream.cameras]]
+id = "gate"
+url = "http://10.0.0.13/video.mjpg"
+max_side = 960
+"""
+    )
+    cfg = load_stream_file(path)
+    assert cfg.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert [c.id for c in cfg.cameras] == ["lobby", "gate"]
+    assert cfg.cameras[0].fps == 2 and cfg.cameras[1].max_side == 960
+
+
+def test_toml_file_top_level_keys(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[workers]\ncount = 4\n[embedder]\nreplicas = 2\n")
+    cfg = stream_config(file=path)
+    assert cfg.workers.count == 4 and cfg.embedder.replicas == 2
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS", "broker:9092")
+    monkeypatch.setenv("FACESTREAM_STREAM__WORKERS__COUNT", "3")
+    cfg = stream_config(settings=object())  # settings without a stream section
+    assert cfg.kafka.bootstrap_servers == "broker:9092"
+    assert cfg.workers.count == 3
+
+
+def test_a_settings_section_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESTREAM_STREAM__WORKERS__COUNT", "3")
+
+    class Settings:
+        stream = StreamConfig.model_validate({"workers": {"count": 5}})
+
+    assert stream_config(Settings()).workers.count == 5
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="stream config file not found"):
+        stream_config(file=tmp_path / "nope.toml")
+
+
+def test_camera_defaults() -> None:
+    cam = CameraConfig(id="c1", url="0")
+    assert (cam.fps, cam.max_side, cam.loop, cam.realtime) == (5.0, 1280, False, True)

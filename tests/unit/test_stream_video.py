@@ -1,0 +1,50 @@
+"""Video helpers: the fps sampler, source kinds, credential redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.stream.video import FpsSampler, is_live, iter_frames, redact
+
+
+def test_sampler_keeps_the_target_rate_of_a_30fps_clock() -> None:
+    s = FpsSampler(5.0)
+    kept = [i for i in range(300) if s.keep(i * 1000.0 / 30)]
+    assert len(kept) == 50
+    assert kept[:4] == [0, 6, 12, 18]
+
+
+def test_sampler_resyncs_after_a_gap_instead_of_bursting() -> None:
+    s = FpsSampler(5.0)
+    assert s.keep(0.0)
+    assert s.keep(10_000.0)  # a 10 s stall (reconnect)
+    assert not s.keep(10_050.0)  # no catch-up burst
+    assert s.keep(10_200.0)
+
+
+def test_no_target_keeps_everything() -> None:
+    s = FpsSampler(None)
+    assert all(s.keep(t) for t in (0.0, 1.0, 1.0, 2.0))
+
+
+def test_sampler_matches_iter_frames_on_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    for i in range(50):
+        w.write(np.full((48, 64, 3), i * 5, dtype=np.uint8))
+    w.release()
+    from_iter = [f.source_index for f in iter_frames(str(path), target_fps=4)]
+    s = FpsSampler(4)
+    assert from_iter == [i for i in range(50) if s.keep(i * 1000.0 / 25)]
+
+
+def test_source_kinds_and_redaction() -> None:
+    assert is_live("rtsp://cam/1") and is_live("HTTP://cam/mjpg") and is_live("0")
+    assert not is_live("/videos/a.mp4") and not is_live("clip.m3u8")
+    assert is_live("https://cdn.example/live/index.m3u8")
+    assert redact("rtsp://admin:s3cret@10.0.0.1/stream") == "rtsp://admin:***@10.0.0.1/stream"
+    assert redact("rtsp://10.0.0.1/stream") == "rtsp://10.0.0.1/stream"
+    assert redact("/a/b@c.mp4") == "/a/b@c.mp4"
