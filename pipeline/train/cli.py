@@ -80,7 +80,7 @@ def train(
         typer.Option(
             "--loss",
             help="softmax | contrastive | triplet | center | sphereface | cosface | arcface | "
-            "combined | siamese (its hyper-parameters: in the spec's [loss]).",
+            "combined | siamese (hyper-parameters: the spec's \\[loss] table).",
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,

@@ -297,19 +297,31 @@ def load_faces(
     return FaceSet(arr, np.asarray(labels, dtype=np.int64), names, keys, shas, failures)
 
 
+def split_value(name: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) per (seed, identity)."""
+    digest = hashlib.sha256(f"facestream-train:{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_identities(
     names: Sequence[str], heldout_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """(train, held-out) identity names, disjoint.
 
-    Each name's place comes from a hash of (seed, name), not from its position, so
-    adding identities to the data set does not move the existing ones across the split.
+    An identity is held out when its hash value is below ``heldout_fraction``: the
+    decision depends on (seed, name) only, so adding people to the data set never moves
+    an existing person across the split, and a later run on grown data cannot train on
+    someone an earlier version was evaluated on. The held-out count is therefore about,
+    not exactly, the fraction.
     """
     if len(names) < 2:
         raise TrainConfigError(f"need at least 2 identities to split, got {len(names)}")
-    order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
-    n_held = min(max(1, round(heldout_fraction * len(names))), len(names) - 1)
-    held = set(order[:n_held])
+    value = {n: split_value(n, seed) for n in names}
+    held = {n for n in names if value[n] < heldout_fraction}
+    if not held:  # tiny data sets: keep both sides non-empty
+        held = {min(names, key=value.__getitem__)}
+    elif len(held) == len(names):
+        held.discard(max(names, key=value.__getitem__))
     return [n for n in names if n not in held], [n for n in names if n in held]
 
 
