@@ -32,7 +32,7 @@ from pipeline.config import ModelsConfig, Settings
 from pipeline.registry import ModelStore
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
-from pipeline.stream.config import CameraConfig, StreamConfig
+from pipeline.stream.config import StreamConfig
 from pipeline.stream.ingest import camera_partition
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.schemas import load_schema
