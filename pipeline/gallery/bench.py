@@ -115,7 +115,16 @@ def bench_one(uri: str, rows: int, dim: int, index: str, n_queries: int, seed: i
     if hasattr(client, "flush"):
         client.flush(name)
     client.release_collection(name)
-    client.load_collection(name)
+    for attempt in range(10):
+        try:
+            client.load_collection(name)
+            break
+        except Exception:
+            # Milvus Lite 3.2.2 can read a FLAT index file that its flush is still writing
+            # ("file seems not fully written"); it loads once the write has finished.
+            if attempt == 9:
+                raise
+            time.sleep(1.0)
     client.search(name, data=[probes[0].tolist()], limit=TOP_K, anns_field="embedding")
     build_s = time.perf_counter() - t0
 

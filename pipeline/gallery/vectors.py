@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ DIM_PROPERTY = "facestream.dim"
 ID_MAX = 64
 VECTOR_FIELD = "embedding"
 OUTPUT_FIELDS = ["face_id", "identity_id", "model_version"]
+LOAD_ATTEMPTS = 6
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,22 @@ class VectorStore:
     def _ensure_loaded(self, collection: str) -> None:
         # A collection reopened by a new process starts released; searches, queries and
         # deletes by filter need it loaded. load_collection is idempotent.
-        if collection not in self._loaded:
-            self.client.load_collection(collection)
-            self._loaded.add(collection)
+        if collection in self._loaded:
+            return
+        from pymilvus.exceptions import MilvusException
+
+        for attempt in range(LOAD_ATTEMPTS):
+            try:
+                self.client.load_collection(collection)
+                break
+            except MilvusException as exc:
+                # Milvus Lite 3.2.2 writes a segment's index file in place from a
+                # background flush; a load that reads it mid-write fails with "file seems
+                # not fully written" and succeeds once the write is done.
+                if "not fully written" not in str(exc) or attempt == LOAD_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        self._loaded.add(collection)
 
     def close(self) -> None:
         with self._lock:
