@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -129,6 +130,11 @@ class VectorStore:
 
         if self.is_lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        # Milvus Lite logs a traceback when its file is locked by another process; the
+        # GalleryBusy below says it in one line.
+        quiet = logging.getLogger("milvus_lite.server_manager")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             return MilvusClient(self.uri, token=self._token or "")
         except MilvusException as exc:
@@ -139,6 +145,8 @@ class VectorStore:
                     "REST API, or point gallery.milvus_uri at a Milvus server)"
                 ) from None
             raise GalleryError(f"cannot open Milvus at {self.uri}: {exc}") from None
+        finally:
+            quiet.setLevel(level)
 
     def _ensure_loaded(self, collection: str) -> None:
         # A collection reopened by a new process starts released; searches, queries and

@@ -358,9 +358,9 @@ def run_blocking(
     models: ModelsConfig,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """``facestream serve``: local Ray, deploy, wait for Ctrl-C, shut everything down."""
+    """``facestream serve``: local Ray, deploy, wait for Ctrl-C or SIGTERM, shut down."""
     import os
-    import time
+    import signal
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -375,14 +375,16 @@ def run_blocking(
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False)
+    stop = threading.Event()
+    # SIGTERM is how Kubernetes and process managers stop a server; SIGINT is Ctrl-C
+    # (set explicitly: a shell starts background jobs with SIGINT ignored).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         url = deploy(config, face, models)
         if on_ready is not None:
             on_ready(url)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
     finally:
         serve.shutdown()
         if started:
