@@ -233,11 +233,7 @@ def register(app: typer.Typer) -> None:
             return t
 
         with Live(console=err, refresh_per_second=2) as live:
-            try:
-                final = run_ingest(cfg, cams, stop, on_tick=lambda st: live.update(table(st)))
-            except KeyboardInterrupt:
-                stop.set()
-                raise typer.Exit(130) from None
+            final = run_ingest(cfg, cams, stop, on_tick=lambda st: live.update(table(st)))
         out.print(table(final))
         if any(s.state == "failed" for s in final):
             for s in final:

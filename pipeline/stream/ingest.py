@@ -392,14 +392,15 @@ def run_ingest(
         ]
         for t in threads:
             t.start()
-        while any(t.is_alive() for t in threads):
-            if on_tick is not None:
-                on_tick([i.stats for i in ingesters])
-            stop.wait(tick_s)
-            if stop.is_set():
-                for t in threads:
-                    t.join(timeout=30)
-                break
+        try:
+            while any(t.is_alive() for t in threads) and not stop.is_set():
+                if on_tick is not None:
+                    on_tick([i.stats for i in ingesters])
+                stop.wait(tick_s)
+        except KeyboardInterrupt:
+            stop.set()  # Ctrl-C: stop reading, but deliver what was already sent
+        for t in threads:
+            t.join(timeout=30)
         producer.flush(timeout=30)
         if on_tick is not None:
             on_tick([i.stats for i in ingesters])
