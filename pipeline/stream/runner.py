@@ -283,7 +283,8 @@ class StreamRunner:
     def start(self, enroll: dict[str, Path] | None = None, *, ingest: bool = True) -> StreamRunner:
         try:
             self._start_kafka()
-            ensure_topics(self.cfg)
+            if self.cfg.kafka.create_topics:
+                ensure_topics(self.cfg)
             self.notes += enroll_people(self.settings, enroll or {})
             self._start_ray()
             self._deploy()
