@@ -37,7 +37,13 @@ from pipeline.train.data import (
     load_faces,
     make_splits,
 )
-from pipeline.train.evaluate import GuardChips, ModelEval, evaluate_model, guard_chips, write_report
+from pipeline.train.evaluate import (
+    GuardChips,
+    ModelEval,
+    evaluate_model,
+    guard_chips,
+    write_report,
+)
 from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_epoch
 from pipeline.train.model import load_torch_model
 
@@ -253,10 +259,74 @@ def run_training(
             ray.shutdown()
 
     from pipeline.nets.dlib_resnet import DlibResNet
-    from pipeline.train.export import stage_version
 
     model = DlibResNet()
     model.load_state_dict(state)
+    rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    training = {
+        "num_workers": cfg.num_workers,
+        "use_gpu": cfg.use_gpu,
+        "images_per_s": float(np.mean(rates)) if rates else None,
+        "wall_s": round(wall["train_s"], 1),
+        "history": history,
+    }
+    rep.log(
+        "exporting, then evaluating base and fine-tuned models on the held-out identities"
+        + "".join(f", {g.name}" for g in prep.guards)
+    )
+    cand = register_candidate(
+        prep,
+        model,
+        run_name,
+        out_dir,
+        training=training,
+        register=register,
+        batch_size=batch_size,
+        intra_op_threads=intra_op_threads,
+        wall=wall,
+    )
+    return TrainOutcome(
+        run_name,
+        prep.base.version,
+        cand.version,
+        cand.manifest,
+        cand.base_eval,
+        cand.candidate_eval,
+        history,
+        cand.report_path,
+        cand.roc_path,
+        wall,
+    )
+
+
+@dataclass
+class Candidate:
+    version: str | None  # None when not registered
+    manifest: ModelManifest | None
+    base_eval: ModelEval
+    candidate_eval: ModelEval
+    report_path: Path
+    roc_path: Path
+
+
+def register_candidate(
+    prep: Prepared,
+    model: torch.nn.Module,
+    run_name: str,
+    out_dir: Path,
+    *,
+    training: dict[str, Any] | None = None,
+    register: bool = True,
+    batch_size: int = 32,
+    intra_op_threads: int = 0,
+    wall: dict[str, float] | None = None,
+) -> Candidate:
+    """Export, evaluate against the base, calibrate, write the report, and (with
+    ``register``) add the model to the store as a new inactive version."""
+    from pipeline.train.export import stage_version
+
+    cfg, store = prep.cfg, prep.store
+    wall = wall if wall is not None else {}
     model.eval()
     ho = prep.splits.heldout
     t = time.perf_counter()
@@ -270,10 +340,6 @@ def run_training(
             prep.base.version, batch_size=batch_size, intra_op_threads=intra_op_threads
         )
         cand_emb = staged.embedder(batch_size, intra_op_threads)
-        rep.log(
-            "evaluating base and fine-tuned models on the held-out identities"
-            + (" and " + ", ".join(g.name for g in prep.guards) if prep.guards else "")
-        )
         base_eval = evaluate_model(base_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
         cand_eval = evaluate_model(cand_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
         wall["eval_s"] = time.perf_counter() - t
@@ -286,7 +352,7 @@ def run_training(
             f"({ho.n_identities} identities)",
             prep.base.threshold,
         )
-        rates = [h["images_per_s"] for h in history if "images_per_s" in h]
+        steps = steps_per_epoch(cfg, len(prep.splits.train))
         lineage: dict[str, Any] = {
             "parent": prep.base.version,
             "run": run_name,
@@ -310,13 +376,7 @@ def run_training(
             "epochs": cfg.epochs,
             "steps": cfg.epochs * steps,
             "seed": cfg.seed,
-            "training": {
-                "num_workers": cfg.num_workers,
-                "use_gpu": cfg.use_gpu,
-                "images_per_s": float(np.mean(rates)) if rates else None,
-                "wall_s": round(wall["train_s"], 1),
-                "history": history,
-            },
+            "training": training or {},
             "evaluation": {
                 "heldout_digest": heldout_digest,
                 "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
@@ -329,7 +389,6 @@ def run_training(
             "files": {role: f.sha256 for role, f in staged.draft.files.items()},
             "parity": staged.parity,
         }
-        cand_eval.version = staged.version
         report_path, roc_path = write_report(
             out_dir,
             base_eval,
@@ -351,15 +410,11 @@ def run_training(
     finally:
         if staged.scratch.exists():
             staged.discard()
-    return TrainOutcome(
-        run_name,
-        prep.base.version,
+    return Candidate(
         manifest.version if manifest else None,
         manifest,
         base_eval,
         cand_eval,
-        history,
         report_path,
         roc_path,
-        wall,
     )

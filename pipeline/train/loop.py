@@ -309,6 +309,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 flush=True,
             )
 
+    if rank == 0 and cfg.eval.per_epoch and tr.step == 0 and not tr.history:
+        # Epoch 0: the base model on the same signal, so the curve has its starting point.
+        base = {"epoch": 0, "step": 0}
+        base.update(quick_heldout(tr.net, data.heldout_chips, data.heldout_labels, pre))
+        tr.history.append(base)
+        print("epoch " + json.dumps(base), flush=True)
     while tr.epoch < cfg.epochs:
         metrics = run_epoch(tr, data, steps, rank=rank, world=world, on_step=on_step)
         if rank == 0 and cfg.eval.per_epoch:
