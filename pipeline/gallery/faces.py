@@ -22,6 +22,7 @@ from pipeline.face.errors import FaceError
 from pipeline.face.quality import assess
 from pipeline.face.records import Detection, Face, Landmarks
 from pipeline.gallery.config import CropMode
+from pipeline.gallery.errors import GalleryError
 
 # Pad each side by this fraction of the crop's longer side: roughly the margin a scene
 # detector sees around a face in a photo.
@@ -85,6 +86,8 @@ def find_faces(
     pipe: FacePipeline, image: np.ndarray, *, mode: CropMode, pick: PickPolicy
 ) -> list[Face]:
     """Faces of ``image`` (not embedded), each with ``extras['crop_mode']``."""
+    if mode not in ("auto", "scene", "tight"):
+        raise GalleryError(f"crop mode must be auto, scene or tight, got {mode!r}")
     faces: list[Face] = []
     if mode in ("auto", "scene"):
         faces = pipe.analyze(image, pick=pick, embed=False)

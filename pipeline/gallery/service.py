@@ -198,7 +198,10 @@ class Gallery:
             image = self._decode(name, data)
             faces = find_faces(pipe, image, mode=mode, pick=pick)  # type: ignore[arg-type]
         except MultipleFacesError as exc:
-            return ImageVerdict(name, False, (f"{exc}".split(";")[0],)), None
+            found = str(exc).split(";")[0]
+            return ImageVerdict(
+                name, False, (f"{found} (enrol with pick largest or center)",)
+            ), None
         except FaceError as exc:
             # Decode errors already start with the image name; the verdict carries it.
             return ImageVerdict(name, False, (str(exc).removeprefix(f"{name}: "),)), None
@@ -206,10 +209,9 @@ class Gallery:
             how = {"scene": "in the photo", "tight": "in the crop"}.get(mode, "as photo or crop")
             return ImageVerdict(name, False, (f"no face found {how}",)), None
         face = faces[0]
-        mode_used = str(face.extras.get("crop_mode", mode))
         if not face.quality.passed:
             return ImageVerdict(name, False, face.quality.reasons, face.quality.metrics), None
-        return ImageVerdict(name, True, (), face.quality.metrics), _with_mode(face, mode_used)
+        return ImageVerdict(name, True, (), face.quality.metrics), face
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -242,6 +244,10 @@ class Gallery:
             raise GalleryError("external id must not be blank")
         mode = crop_mode or self.config.crop_mode
         pick = pick or self.config.enroll_pick
+        if pick not in ("error", "largest", "center"):
+            raise GalleryError(f"pick must be error, largest or center, got {pick!r}")
+        if mode not in ("auto", "scene", "tight"):
+            raise GalleryError(f"crop mode must be auto, scene or tight, got {mode!r}")
         with self._writing():
             existing = self.catalogue.get(identity_id) if identity_id else None
             version = self.serving_version()
@@ -607,11 +613,6 @@ class Gallery:
             faces=n_faces,
             collections=colls,
         )
-
-
-def _with_mode(face: Face, mode: str) -> Face:
-    face.extras["crop_mode"] = mode
-    return face
 
 
 def open_gallery(settings: Any, store: ModelStore) -> Gallery:
