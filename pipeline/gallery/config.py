@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, SecretStr
+from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IndexType = Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
@@ -20,6 +20,8 @@ CropMode = Literal["auto", "scene", "tight"]
 EnrollPick = Literal["error", "largest", "center"]
 
 DEFAULT_DATA_DIR = Path(".facestream/gallery")
+# A bearer token guards every write: refuse ones short enough to guess.
+MIN_TOKEN_CHARS = 16
 
 
 class GalleryConfig(BaseModel):
@@ -69,6 +71,15 @@ class GalleryConfig(BaseModel):
     auth_reads: bool = Field(False, description="Require the token for searches and reads too.")
     host: str = Field("127.0.0.1", description="REST API bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
+
+    @field_validator("api_token", "milvus_token", mode="after")
+    @classmethod
+    def _blank_is_unset(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None  # an empty environment variable means "not configured"
+        if info.field_name == "api_token" and len(v.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"api_token must be at least {MIN_TOKEN_CHARS} characters")
+        return v
 
 
 class _GalleryEnv(BaseSettings):

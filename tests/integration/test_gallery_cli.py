@@ -204,3 +204,19 @@ def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
     assert rep["dir_at_threshold"] <= rep["rank1"]
     assert 0.0 <= rep["far_at_threshold"] <= 1.0
     assert "rank-1" in out and "DIR" in out
+
+
+def test_serve_refuses_to_start_without_an_api_token(
+    tmp_path: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    env = {
+        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
+        "FACESTREAM_GALLERY__API_TOKEN": "",
+    }
+    code, _, err = cli(env, "serve", "--port", "0")
+    assert code == 2 and "no API token configured" in err
+    env["FACESTREAM_GALLERY__API_TOKEN"] = "short"
+    code, _, err = cli(env, "serve", "--port", "0")
+    assert code == 2 and "at least 16 characters" in err
+    assert "short" not in err  # not even a rejected token is printed

@@ -368,3 +368,43 @@ def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) 
         (folder / name).write_bytes(data)
     more = gallery.enroll(as_input(photos(lfw, person)[1:3]), identity_id=ident, pick="center")
     assert more.identity.n_faces == 3 and gallery.vectors.count(snap.collection, ident) == 3
+
+
+def test_searches_in_flight_during_a_flip_never_mix_versions(
+    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    import threading
+
+    from pipeline.face.image_io import load_image
+
+    _, v_flip, v_plain = versions
+    ids = enrol_people(gallery, lfw, ENROLLED)
+    gallery.pipeline(v_plain)  # loaded up front, so the flip is not delayed by it
+    probe = load_image(photos(lfw, ENROLLED[0])[2])
+    results, errors = [], []
+    done = threading.Event()
+
+    def searching() -> None:
+        while not done.is_set() or not results:
+            try:
+                results.append(gallery.search_image(probe, pick="center"))
+            except Exception as exc:  # any error fails the test below
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=searching)
+    worker.start()
+    try:
+        gallery.reembed(v_plain)
+    finally:
+        done.set()
+        worker.join(timeout=120)
+    final = gallery.search_image(probe, pick="center")
+    assert errors == []
+    expected = {gallery.vectors.collection_name(v): v for v in (v_flip, v_plain)}
+    for res in [*results, final]:
+        # each answer comes from one collection, embedded by that collection's model
+        assert expected[res.collection] == res.model_version
+        face = res.faces[0]
+        assert face.identity is not None and face.identity.identity_id == ids[ENROLLED[0]]
+    assert final.model_version == v_plain
