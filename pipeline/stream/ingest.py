@@ -301,6 +301,8 @@ class CameraIngester:
             self.stats.state, self.stats.error = "failed", f"{type(exc).__name__}: {exc}"
             return self.stats
         finally:
+            if self.stats.state not in ("finished", "failed"):
+                self.stats.state = "stopped"  # stop was asked for, mid-read or mid-backoff
             self.flush()
 
     def _pump(self, cap: cv2.VideoCapture) -> int:
