@@ -353,6 +353,7 @@ def calibrate(
         OK,
         EmbeddingCache,
         embed_paths,
+        face_core_digest,
         identity_folders,
         split_of,
     )
@@ -362,7 +363,7 @@ def calibrate(
     pipe = _face_pipeline(version)
     assert pipe.embedder is not None
     ver = pipe.embedder.model_version
-    cache = EmbeddingCache(cache_dir, ver)
+    cache = EmbeddingCache(cache_dir, ver, face_core_digest(state.settings.face))
     if pairs is not None:
         import numpy as np
 
@@ -437,14 +438,19 @@ def eval_openset(
 
     from pipeline.face.manifest import Threshold
     from pipeline.gallery.calibrate import provenance, write_threshold
-    from pipeline.gallery.embcache import EmbeddingCache, embed_paths, identity_folders
+    from pipeline.gallery.embcache import (
+        EmbeddingCache,
+        embed_paths,
+        face_core_digest,
+        identity_folders,
+    )
     from pipeline.gallery.openset import calibrate_on, make_splits, run_openset
     from pipeline.gallery.service import Gallery
 
     pipe = _face_pipeline(version)
     assert pipe.embedder is not None
     ver = pipe.embedder.model_version
-    cache = EmbeddingCache(cache_dir, ver)
+    cache = EmbeddingCache(cache_dir, ver, face_core_digest(state.settings.face))
     splits = make_splits(identity_folders(root, min_images=min_images))
     if calibrate_far is not None:
         paths = [p for ps in splits.calibration.values() for p in ps]

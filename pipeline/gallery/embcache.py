@@ -1,8 +1,9 @@
 """Per-image embeddings of a folder of identity sub-folders, cached on disk per model version.
 
 Calibration and the open-set evaluation embed thousands of photos; on 2 CPU cores that
-takes minutes, so each image's result is kept in ``<cache>/<version>.npz`` keyed by its
-path, size and mtime, and re-used until the file or the model version changes.
+takes minutes, so each image's result is kept in ``<cache>/<version>-<face core>.npz``
+keyed by its path, size and mtime, and re-used until the file, the model version, the
+face settings or the face core's code change.
 Each image goes through the face core as production does: the face nearest the centre
 (the LFW convention: the labelled person is centred), the quality gate recorded.
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
 
+import pipeline.face
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import load_image
@@ -50,9 +53,20 @@ def split_of(identity: str, salt: str = "facestream-split") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def face_core_digest(face_config: BaseModel) -> str:
+    """Digest of what besides the model version decides an image's result: the face
+    settings (detector, quality thresholds) and the face core's own source code."""
+    h = hashlib.sha256(face_config.model_dump_json().encode())
+    for src in sorted(Path(pipeline.face.__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    return h.hexdigest()[:10]
+
+
 class EmbeddingCache:
-    def __init__(self, folder: Path, version: str) -> None:
-        self.path = folder / f"{version}.npz"
+    def __init__(self, folder: Path, version: str, face_digest: str) -> None:
+        # Keyed by model version AND face core: a changed detector, quality threshold or
+        # alignment must not reuse results computed by the old one.
+        self.path = folder / f"{version}-{face_digest}.npz"
         self.entries: dict[str, tuple[int, int, ImageEmbedding]] = {}
         self.dirty = False
         if self.path.is_file():
