@@ -58,6 +58,9 @@ def served(
     cfg = GalleryConfig(
         data_dir=data_dir, api_token=SecretStr(token), host="127.0.0.1", port=free_port()
     )
+    # Serve's HTTP options only apply when Serve starts: stop an instance another module
+    # left running (for example with its proxy disabled) so ours listens on our port.
+    serve.shutdown()
     url = deploy(cfg, FaceConfig(), ModelsConfig(store=store.root))
     try:
         with httpx.Client(base_url=url, timeout=120.0) as client:
