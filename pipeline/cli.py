@@ -415,3 +415,17 @@ def demo(
         )
     if not any(k != UNKNOWN for k in result.decisions):
         out.print("[yellow]nobody enrolled was recognised[/yellow]")
+
+
+def _register_subsystems() -> None:
+    """Commands of the gallery, the stream and the training job live beside their code."""
+    from pipeline.gallery.cli import register as register_gallery
+    from pipeline.stream.cli import register as register_stream
+    from pipeline.train.cli import register as register_train
+
+    register_gallery(app)
+    register_stream(app)
+    register_train(app, models_app)
+
+
+_register_subsystems()
