@@ -202,34 +202,52 @@ def topic_partitions(cfg: StreamConfig, topic: str) -> list[int]:
         consumer.close()
 
 
-def group_lag(cfg: StreamConfig) -> int | None:
-    """Frames in the topic not yet committed by the recognition group."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+class LagProbe:
+    """Frames in the topic not yet committed by the recognition group (clients reused
+    between calls: the summary asks every second)."""
 
-    k = cfg.kafka
-    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-lag")
-    consumer = KafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers,
-        client_id=f"{k.client_id}-lag",
-        enable_auto_commit=False,
-    )
-    try:
-        parts = consumer.partitions_for_topic(cfg.topics.frames) or set()
-        tps = [TopicPartition(cfg.topics.frames, p) for p in parts]
-        ends = consumer.end_offsets(tps)
-        committed = admin.list_group_offsets({k.group_id: tps}).get(k.group_id, {})
-        lag = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag += max(0, ends[tp] - done)
-        return lag
-    except Exception as exc:  # the summary goes on without a lag figure
-        log.debug("lag: %s", exc)
-        return None
-    finally:
-        consumer.close()
-        admin.close()
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def __call__(self) -> int | None:
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        k = self.cfg.kafka
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-lag"
+                )
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=k.bootstrap_servers,
+                    client_id=f"{k.client_id}-lag",
+                    enable_auto_commit=False,
+                )
+            topic = self.cfg.topics.frames
+            parts = self._consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            begins = self._consumer.beginning_offsets(tps)
+            ends = self._consumer.end_offsets(tps)
+            committed = self._admin.list_group_offsets({k.group_id: tps}).get(k.group_id, {})
+            lag = 0
+            for tp in tps:
+                meta = committed.get(tp)
+                done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+                lag += max(0, ends[tp] - done)
+            return lag
+        except Exception as exc:  # the summary goes on without a lag figure
+            log.debug("lag: %s", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self._admin = self._consumer = None
 
 
 def enroll_people(settings: Any, people: dict[str, Path]) -> list[str]:
@@ -275,6 +293,7 @@ class StreamRunner:
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
         self.monitor: Monitor | None = None
+        self._lag: LagProbe | None = None
         self.t0 = time.monotonic()
         self.notes: list[str] = []
 
@@ -344,29 +363,41 @@ class StreamRunner:
     def _deploy(self) -> None:
         from ray import serve
 
-        from pipeline.gallery.config import gallery_config, resolved_paths
+        serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
+        self.deploy_embedder()
+        self.deploy_search()
+
+    def deploy_embedder(self) -> None:
+        """(Re)deploy the embedder application; a changed config rolls its replicas."""
+        from ray import serve
+
         from pipeline.serve.embedder_deployment import embedder_app
+
+        name = self.cfg.embedder.app_name
+        serve.run(
+            embedder_app(self.cfg.embedder, self.settings.models), name=name, route_prefix=None
+        )
+        if name not in self.deployed:
+            self.deployed.append(name)
+
+    def deploy_search(self) -> None:
+        """(Re)deploy the gallery search application (it opens the gallery)."""
+        from ray import serve
+
+        from pipeline.gallery.config import gallery_config, resolved_paths
         from pipeline.stream.search import search_app
 
         s = self.settings
-        serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
-        serve.run(
-            embedder_app(self.cfg.embedder, s.models),
-            name=self.cfg.embedder.app_name,
-            route_prefix=None,
-        )
-        self.deployed.append(self.cfg.embedder.app_name)
         gcfg = gallery_config(s)
         data_dir, uri, blob_dir = resolved_paths(gcfg)
+        # Replicas may start in another working directory: absolute paths.
         gcfg = gcfg.model_copy(
             update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir}
         )
-        serve.run(
-            search_app(gcfg, s.face, s.models, self.cfg.search),
-            name=self.cfg.search.app_name,
-            route_prefix=None,
-        )
-        self.deployed.append(self.cfg.search.app_name)
+        name = self.cfg.search.app_name
+        serve.run(search_app(gcfg, s.face, s.models, self.cfg.search), name=name, route_prefix=None)
+        if name not in self.deployed:
+            self.deployed.append(name)
 
     def _metrics_port(self, offset: int) -> int | None:
         port = self.cfg.metrics.port
@@ -455,7 +486,9 @@ class StreamRunner:
         ws = self.worker_stats()
         s.workers = len(ws)
         s.workers_alive = sum(1 for w in ws if w is not None)
-        s.lag = group_lag(self.cfg)
+        if self._lag is None:
+            self._lag = LagProbe(self.cfg)
+        s.lag = self._lag()
         return s
 
     def ingest_finished(self) -> bool:
@@ -515,6 +548,9 @@ class StreamRunner:
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
+        if self._lag is not None:
+            self._lag.close()
+            self._lag = None
         if ray is not None and self.deployed:
             from ray import serve
 

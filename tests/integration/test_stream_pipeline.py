@@ -354,3 +354,43 @@ def test_bad_records_go_to_the_dlq_while_the_stream_goes_on(
     assert [f["decision"] for f in detected["inject:6"]["faces"]] == ["identity"]
     hamilton = [d for d in out["detections"] if d["camera_id"] == "hamilton"]
     assert len(hamilton) == summary.produced >= 15
+
+
+def test_gallery_outage_pauses_the_workers_and_loses_nothing(
+    kafka_bootstrap: str, stream_env: Settings, media: dict[str, Path]
+) -> None:
+    from ray import serve
+
+    cfg = _stream_cfg(
+        kafka_bootstrap,
+        cameras=[{"id": "hamilton", "url": str(media["clip"]), "fps": 3, "realtime": False}],
+        workers={"retry_backoff_s": 0.5, "call_timeout_s": 10},
+    )
+    runner = StreamRunner(cfg, stream_env)
+    try:
+        runner.start({LIN: media[LIN], OBAMA: media[OBAMA]})
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while runner.summary().processed < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        serve.delete(cfg.search.app_name)  # Milvus gone, as far as the workers can tell
+
+        def retries() -> int:
+            return sum(s["retries"].get("search", 0) for s in runner.worker_stats() if s)
+
+        while retries() < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert retries() >= 3
+        # The workers retry the same batch instead of fetching on: the output stands still.
+        before = runner.summary()
+        while retries() < 6 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        after = runner.summary()
+        assert after.processed == before.processed and after.lag and after.lag > 0
+
+        runner.deploy_search()  # back: the same batches go through, then the rest
+        summary = _run_until_drained(runner)
+        assert summary.processed == summary.produced
+    finally:
+        runner.stop()
+    out = _check_outputs(cfg)
+    assert {ev["identity"]["name"] for ev in out["identities"]} == {LIN}
