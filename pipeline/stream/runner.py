@@ -251,7 +251,8 @@ class LagProbe:
 
 
 def enroll_people(settings: Any, people: dict[str, Path]) -> list[str]:
-    """Enrol each NAME=IMAGE unless an identity of that name exists; a line per person."""
+    """Enrol each NAME=IMAGE (its largest face) unless an identity of that name exists;
+    one line per person saying what happened."""
     from pipeline.gallery.service import open_gallery
     from pipeline.registry import ModelStore
 
@@ -265,7 +266,9 @@ def enroll_people(settings: Any, people: dict[str, Path]) -> list[str]:
             if existing:
                 lines.append(f"{name}: already enrolled as {existing[0].identity_id}")
                 continue
-            res = gallery.enroll([(path.name, path.read_bytes())], name=name)
+            # Like `facestream demo`: the largest face of the photo (a still from a
+            # scene may show others in the background).
+            res = gallery.enroll([(path.name, path.read_bytes())], name=name, pick="largest")
             lines.append(f"{name}: enrolled as {res.identity.identity_id} ({res.model_version})")
     finally:
         gallery.close()
