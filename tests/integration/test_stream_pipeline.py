@@ -144,14 +144,8 @@ def _run_until_drained(runner: StreamRunner) -> Any:
 
 
 def _cli_app() -> typer.Typer:
-    # A fresh app with the real callback, so the test does not add commands to the
-    # global one (until pipeline/cli.py calls register itself).
-    import pipeline.cli
-    from pipeline.stream.cli import register
+    from pipeline.cli import app
 
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.callback()(pipeline.cli.main)
-    register(app)
     return app
 
 

@@ -9,15 +9,12 @@ import typer
 from typer.testing import CliRunner
 
 import pipeline.cli
-from pipeline.stream.cli import parse_sources, register
+from pipeline.stream.cli import parse_sources
 
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.callback()(pipeline.cli.main)
-    register(app)
-    return app
+    return pipeline.cli.app  # pipeline/cli.py registers the stream commands
 
 
 def test_help_lists_the_commands_and_a_camera_example(app: typer.Typer) -> None:
