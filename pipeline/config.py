@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from pipeline.gallery.config import GalleryConfig
+from pipeline.stream.config import StreamConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,7 @@ class Settings(BaseSettings):
     face: FaceConfig = Field(default_factory=FaceConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @classmethod
     def settings_customise_sources(
