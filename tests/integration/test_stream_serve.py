@@ -68,9 +68,7 @@ def test_concurrent_requests_are_batched_and_split_back_correctly(
     local = store.load_embedder(flip)
 
     batches = [_chips(n, seed) for seed, n in enumerate([1, 3, 2, 5, 4, 1])]
-    responses = [
-        handle.embed.remote(EmbedRequest(b, info["template_digest"])) for b in batches
-    ]
+    responses = [handle.embed.remote(EmbedRequest(b, info["template_digest"])) for b in batches]
     results = [r.result(timeout_s=120) for r in responses]
     for chips, res in zip(batches, results, strict=True):
         assert res.error is None and res.model_version == flip
