@@ -4,7 +4,10 @@ export FACESTREAM_VENV := $(VENV)
 BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test lint kafka-fetch eval-lfw bench
+TOOLS := $(HOME)/.cache/facestream/bin
+HELM_VERSION ?= v3.22.0
+
+.PHONY: setup demo test lint kafka-fetch tools k8s eval-lfw bench
 
 setup:
 	@bash scripts/setup.sh
@@ -12,13 +15,25 @@ setup:
 kafka-fetch:
 	@bash scripts/kafka.sh fetch
 
+# helm renders and lints the chart in the tests; built once with Go from the module proxy.
+tools:
+	@if [ ! -x $(TOOLS)/helm ] && ! command -v helm >/dev/null; then \
+	  if command -v go >/dev/null; then \
+	    echo "[tools] building helm $(HELM_VERSION) (once, a few minutes)"; \
+	    GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	  else echo "[tools] no go: the chart tests will be skipped"; fi; \
+	fi
+
+k8s: tools
+	HELM=$(TOOLS)/helm bash scripts/render-k8s.sh
+
 demo: setup
 	$(BIN)/facestream demo
 
 lint: setup
 	$(BIN)/ruff check pipeline tests
 
-test: setup kafka-fetch lint
+test: setup kafka-fetch tools lint
 	$(BIN)/python -m pytest -q -rs
 
 eval-lfw: setup
