@@ -20,6 +20,7 @@ The file is TOML; every section is optional except ``[data]``::
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -74,6 +75,34 @@ class DataConfig(_Section):
         return self
 
 
+class ReplayConfig(_Section):
+    """Rehearsal: keep the network's embeddings of general faces where the base model put
+    them, while it adapts to the training domain (distillation, as in Learning without
+    Forgetting).
+
+    Fine-tuning on one narrow domain (e.g. greyscale low-resolution cameras) mostly
+    learns to spread that domain's faces apart, which moves every other face too; a
+    batch of replay faces per step, pulled towards the base model's embedding of them
+    (1 - cosine), keeps the rest of the space in place. Replay faces need no labels.
+    People named in any ``eval.guard_pairs`` file are excluded, so the guard stays
+    independent.
+    """
+
+    root: Path | None = Field(None, description="Folder of identity sub-folders.")
+    manifest: Path | None = Field(None, description="CSV/JSONL manifest (path, identity).")
+    max_images: PositiveInt = Field(400, description="Replay faces kept (one per person first).")
+    per_identity: PositiveInt = Field(1, description="Images taken per person.")
+    batch: PositiveInt = Field(16, description="Replay faces per training step.")
+    weight: float = Field(10.0, gt=0, description="Weight of the distillation term.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReplayConfig:
+        if (self.root is None) == (self.manifest is None):
+            raise ValueError("replay: give exactly one of root or manifest")
+        return self
+
+
 class SamplerConfig(_Section):
     """P identities x K images per batch (pytorch-metric-learning's MPerClassSampler)."""
 
@@ -114,6 +143,13 @@ class OptimConfig(_Section):
     )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    l2sp: float = Field(
+        0.0,
+        ge=0,
+        description="L2-SP: pull the network's weights towards the warm start with this "
+        "strength (replaces weight decay for them). Keeps a small fine-tune from forgetting "
+        "what the base model knew about other domains.",
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up of the network's lr.")
     cosine_decay: bool = Field(True, description="Cosine-decay the lr to 0 over the run.")
     grad_clip: float | None = Field(5.0, gt=0, description="Max global gradient norm.")
@@ -278,6 +314,9 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=lambda: ArcFaceLossConfig(name="arcface"))
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    replay: ReplayConfig | None = Field(
+        None, description="Distillation on general faces against forgetting (optional)."
+    )
 
     base_version: str | None = Field(
         None, description="Model version to fine-tune; default: the store's active version."
@@ -388,18 +427,19 @@ def load_train_config(
         except tomllib.TOMLDecodeError as exc:
             raise TrainConfigError(f"{path}: invalid TOML: {exc}") from None
         base = path.resolve().parent
-        data = raw.get("data")
-        if isinstance(data, dict):
-            for key in ("root", "manifest", "cache_dir"):
-                if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                    data[key] = str(base / data[key])
+        for section in ("data", "replay"):
+            data = raw.get(section)
+            if isinstance(data, dict):
+                for key in ("root", "manifest", "cache_dir"):
+                    if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                        data[key] = os.path.normpath(base / data[key])
         ev = raw.get("eval")
         if isinstance(ev, dict):
             for g in ev.get("guard_pairs", []) or []:
                 for key in ("root", "pairs"):
                     value = g.get(key) if isinstance(g, dict) else None
                     if isinstance(value, str) and not Path(value).is_absolute():
-                        g[key] = str(base / value)
+                        g[key] = os.path.normpath(base / value)
     if defaults is not None:
         for key in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_dir"):
             raw.setdefault(key, getattr(defaults, key))
@@ -438,6 +478,11 @@ def check_paths(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"data.root is not a folder: {cfg.data.root}")
     if cfg.data.manifest is not None and not cfg.data.manifest.is_file():
         raise TrainConfigError(f"data.manifest not found: {cfg.data.manifest}")
+    r = cfg.replay
+    if r is not None and r.root is not None and not r.root.is_dir():
+        raise TrainConfigError(f"replay.root is not a folder: {r.root}")
+    if r is not None and r.manifest is not None and not r.manifest.is_file():
+        raise TrainConfigError(f"replay.manifest not found: {r.manifest}")
     for g in cfg.eval.guard_pairs:
         if not g.root.is_dir():
             raise TrainConfigError(f"eval.guard_pairs {g.name}: root is not a folder: {g.root}")

@@ -31,7 +31,7 @@ from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import decode_image, read_image_bytes
-from pipeline.train.config import DataConfig, TrainConfigError
+from pipeline.train.config import DataConfig, ReplayConfig, TrainConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
 CACHE_FORMAT = 1
@@ -360,3 +360,22 @@ def pk_sampler(labels: np.ndarray, p: int, k: int, n_batches: int) -> object:
     from pytorch_metric_learning.samplers import MPerClassSampler
 
     return MPerClassSampler(labels, m=k, batch_size=p * k, length_before_new_iter=n_batches * p * k)
+
+
+def replay_images(cfg: ReplayConfig, exclude: set[str]) -> list[Path]:
+    """The replay faces: up to ``per_identity`` images of randomly chosen people, people
+    in ``exclude`` (evaluated or held-out identities) left out, ``max_images`` in all."""
+    import random
+
+    images = identity_folders(cfg.root) if cfg.root is not None else None
+    if images is None:
+        assert cfg.manifest is not None
+        images = manifest_images(cfg.manifest)
+    names = sorted(n for n in images if n not in exclude)
+    random.Random(cfg.seed).shuffle(names)
+    out: list[Path] = []
+    for n in names:
+        out += images[n][: cfg.per_identity]
+        if len(out) >= cfg.max_images:
+            break
+    return out[: cfg.max_images]

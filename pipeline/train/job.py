@@ -28,7 +28,7 @@ from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.manifest import ModelManifest, Threshold
 from pipeline.registry import ModelStore
-from pipeline.train.config import TrainConfig, check_paths
+from pipeline.train.config import PairsSet, TrainConfig, TrainConfigError, check_paths
 from pipeline.train.data import (
     CropCache,
     Splits,
@@ -36,6 +36,7 @@ from pipeline.train.data import (
     list_images,
     load_faces,
     make_splits,
+    replay_images,
 )
 from pipeline.train.evaluate import (
     GuardChips,
@@ -73,6 +74,8 @@ class Prepared:
     cache: CropCache
     splits: Splits
     guards: list[GuardChips]
+    replay_chips: np.ndarray | None = None
+    replay_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,13 +122,32 @@ def prepare(
     splits = make_splits(faces, cfg.data)
     check_sampler_fits(splits.train, cfg.sampler.p)
     if splits.heldout.n_identities < 2:
-        from pipeline.train.config import TrainConfigError
-
         raise TrainConfigError("the held-out split needs at least 2 identities")
     guards = []
     for g in cfg.eval.guard_pairs:
         advance = rep.task(f"face core on guard set {g.name} (cached crops)", None)
         guards.append(guard_chips(g, cache, on_progress=advance))
+    replay_chips, replay_info = None, {}
+    if cfg.replay is not None:
+        exclude = set(faces.names).union(*(guard_identities(g) for g in cfg.eval.guard_pairs))
+        paths = replay_images(cfg.replay, exclude)
+        advance = rep.task(f"face core on {len(paths)} replay images (cached crops)", len(paths))
+        chips = []
+        for p in paths:
+            chip = cache.get(p).chip
+            if chip is not None:
+                chips.append(chip)
+            advance(1)
+        if not chips:
+            raise TrainConfigError("replay: no usable face in the replay images")
+        replay_chips = np.stack(chips)
+        replay_info = {
+            "source": str(cfg.replay.root or cfg.replay.manifest),
+            "images": len(chips),
+            "excluded_identities": len(exclude),
+            "weight": cfg.replay.weight,
+            "batch": cfg.replay.batch,
+        }
     rep.log(
         f"data: {faces.n_identities} identities, {len(faces)} faces, "
         f"{len(faces.failures)} images without a usable face; train "
@@ -133,7 +155,22 @@ def prepare(
         f"{splits.heldout.n_identities} ids / {len(splits.heldout)} faces "
         f"(crop cache: {cache.hits} hits, {cache.misses} new)"
     )
-    return Prepared(cfg, store, base, pipe, cache, splits, guards)
+    return Prepared(cfg, store, base, pipe, cache, splits, guards, replay_chips, replay_info)
+
+
+def guard_identities(spec: PairsSet) -> set[str]:
+    """Identity folder names of every image of a guard pairs file (all pairs, whatever
+    ``limit`` says): the people replay must never show the network."""
+    from pipeline.evaluation.pairs import read_pairs
+
+    names = set()
+    for pair in read_pairs(spec.pairs, spec.root):
+        for p in (pair.a, pair.b):
+            try:
+                names.add(p.relative_to(spec.root).parts[0])
+            except ValueError:
+                continue
+    return names
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -159,7 +196,9 @@ def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[di
     cfg = prep.cfg
     net, _ = load_torch_model(prep.store, prep.base.version)
     tr, ho = prep.splits.train, prep.splits.heldout
-    data_ref = ray.put(WorkerData(tr.chips, tr.labels, tr.n_identities, ho.chips, ho.labels))
+    data_ref = ray.put(
+        WorkerData(tr.chips, tr.labels, tr.n_identities, ho.chips, ho.labels, prep.replay_chips)
+    )
     state_ref = ray.put({k: v.detach().cpu() for k, v in net.state_dict().items()})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -377,6 +416,7 @@ def register_candidate(
             "steps": cfg.epochs * steps,
             "seed": cfg.seed,
             "training": training or {},
+            "replay": prep.replay_info or None,
             "evaluation": {
                 "heldout_digest": heldout_digest,
                 "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],

@@ -58,6 +58,7 @@ class WorkerData:
     n_classes: int
     heldout_chips: np.ndarray
     heldout_labels: np.ndarray
+    replay_chips: np.ndarray | None = None  # unlabelled general faces (rehearsal)
 
 
 def lr_factor(step: int, total: int, warmup: int, cosine: bool) -> float:
@@ -86,6 +87,10 @@ class Training:
     step: int = 0
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    anchor: list[torch.Tensor] | None = None  # warm-start weights, for L2-SP
+    replay_chips: np.ndarray | None = None
+    teacher: torch.Tensor | None = None  # the base model's unit embeddings of replay_chips
+    last_distill: float = 0.0
 
     @classmethod
     def create(
@@ -119,6 +124,8 @@ class Training:
                 "params": [p for p in embed.parameters() if p.requires_grad],
                 "lr": o.lr,
                 "name": "net",
+                # L2-SP decays towards the warm start instead of towards zero.
+                "weight_decay": 0.0 if o.l2sp else o.weight_decay,
             },
             *param_groups(loss, o.head_lr, cfg.loss),
         ]
@@ -132,7 +139,7 @@ class Training:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, total, o.warmup_steps, o.cosine_decay)
         )
-        return cls(
+        tr = cls(
             cfg,
             pre,
             module,
@@ -142,6 +149,13 @@ class Training:
             device or torch.device("cpu"),
             wrapped,
         )
+        if o.l2sp:
+            tr.anchor = [p.detach().clone() for p in tr.trainable()]
+        if cfg.replay is not None and data.replay_chips is not None and len(data.replay_chips):
+            # Computed before any step, from the base weights: the target never moves.
+            tr.replay_chips = data.replay_chips
+            tr.teacher = torch.from_numpy(embed_chips(net, data.replay_chips, pre)).to(tr.device)
+        return tr
 
     @property
     def net(self) -> DlibResNet:
@@ -150,24 +164,52 @@ class Training:
     def train_step(self, chips: np.ndarray, labels: np.ndarray) -> float:
         """One optimiser step on a batch of uint8 chips; returns the loss (before the step)."""
         self.module.train()
-        x = chips_to_input(augment_batch(chips, self.cfg.augment, self.rng), self.pre)
-        y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        x, y = x.to(self.device), y.to(self.device)
-        loss, _ = (self.wrapped or self.module)(x, y)
-        if not torch.isfinite(loss):
+        batch = augment_batch(chips, self.cfg.augment, self.rng)
+        teacher = None
+        if self.teacher is not None and self.replay_chips is not None:
+            assert self.cfg.replay is not None
+            n = min(self.cfg.replay.batch, len(self.replay_chips))
+            pick = self.rng.choice(len(self.replay_chips), size=n, replace=False)
+            # Replay faces are not augmented: the teacher embedded them as they are.
+            batch = np.concatenate([batch, self.replay_chips[pick]])
+            teacher = self.teacher[torch.from_numpy(pick).to(self.teacher.device)]
+        x = chips_to_input(batch, self.pre).to(self.device)
+        y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        task, distill = (self.wrapped or self.module)(x, y, teacher)
+        if not torch.isfinite(task) or not torch.isfinite(distill):
             raise NonFiniteLoss(
-                f"loss {self.cfg.loss.name} became {loss.item()} at step {self.step}; lower "
+                f"loss {self.cfg.loss.name} became {task.item()} at step {self.step}; lower "
                 "optim.lr / optim.head_lr or the loss scale"
             )
+        loss = task
+        if teacher is not None:
+            assert self.cfg.replay is not None
+            loss = task + self.cfg.replay.weight * distill
+            self.last_distill = float(distill.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.cfg.optim.l2sp:
+            self._l2sp_grad(self.cfg.optim.l2sp)
         if self.cfg.optim.grad_clip is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.item())
+        return float(task.item())
+
+    @torch.no_grad()
+    def _l2sp_grad(self, alpha: float) -> None:
+        """Add the gradient of alpha/2 ||w - w0||^2 (w0: the warm start) to the network's
+        trainable weights. Applied after the DDP all-reduce, so every rank adds the same."""
+        if self.anchor is None:
+            raise RuntimeError("L2-SP needs the warm-start weights (Training.create keeps them)")
+        for p, a in zip(self.trainable(), self.anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p - a, alpha=alpha)
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.module.embed.parameters() if p.requires_grad]
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -240,10 +282,11 @@ def run_epoch(
     np.random.seed((cfg.seed * 1_000_003 + tr.epoch * 1_009 + rank) % 2**32)
     idx = np.fromiter(iter(pk_sampler(data.train_labels, cfg.sampler.p, cfg.sampler.k, steps)), int)
     t0 = time.perf_counter()
-    losses = []
+    losses, distills = [], []
     for s in range(steps):
         b = idx[s * bs : (s + 1) * bs]
         losses.append(tr.train_step(data.train_chips[b], data.train_labels[b]))
+        distills.append(tr.last_distill)
         if on_step is not None:
             on_step(s, losses[-1])
     wall = time.perf_counter() - t0
@@ -255,6 +298,7 @@ def run_epoch(
         "loss_first": float(np.mean(losses[:head])),
         "loss_last": float(np.mean(losses[-head:])),
         "lr": float(tr.optimizer.param_groups[0]["lr"]),
+        **({"distill": float(np.mean(distills))} if tr.teacher is not None else {}),
         "images_per_s": world * bs * steps / wall,
         "epoch_s": wall,
     }

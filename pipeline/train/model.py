@@ -102,16 +102,30 @@ class EmbeddingNet(nn.Module):
 
 
 class TrainModule(nn.Module):
-    """Network + loss in one module: one DDP wrapper covers both parameter sets."""
+    """Network + loss in one module: one DDP wrapper covers both parameter sets.
+
+    ``forward(x, labels, teacher)``: the first ``len(labels)`` rows of ``x`` are the
+    training batch; any further rows are replay faces, whose L2-normalised embeddings
+    are compared with ``teacher`` (the base model's). One forward pass for both, so DDP
+    sees each parameter used once per step.
+    """
 
     def __init__(self, net: EmbeddingNet, loss: nn.Module) -> None:
         super().__init__()
         self.embed = net
         self.loss = loss
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task loss, distillation loss: mean 1 - cosine to the teacher, 0 without one)."""
         emb = self.embed(x)
-        return self.loss(emb, labels), emb
+        n = len(labels)
+        task = self.loss(emb[:n], labels)
+        if teacher is None:
+            return task, task.new_zeros(())
+        student = F.normalize(emb[n:], dim=1)
+        return task, (1.0 - (student * teacher).sum(dim=1)).mean()
 
 
 def chips_to_input(chips: np.ndarray, pre: Preprocessing) -> torch.Tensor:
