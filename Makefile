@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both set themselves up.
+# The two commands of the README: `make run` and `make test`. Both set themselves up.
 VENV ?= $(HOME)/.cache/facestream/venv
 export FACESTREAM_VENV := $(VENV)
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup demo test lint kafka-fetch tools k8s eval-lfw bench
+.PHONY: setup run demo test lint kafka-fetch tools k8s eval-lfw bench
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,12 @@ tools:
 k8s: tools
 	HELM=$(TOOLS)/helm bash scripts/render-k8s.sh
 
+# The main job: local Kafka, Ray, the Serve embedder and search, workers and ingest on the
+# shared clip (or an offline clip when ../shared is absent).
+run: setup kafka-fetch
+	$(BIN)/facestream run
+
+# The face core alone on a video, no Kafka or Ray.
 demo: setup
 	$(BIN)/facestream demo
 
