@@ -86,3 +86,52 @@ def test_every_loss_lowers_itself_on_real_faces(
     after = current()
     assert all(np.isfinite(seen)) and np.isfinite(after)
     assert after < before, f"{name}: {before:.4f} -> {after:.4f} ({seen})"
+
+
+def test_replay_holds_general_faces_where_the_base_model_put_them(
+    batch: tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor], Preprocessing],
+) -> None:
+    """Train on two people; replay the other two. With replay their embeddings drift less
+    from the base model's than without, and the distillation term starts at 0."""
+    from pipeline.train.config import ReplayConfig
+    from pipeline.train.model import embed_chips
+
+    chips, labels, base_state, pre = batch
+    train, other = labels < 2, labels >= 2
+
+    def run(replay: bool) -> tuple[Training, float]:
+        cfg = TrainConfig(
+            data=DataConfig(root=Path(".")),
+            loss=loss_config("arcface", scale=16.0, margin=0.3),
+            sampler=SamplerConfig(p=2, k=4),
+            augment=AugmentConfig(enabled=False),
+            optim=OptimConfig(lr=5e-3, head_lr=2e-2, cosine_decay=False),
+            replay=ReplayConfig(root=Path("."), batch=8, weight=30.0) if replay else None,
+            freeze=14,
+            epochs=1,
+            steps_per_epoch=STEPS,
+        )
+        data = WorkerData(chips[train], labels[train], 2, chips[:0], labels[:0], chips[other])
+        tr = Training.create(cfg, base_state, pre, data)
+        first = None
+        for _ in range(STEPS):
+            tr.train_step(chips[train], labels[train])
+            first = tr.last_distill if first is None else first
+        return tr, float(first or 0.0)
+
+    def drift(tr: Training) -> float:
+        base = embed_chips(tr_base.net, chips[other], pre)
+        now = embed_chips(tr.net, chips[other], pre)
+        return float(np.mean(1.0 - np.sum(base * now, axis=1)))
+
+    tr_base = Training.create(
+        TrainConfig(data=DataConfig(root=Path(".")), freeze=14, init_head="random"),
+        base_state,
+        pre,
+        WorkerData(chips, labels, 4, chips[:0], labels[:0]),
+    )
+    plain, _ = run(replay=False)
+    kept, first_distill = run(replay=True)
+    assert first_distill == pytest.approx(0.0, abs=1e-5)  # student == teacher at step 0
+    assert kept.teacher is not None and plain.teacher is None
+    assert drift(kept) < 0.5 * drift(plain), (drift(kept), drift(plain))
