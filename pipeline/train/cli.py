@@ -211,7 +211,7 @@ def promote_cmd(
         verdict = "[green]passes[/green]" if gate.passed else "[red]fails[/red]"
         out.print(f"gate {verdict}: {version} vs active {gate.active}", highlight=False)
         if gate.rows:
-            out.print(gate.table(), highlight=False)
+            out.print(gate.table(), highlight=False, soft_wrap=True)
         if gate.reason:
             out.print(gate.reason, highlight=False)
         raise typer.Exit(0 if gate.passed else 1)
