@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,8 +228,6 @@ def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[di
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-        import json
-
         history = json.loads((Path(d) / HISTORY_FILE).read_text())
     return state, history
 

@@ -231,7 +231,8 @@ class Training:
         (folder / HISTORY_FILE).write_text(json.dumps(self.history, indent=1) + "\n")
 
     def load(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=False)
+        # weights_only: a checkpoint on shared storage must not be able to run code here.
+        state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -269,7 +269,7 @@ def _switch_gallery(gallery: Gallery | None, version: str) -> dict[str, Any] | N
     if snap is not None and snap.version == version:
         return {"skipped": f"the gallery alias already points at {snap.collection}"}
     res = gallery.reembed(version)
-    return res.model_dump(mode="json") if hasattr(res, "model_dump") else dict(vars(res))
+    return res.model_dump(mode="json")
 
 
 def promote(
