@@ -137,10 +137,13 @@ def chips_to_input(chips: np.ndarray, pre: Preprocessing) -> torch.Tensor:
 def embed_chips(
     net: nn.Module, chips: np.ndarray, pre: Preprocessing, batch_size: int = 32
 ) -> np.ndarray:
-    """L2-normalised embeddings of chips (no test-time augmentation)."""
+    """L2-normalised embeddings of chips (no test-time augmentation), on whatever device
+    the network lives (a GPU worker's), returned as numpy."""
+    device = next(net.parameters()).device
     out = []
     for i in range(0, len(chips), batch_size):
-        out.append(F.normalize(net(chips_to_input(chips[i : i + batch_size], pre)), dim=1))
+        x = chips_to_input(chips[i : i + batch_size], pre).to(device)
+        out.append(F.normalize(net(x), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
