@@ -212,10 +212,9 @@ def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[di
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.cpus_per_worker,
-                **({"GPU": 1} if cfg.use_gpu else {}),
-            },
+            # use_gpu reserves one GPU per worker; Ray also sets OMP_NUM_THREADS to the
+            # worker's CPUs, which is torch's thread count there.
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
