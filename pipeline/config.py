@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from pipeline.gallery.config import GalleryConfig
 from pipeline.stream.config import StreamConfig
+from pipeline.train.config import TrainSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @classmethod
     def settings_customise_sources(
