@@ -543,11 +543,13 @@ class Gallery:
 
     # -- model change ---------------------------------------------------------------------
 
-    def reembed(self, to_version: str) -> ReembedResult:
+    def reembed(self, to_version: str, *, flip: bool = True) -> ReembedResult:
         """Build ``to_version``'s collection from the stored crops, then flip the alias.
 
         Searches keep using the old collection until the flip, and the ones that
         resolved the alias before it finish on the old collection, which is kept.
+        ``flip=False`` builds (or rebuilds) the collection and leaves the alias alone: a
+        live swap flips it later with :meth:`flip`, once the embedder serves the version.
         """
         t0 = time.perf_counter()
         with self._writing():
@@ -582,7 +584,8 @@ class Gallery:
             except BaseException:
                 self.vectors.drop(name)
                 raise
-            self.vectors.flip(name)
+            if flip:
+                self.vectors.flip(name)
             return ReembedResult(
                 from_version=snap.version if snap else None,
                 to_version=to_version,
@@ -591,6 +594,18 @@ class Gallery:
                 identities=len({f.identity_id for f in faces}),
                 seconds=round(time.perf_counter() - t0, 3),
             )
+
+    def flip(self, version: str) -> str:
+        """Point the alias at ``version``'s existing collection (nothing is re-embedded);
+        the collection's name. Raises ``ReembedError`` when there is none."""
+        with self._writing():
+            name = self.collection_for(version)
+            if name is None:
+                raise ReembedError(f"no collection of {version} to flip the alias to")
+            snap = self.active()
+            if snap is None or snap.collection != name:
+                self.vectors.flip(name)
+            return name
 
     def status(self) -> GalleryStatus:
         snap = self.active()

@@ -136,8 +136,11 @@ class EmbedderDeployment:
         return out
 
 
-def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig) -> Any:
-    """The bound application, with replicas or autoscaling and backpressure from config."""
+def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig, version: str | None = None) -> Any:
+    """The bound application, with replicas or autoscaling and backpressure from config.
+
+    ``version`` (else ``models.version``) goes in ``user_config``: redeploying with
+    another one only reconfigures the running replicas (the live swap's step 2)."""
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -156,6 +159,6 @@ def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig) -> Any:
         }
     else:
         options["num_replicas"] = cfg.replicas
-    if models.version:
-        options["user_config"] = {"version": models.version}
+    if version or models.version:
+        options["user_config"] = {"version": version or models.version}
     return EmbedderDeployment.options(**options).bind(cfg, models)

@@ -293,6 +293,7 @@ class StreamRunner:
         self.broker: Any = None
         self.started_ray = False
         self.deployed: list[str] = []
+        self.embedder_version: str | None = None  # set by a live swap (pipeline.stream.hotswap)
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
         self.monitor: Monitor | None = None
@@ -370,16 +371,18 @@ class StreamRunner:
         self.deploy_embedder()
         self.deploy_search()
 
-    def deploy_embedder(self) -> None:
-        """(Re)deploy the embedder application; a changed config rolls its replicas."""
+    def deploy_embedder(self, version: str | None = None) -> None:
+        """(Re)deploy the embedder application; a changed config rolls its replicas, a
+        changed ``version`` only reconfigures them (``user_config``)."""
         from ray import serve
 
         from pipeline.serve.embedder_deployment import embedder_app
 
+        if version is not None:
+            self.embedder_version = version
         name = self.cfg.embedder.app_name
-        serve.run(
-            embedder_app(self.cfg.embedder, self.settings.models), name=name, route_prefix=None
-        )
+        app = embedder_app(self.cfg.embedder, self.settings.models, self.embedder_version)
+        serve.run(app, name=name, route_prefix=None)
         if name not in self.deployed:
             self.deployed.append(name)
 
@@ -401,6 +404,20 @@ class StreamRunner:
         serve.run(search_app(gcfg, s.face, s.models, self.cfg.search), name=name, route_prefix=None)
         if name not in self.deployed:
             self.deployed.append(name)
+
+    def embedder_handle(self) -> Any:
+        from ray import serve
+
+        from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME
+
+        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=self.cfg.embedder.app_name)
+
+    def search_handle(self) -> Any:
+        from ray import serve
+
+        from pipeline.stream.search import DEPLOYMENT_NAME
+
+        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=self.cfg.search.app_name)
 
     def _metrics_port(self, offset: int) -> int | None:
         port = self.cfg.metrics.port

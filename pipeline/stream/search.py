@@ -8,6 +8,12 @@ version's own collection (kept during a model swap), else none at all — faces 
 "unknown" and the answer says there was no collection, rather than comparing vectors
 of two models.
 
+Live model swap (``pipeline.stream.hotswap``): :meth:`GallerySearchDeployment.prepare`
+builds the new version's collection from the stored crops without moving the alias, and
+:meth:`GallerySearchDeployment.flip` moves it once the embedder serves that version. Every
+search is counted by (vectors' version, searched collection's version) in :meth:`stats`;
+a pair of two different versions would be a bug, and the tests assert there is none.
+
 Why a deployment instead of a gallery per worker: Milvus Lite (the embedded default)
 serves one process per database file. With a Milvus server (``gallery.milvus_uri``)
 raise ``stream.search.replicas`` to scale the search out.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +86,9 @@ class GallerySearchDeployment:
         )
         # Milvus Lite's client is not meant for concurrent calls from several threads.
         self._lock = threading.Lock()
+        # (vectors' version, searched collection's version) -> searches; and vectors.
+        self._pairs: Counter[tuple[str, str | None]] = Counter()
+        self._pair_vectors: Counter[tuple[str, str | None]] = Counter()
         self.search.set_max_batch_size(cfg.max_batch_vectors)
         self.search.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -91,21 +101,27 @@ class GallerySearchDeployment:
         with self._lock:
             return self.gallery.status().model_dump(mode="json")
 
-    def _collection_for(self, version: str) -> str | None:
+    def _collection_for(self, version: str) -> tuple[str | None, str | None]:
+        """The collection holding ``version``'s vectors and the version it holds (read
+        from the collection itself, so the check below is not a tautology)."""
         snap = self.gallery.active()
         if snap is not None and snap.version == version:
-            return snap.collection
+            return snap.collection, snap.version
         for name, v in self.gallery.vectors.collections().items():
             if v == version:
-                return name
-        return None
+                return name, v
+        return None, None
 
     def _search_version(self, version: str, vectors: np.ndarray) -> SearchResult:
-        collection = self._collection_for(version)
+        collection, coll_version = self._collection_for(version)
+        self._pairs[(version, coll_version)] += 1
+        self._pair_vectors[(version, coll_version)] += len(vectors)
         if collection is None:
             return SearchResult(
                 version, None, None, [[] for _ in vectors], f"no gallery collection of {version}"
             )
+        if coll_version != version:  # never searched: that would compare two models
+            raise RuntimeError(f"{collection} holds {coll_version}, the vectors are {version}")
         _, thr, cands = self.gallery.search_vectors(
             vectors, version, collection=collection, top_k=self.cfg.top_k
         )
@@ -117,6 +133,35 @@ class GallerySearchDeployment:
             for row in cands
         ]
         return SearchResult(version, collection, float(thr.value), hits)
+
+    # -- live model swap -------------------------------------------------------------------
+
+    def prepare(self, version: str) -> dict[str, Any]:
+        """Step 1 of a live swap: build ``version``'s collection from the stored crops,
+        alias untouched (searches go on meanwhile, each in its own version's collection)."""
+        self.gallery.pipeline(version)  # load the model outside the lock
+        with self._lock:
+            snap = self.gallery.active()
+            if snap is not None and snap.version == version:
+                return {"skipped": f"{snap.collection} already serves {version}"}
+            res = self.gallery.reembed(version, flip=False)
+        return res.model_dump(mode="json")
+
+    def flip(self, version: str) -> str:
+        """Step 4 of a live swap: point the alias at ``version``'s collection."""
+        with self._lock:
+            return self.gallery.flip(version)
+
+    def stats(self) -> dict[str, Any]:
+        """Searches by (vectors' version, collection's version; None: no collection)."""
+        with self._lock:
+            rows = [
+                {"vectors": v, "collection": c, "searches": n, "n_vectors": self._pair_vectors[k]}
+                for k, n in sorted(self._pairs.items(), key=str)
+                for v, c in [k]
+            ]
+        mixed = sum(r["searches"] for r in rows if r["collection"] not in (None, r["vectors"]))
+        return {"pairs": rows, "cross_version_searches": mixed}
 
     def _run(self, requests: list[SearchRequest]) -> list[SearchResult]:
         by_version: dict[str, list[int]] = {}

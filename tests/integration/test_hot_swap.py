@@ -1,0 +1,181 @@
+"""Live hot swap under load (issue 5): promote, then roll back, while the shared clip
+streams through the real Kafka pipeline (Ray, Ray Serve, Milvus Lite).
+
+Two real model versions in one store: the default dlib ResNet with its default
+test-time augmentation, and the same network without it (another version id, the same
+alignment template). The gate needs held-out evaluations these versions do not carry,
+so the promotion is forced (and recorded as forced).
+
+Checks: every frame accounted for exactly once, no DLQ, no worker retry; every frame
+captured after a cutover carries the new version; the search deployment never compared
+vectors of two versions; Lin-Manuel Miranda is identified by both versions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import ModelsConfig, Settings
+from pipeline.registry import ModelStore
+from pipeline.stream.audit import account, read_all
+from pipeline.stream.config import StreamConfig
+from pipeline.stream.hotswap import live_promote, live_rollback
+from pipeline.stream.runner import StreamRunner
+from pipeline.train.promotion import history
+
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+
+LIN = "Lin-Manuel Miranda"
+CAMERA = "hamilton"
+WAIT_S = 120.0  # bound of every wait below
+FRAMES_PER_PHASE = 50  # about one pass of the clip at 5 fps
+
+
+@pytest.fixture
+def media(shared_dir: Path) -> dict[str, Path]:
+    video = shared_dir / "data" / "video"
+    paths = {
+        "clip": video / "short_hamilton_clip.mp4",
+        LIN: video / "stills" / "lin-manuel-miranda.png",
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"shared video data missing: {missing}")
+    return paths
+
+
+@pytest.fixture
+def two_versions(
+    tmp_path: Path, model_store: ModelStore, ray_local: None
+) -> Iterator[tuple[ModelStore, str, str, Settings]]:
+    """A copy of the session store (its ACTIVE changes here) plus a second version."""
+    from pipeline.nets.bootstrap import bootstrap_default
+
+    store = ModelStore(tmp_path / "models")
+    shutil.copytree(model_store.root, store.root)
+    old = store.active_version()
+    new = bootstrap_default(store, tta="none", activate=False).version
+    assert new != old and store.active_version() == old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACESTREAM_MODELS__STORE", str(store.root))
+        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "gallery"))
+        yield store, old, new, Settings(models=ModelsConfig(store=store.root))
+
+
+def _cfg(bootstrap: str, clip: Path) -> StreamConfig:
+    tag = uuid.uuid4().hex[:8]
+    return StreamConfig.model_validate(
+        {
+            "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{tag}"},
+            "topics": {
+                "frames": f"h{tag}.frames",
+                "detections": f"h{tag}.detections",
+                "identities": f"h{tag}.identities",
+                "dlq": f"h{tag}.frames.dlq",
+            },
+            "workers": {"count": 2, "num_cpus": 0.3, "session_timeout_ms": 8000},
+            "embedder": {"app_name": f"emb-{tag}", "num_cpus": 0.3},
+            "search": {"app_name": f"search-{tag}", "num_cpus": 0.1},
+            "ingest": {"num_cpus": 0.05},
+            "cameras": [{"id": CAMERA, "url": str(clip), "fps": 5, "realtime": True, "loop": True}],
+        }
+    )
+
+
+def _wait_processed(runner: StreamRunner, at_least: int) -> int:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        s = runner.summary()
+        assert not s.dlq, s.dlq_reasons
+        if s.processed >= at_least:
+            return s.processed
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {at_least} frames processed within {WAIT_S}s")
+
+
+def _names(events: list[dict[str, Any]]) -> set[str]:
+    return {f["identity"]["name"] for d in events for f in d["faces"] if f["identity"]}
+
+
+def test_promote_and_rollback_under_load(
+    kafka_bootstrap: str, two_versions: tuple[ModelStore, str, str, Settings], media: Any
+) -> None:
+    import ray
+
+    store, old, new, settings = two_versions
+    cfg = _cfg(kafka_bootstrap, media["clip"])
+    runner = StreamRunner(cfg, settings)
+    try:
+        runner.start({LIN: media[LIN]})
+        n = _wait_processed(runner, 5)
+        promoted = live_promote(runner, store, new, force=True)
+        n = _wait_processed(runner, n + FRAMES_PER_PHASE)
+        rolled = live_rollback(runner, store)
+        _wait_processed(runner, n + FRAMES_PER_PHASE)
+        ray.get(runner.ingesters[CAMERA].stop.remote(), timeout=60)
+        summary = runner.wait(duration_s=WAIT_S, until_drained=True, tick_s=0.5)
+        assert runner.drained(summary), f"not drained within {WAIT_S}s: {summary}"
+        workers = runner.worker_stats()
+        search_stats = runner.search_handle().stats.remote().result(timeout_s=60)
+    finally:
+        runner.stop()
+
+    # Zero lost frames, zero failed requests.
+    acc = account(cfg)
+    assert acc.ok, acc.describe()
+    assert len(acc.frames) >= 2 * FRAMES_PER_PHASE
+    assert not read_all(kafka_bootstrap, cfg.topics.dlq).records
+    for w in workers:
+        assert w is not None
+        assert not w["retries"] and not w["dlq"] and not w["commit_failures"], w
+
+    # Every frame captured after a cutover (and before the next swap began) carries the
+    # new version, faces included; frames captured during a swap carry either.
+    detections = read_all(kafka_bootstrap, cfg.topics.detections).json()
+    before_promote = [
+        d for d in detections if d["capture_ts_ms"] < promoted.rolling_ts_ms and d["model_version"]
+    ]
+    after_promote = [
+        d
+        for d in detections
+        if promoted.cutover_ts_ms <= d["capture_ts_ms"] < rolled.rolling_ts_ms
+        and d["model_version"]
+    ]
+    after_rollback = [
+        d for d in detections if d["capture_ts_ms"] >= rolled.cutover_ts_ms and d["model_version"]
+    ]
+    assert after_promote and after_rollback
+    for events, version in ((before_promote, old), (after_promote, new), (after_rollback, old)):
+        for d in events:
+            assert d["model_version"] == version, d
+            for f in d["faces"]:
+                if f["decision"] != "rejected":
+                    assert f["model_version"] == version, d
+    for d in detections:  # whatever the moment, one version per event
+        versions = {f["model_version"] for f in d["faces"] if f["decision"] != "rejected"}
+        assert versions <= {d["model_version"]}, d
+    # Lin is recognised by both models.
+    assert LIN in _names(after_promote)
+    assert LIN in _names(after_rollback)
+
+    # No search compared vectors of two versions; both versions' collections were used.
+    assert search_stats["cross_version_searches"] == 0, search_stats
+    pairs = {(p["vectors"], p["collection"]) for p in search_stats["pairs"]}
+    assert {(old, old), (new, new)} <= pairs, pairs
+    assert all(c in (None, v) for v, c in pairs), pairs
+
+    # Both pointers back on the old version; the history says what happened.
+    assert store.active_version() == old
+    recs = history(store)[-2:]
+    assert [(r.action, r.from_version, r.to_version) for r in recs] == [
+        ("promote", old, new),
+        ("rollback", new, old),
+    ]
+    assert recs[0].forced and recs[0].reembed and recs[1].reembed
