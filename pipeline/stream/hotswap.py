@@ -24,9 +24,13 @@ began) by the old one; in between, either (each event says which).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pipeline.errors import FacestreamError
@@ -46,6 +50,7 @@ from pipeline.train.promotion import (
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 300.0
+LIVE_DIR = ".live"  # <store>/.live/<pid>.json: one per running `facestream run`
 
 
 @dataclass(frozen=True)
@@ -167,4 +172,85 @@ def live_rollback(
         return LiveSwap(rec, rolling, cutover, steps)
 
 
-__all__ = ["LiveSwap", "live_promote", "live_rollback"]
+# -- `facestream models promote|rollback` while `facestream run` is live -----------------
+
+
+def _live_path(store_root: Path, pid: int) -> Path:
+    return Path(store_root).resolve() / LIVE_DIR / f"{pid}.json"
+
+
+def announce(runner: Any) -> Path | None:
+    """Write ``<store>/.live/<pid>.json`` (Ray address, stream and models config) so that
+    ``facestream models promote|rollback`` goes through this runner's deployments."""
+    import ray
+
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # no address to give: promotion stays offline
+        log.warning("live swap unavailable: %s", exc)
+        return None
+    path = _live_path(runner.settings.models.store, os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "pid": os.getpid(),
+        "ray_address": address,
+        "stream": runner.cfg.model_dump(mode="json"),
+        "models": runner.settings.models.model_dump(mode="json"),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_pipelines(store: ModelStore) -> list[dict[str, Any]]:
+    """The running pipelines announced for ``store`` (stale files of dead ones skipped)."""
+    folder = store.root.resolve() / LIVE_DIR
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(data.get("pid", -1))):
+            out.append(data)
+    return out
+
+
+def attach(live: dict[str, Any]) -> Any:
+    """A runner-like handle on an announced pipeline (connects this process to its Ray);
+    enough for :func:`live_promote` / :func:`live_rollback`, never started or stopped."""
+    import ray
+
+    from pipeline.config import ModelsConfig
+    from pipeline.stream.config import StreamConfig
+    from pipeline.stream.runner import StreamRunner
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=live["ray_address"], log_to_driver=False)
+    settings = SimpleNamespace(models=ModelsConfig.model_validate(live["models"]))
+    runner = StreamRunner(StreamConfig.model_validate(live["stream"]), settings)
+    info = runner.embedder_handle().info.remote().result(timeout_s=CALL_TIMEOUT_S)
+    runner.embedder_version = info["model_version"]
+    return runner
+
+
+__all__ = [
+    "LiveSwap",
+    "announce",
+    "attach",
+    "live_pipelines",
+    "live_promote",
+    "live_rollback",
+]

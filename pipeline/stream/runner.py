@@ -294,6 +294,7 @@ class StreamRunner:
         self.started_ray = False
         self.deployed: list[str] = []
         self.embedder_version: str | None = None  # set by a live swap (pipeline.stream.hotswap)
+        self.live_file: Path | None = None
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
         self.monitor: Monitor | None = None
@@ -367,9 +368,13 @@ class StreamRunner:
     def _deploy(self) -> None:
         from ray import serve
 
+        from pipeline.stream.hotswap import announce
+
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
         self.deploy_embedder()
         self.deploy_search()
+        # `facestream models promote|rollback` finds this file and swaps live.
+        self.live_file = announce(self)
 
     def deploy_embedder(self, version: str | None = None) -> None:
         """(Re)deploy the embedder application; a changed config rolls its replicas, a
@@ -549,6 +554,10 @@ class StreamRunner:
     def stop(self) -> None:
         """Stop ingesters, then workers (they commit and leave the group), then Serve,
         Ray and the broker: whatever was started, in reverse order."""
+        if self.live_file is not None:
+            with contextlib.suppress(OSError):
+                self.live_file.unlink()
+            self.live_file = None
         ray = None
         with contextlib.suppress(ImportError):
             import ray as _ray

@@ -174,6 +174,25 @@ def _open_gallery(no_gallery: bool) -> Gallery | None:
     return open_gallery(state.settings, model_store())
 
 
+def _live_runner(no_gallery: bool) -> Any:
+    """The running `facestream run` of this model store, attached (None when none runs):
+    promotion then goes through its deployments (pipeline.stream.hotswap)."""
+    if no_gallery:
+        return None
+    from pipeline.stream.hotswap import attach, live_pipelines
+
+    lives = live_pipelines(model_store())
+    if not lives:
+        return None
+    if len(lives) > 1:
+        pids = ", ".join(str(x["pid"]) for x in lives)
+        raise typer.BadParameter(
+            f"several running pipelines use this model store (pids {pids}); stop all but one"
+        )
+    out.print(f"live: swapping inside the running pipeline (pid {lives[0]['pid']})")
+    return attach(lives[0])
+
+
 def _print_record(rec: PromotionRecord) -> None:
     verb = "promoted" if rec.action == "promote" else "rolled back"
     forced = " [yellow](forced past a failed gate)[/yellow]" if rec.forced else ""
@@ -215,6 +234,12 @@ def promote_cmd(
         if gate.reason:
             out.print(gate.reason, highlight=False)
         raise typer.Exit(0 if gate.passed else 1)
+    runner = _live_runner(no_gallery)
+    if runner is not None:
+        from pipeline.stream.hotswap import live_promote
+
+        _print_record(live_promote(runner, store, version, force, reason=reason).record)
+        return
     gallery = _open_gallery(no_gallery)
     try:
         rec = promote(store, gallery, version, force, reason=reason)
@@ -236,6 +261,12 @@ def rollback_cmd(
     """Return to the version active before the last promotion (gallery re-embedded)."""
     from pipeline.train.promotion import rollback
 
+    runner = _live_runner(no_gallery)
+    if runner is not None:
+        from pipeline.stream.hotswap import live_rollback
+
+        _print_record(live_rollback(runner, model_store(), to, reason=reason).record)
+        return
     gallery = _open_gallery(no_gallery)
     try:
         rec = rollback(model_store(), gallery, to, reason=reason)

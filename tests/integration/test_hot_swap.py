@@ -6,6 +6,9 @@ test-time augmentation, and the same network without it (another version id, the
 alignment template). The gate needs held-out evaluations these versions do not carry,
 so the promotion is forced (and recorded as forced).
 
+The promotion goes through the API (``live_promote``), the rollback through the CLI
+(``facestream models rollback`` finds the running pipeline and swaps inside it).
+
 Checks: every frame accounted for exactly once, no DLQ, no worker retry; every frame
 captured after a cutover carries the new version; the search deployment never compared
 vectors of two versions; Lin-Manuel Miranda is identified by both versions.
@@ -21,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from pipeline.config import ModelsConfig, Settings
 from pipeline.registry import ModelStore
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.config import StreamConfig
-from pipeline.stream.hotswap import live_promote, live_rollback
+from pipeline.stream.hotswap import LIVE_DIR, LiveSwap, live_promote
 from pipeline.stream.runner import StreamRunner
 from pipeline.train.promotion import history
 
@@ -100,6 +105,12 @@ def _wait_processed(runner: StreamRunner, at_least: int) -> int:
     raise AssertionError(f"fewer than {at_least} frames processed within {WAIT_S}s")
 
 
+def _cli_app() -> typer.Typer:
+    from pipeline.cli import app
+
+    return app
+
+
 def _names(events: list[dict[str, Any]]) -> set[str]:
     return {f["identity"]["name"] for d in events for f in d["faces"] if f["identity"]}
 
@@ -117,7 +128,15 @@ def test_promote_and_rollback_under_load(
         n = _wait_processed(runner, 5)
         promoted = live_promote(runner, store, new, force=True)
         n = _wait_processed(runner, n + FRAMES_PER_PHASE)
-        rolled = live_rollback(runner, store)
+        # The rollback as an operator runs it: `facestream models rollback` finds the
+        # running pipeline through <store>/.live/<pid>.json and swaps inside it. Its
+        # bounds are taken around the command (the swap itself is inside them).
+        assert runner.live_file is not None and runner.live_file.is_file()
+        rolling_ts_ms = int(time.time() * 1000)
+        res = CliRunner().invoke(_cli_app(), ["models", "rollback", "--reason", "test"])
+        assert res.exit_code == 0, res.output
+        assert "live: swapping inside the running pipeline" in res.output, res.output
+        rolled = LiveSwap(history(store)[-1], rolling_ts_ms, int(time.time() * 1000), {})
         _wait_processed(runner, n + FRAMES_PER_PHASE)
         ray.get(runner.ingesters[CAMERA].stop.remote(), timeout=60)
         summary = runner.wait(duration_s=WAIT_S, until_drained=True, tick_s=0.5)
@@ -126,6 +145,7 @@ def test_promote_and_rollback_under_load(
         search_stats = runner.search_handle().stats.remote().result(timeout_s=60)
     finally:
         runner.stop()
+    assert not list((store.root / LIVE_DIR).glob("*.json"))  # withdrawn at stop
 
     # Zero lost frames, zero failed requests.
     acc = account(cfg)
