@@ -21,7 +21,9 @@ is not gated (it is the way back from a bad promotion).
 The live swap of a running ``facestream run`` (rolling the Serve embedder replicas so
 that no request embeds with one version and searches another) slots in between steps
 3 and 4; ``gate_check`` and ``record`` are public so the streaming runner can perform
-the steps itself.
+the steps itself: ``pipeline.stream.hotswap`` does, and ``facestream models
+promote|rollback`` go through it when a running pipeline announced itself in
+``<store>/.live/``.
 """
 
 from __future__ import annotations
