@@ -18,8 +18,9 @@ The gate is the one of ``facestream models promote`` (``gate_check``; ``force`` 
 the override). Rollback runs the same steps towards the previous version, ungated.
 
 ``LiveSwap.cutover_ts_ms`` is the moment step 2 finished: every frame captured later is
-embedded by the new version; every frame captured before ``rolling_ts_ms`` (step 2
-began) by the old one; in between, either (each event says which).
+embedded by the new version. ``rolling_ts_ms`` is the moment step 2 began: every event
+published earlier was embedded by the old one. In between, either (each event and each
+face says which, and the search always uses the collection of that version).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ LIVE_DIR = ".live"  # <store>/.live/<pid>.json: one per running `facestream run`
 @dataclass(frozen=True)
 class LiveSwap:
     record: PromotionRecord
-    rolling_ts_ms: int  # step 2 began: frames captured until then use the old version
+    rolling_ts_ms: int  # step 2 began: events published until then used the old version
     cutover_ts_ms: int  # step 2 done: frames captured from then on use the new version
     steps: dict[str, float]  # seconds per step
 

@@ -156,22 +156,28 @@ def test_promote_and_rollback_under_load(
         assert w is not None
         assert not w["retries"] and not w["dlq"] and not w["commit_failures"], w
 
-    # Every frame captured after a cutover (and before the next swap began) carries the
-    # new version, faces included; frames captured during a swap carry either.
+    # Every frame captured after a cutover (and published before the next swap began)
+    # carries the new version, faces included; frames in flight during a swap carry
+    # either, one per event.
     detections = read_all(kafka_bootstrap, cfg.topics.detections).json()
+    # Captured after a cutover: embedded after it. Published before a swap began:
+    # embedded before it.
     before_promote = [
-        d for d in detections if d["capture_ts_ms"] < promoted.rolling_ts_ms and d["model_version"]
+        d
+        for d in detections
+        if d["published_ts_ms"] < promoted.rolling_ts_ms and d["model_version"]
     ]
     after_promote = [
         d
         for d in detections
-        if promoted.cutover_ts_ms <= d["capture_ts_ms"] < rolled.rolling_ts_ms
+        if d["capture_ts_ms"] >= promoted.cutover_ts_ms
+        and d["published_ts_ms"] < rolled.rolling_ts_ms
         and d["model_version"]
     ]
     after_rollback = [
         d for d in detections if d["capture_ts_ms"] >= rolled.cutover_ts_ms and d["model_version"]
     ]
-    assert after_promote and after_rollback
+    assert before_promote and after_promote and after_rollback
     for events, version in ((before_promote, old), (after_promote, new), (after_rollback, old)):
         for d in events:
             assert d["model_version"] == version, d
