@@ -41,12 +41,12 @@ from pipeline.train.promotion import (
     PromotionError,
     PromotionRecord,
     PromotionRefused,
-    _now,
-    _store_lock,
-    _user,
+    current_user,
     gate_check,
     record,
     rollback_target,
+    store_lock,
+    utc_now,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def live_promote(
     """Promote ``version`` into the running pipeline of ``runner`` (a started
     ``StreamRunner``); ``PromotionRefused`` when the gate fails and not ``force``."""
     t0 = time.perf_counter()
-    with _store_lock(store):
+    with store_lock(store):
         verify_files(store.manifest(version), store.folder(version))
         active = _active(store)
         if active == version and runner.embedder_version in (None, version):
@@ -135,8 +135,8 @@ def live_promote(
             from_version=active,
             to_version=version,
             forced=bool(force and gate is not None and not gate.passed),
-            at=_now(),
-            user=_user(),
+            at=utc_now(),
+            user=current_user(),
             reason=reason or "live swap of a running pipeline",
             gate=gate.to_dict() if gate else None,
             reembed=reembed,
@@ -151,7 +151,7 @@ def live_rollback(
 ) -> LiveSwap:
     """Back to the version active before the last promotion (or ``to``), live."""
     t0 = time.perf_counter()
-    with _store_lock(store):
+    with store_lock(store):
         current = store.active_version()
         target = to or rollback_target(store, current)
         if target == current:
@@ -163,8 +163,8 @@ def live_rollback(
             from_version=current,
             to_version=target,
             forced=False,
-            at=_now(),
-            user=_user(),
+            at=utc_now(),
+            user=current_user(),
             reason=reason or "live rollback of a running pipeline",
             reembed=reembed,
             seconds=round(time.perf_counter() - t0, 3),

@@ -221,7 +221,7 @@ class PromotionRecord:
 
 
 @contextlib.contextmanager
-def _store_lock(store: ModelStore) -> Iterator[None]:
+def store_lock(store: ModelStore) -> Iterator[None]:
     """One promotion or rollback at a time per store (across processes)."""
     store.root.mkdir(parents=True, exist_ok=True)
     fd = os.open(store.root / ".promotion.lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -253,11 +253,11 @@ def history(store: ModelStore) -> list[PromotionRecord]:
     return out
 
 
-def _now() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -289,7 +289,7 @@ def promote(
     Raises ``PromotionRefused`` when the gate fails and ``force`` is False.
     """
     t0 = time.perf_counter()
-    with _store_lock(store):
+    with store_lock(store):
         manifest = store.manifest(version)
         verify_files(manifest, store.folder(version))
         try:
@@ -316,8 +316,8 @@ def promote(
             from_version=active,
             to_version=version,
             forced=bool(force and gate is not None and not gate.passed),
-            at=_now(),
-            user=_user(),
+            at=utc_now(),
+            user=current_user(),
             reason=reason,
             gate=gate.to_dict() if gate else None,
             reembed=reembed,
@@ -353,7 +353,7 @@ def rollback(
 ) -> PromotionRecord:
     """Return to the previous version (or ``to``): gallery re-embedded, pointers flipped."""
     t0 = time.perf_counter()
-    with _store_lock(store):
+    with store_lock(store):
         current = store.active_version()
         target = to or rollback_target(store, current)
         if target == current:
@@ -367,8 +367,8 @@ def rollback(
             from_version=current,
             to_version=target,
             forced=False,
-            at=_now(),
-            user=_user(),
+            at=utc_now(),
+            user=current_user(),
             reason=reason,
             reembed=reembed,
             seconds=round(time.perf_counter() - t0, 3),
