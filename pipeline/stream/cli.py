@@ -34,6 +34,17 @@ StreamConfigOpt = Annotated[
         "default: the settings' stream section / FACESTREAM_STREAM__* variables.",
     ),
 ]
+# Options shared by `ingest` and `run`.
+MaxSideOpt = Annotated[int | None, typer.Option(help="Resolution cap (pixels).")]
+LoopOpt = Annotated[
+    bool | None, typer.Option("--loop/--no-loop", help="Files: start over at the end.")
+]
+RealtimeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--realtime/--no-realtime", help="Files: play at video speed (default) or flat out."
+    ),
+]
 KafkaOpt = Annotated[
     str | None, typer.Option("--kafka", help="Kafka bootstrap servers (host:port[,host:port]).")
 ]
@@ -166,16 +177,9 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Id of a single --source (default cam0).")
         ] = None,
         fps: Annotated[float | None, typer.Option(help="Target frames per second.")] = None,
-        max_side: Annotated[int | None, typer.Option(help="Resolution cap (pixels).")] = None,
-        loop: Annotated[
-            bool | None, typer.Option("--loop/--no-loop", help="Files: start over at the end.")
-        ] = None,
-        realtime: Annotated[
-            bool | None,
-            typer.Option(
-                "--realtime/--no-realtime", help="Files: play at video speed (default) or flat out."
-            ),
-        ] = None,
+        max_side: MaxSideOpt = None,
+        loop: LoopOpt = None,
+        realtime: RealtimeOpt = None,
         jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality 10-100.")] = None,
         kafka: KafkaOpt = None,
         stream_config_file: StreamConfigOpt = None,
@@ -252,16 +256,9 @@ def register(app: typer.Typer) -> None:
         kafka: KafkaOpt = None,
         workers: Annotated[int | None, typer.Option(help="Recognition actors.")] = None,
         fps: Annotated[float | None, typer.Option(help="Target fps of --source cameras.")] = None,
-        max_side: Annotated[int | None, typer.Option(help="Resolution cap (pixels).")] = None,
-        loop: Annotated[
-            bool | None, typer.Option("--loop/--no-loop", help="Files: start over at the end.")
-        ] = None,
-        realtime: Annotated[
-            bool | None,
-            typer.Option(
-                "--realtime/--no-realtime", help="Files: play at video speed or flat out."
-            ),
-        ] = None,
+        max_side: MaxSideOpt = None,
+        loop: LoopOpt = None,
+        realtime: RealtimeOpt = None,
         duration: Annotated[
             float | None,
             typer.Option(

@@ -44,7 +44,7 @@ from pipeline.train.promotion import (
     current_user,
     gate_check,
     record,
-    rollback_target,
+    rollback_plan,
     store_lock,
     utc_now,
 )
@@ -152,11 +152,7 @@ def live_rollback(
     """Back to the version active before the last promotion (or ``to``), live."""
     t0 = time.perf_counter()
     with store_lock(store):
-        current = store.active_version()
-        target = to or rollback_target(store, current)
-        if target == current:
-            raise PromotionError(f"{target} is already the active version")
-        verify_files(store.manifest(target), store.folder(target))
+        current, target = rollback_plan(store, to)
         reembed, (rolling, cutover), steps = _swap(runner, store, current, target)
         rec = PromotionRecord(
             action="rollback",

@@ -344,6 +344,19 @@ def rollback_target(store: ModelStore, current: str) -> str:
     )
 
 
+def rollback_plan(store: ModelStore, to: str | None = None) -> tuple[str, str]:
+    """(active version, version to return to), with the target's files verified.
+
+    Shared by the offline rollback below and the live one in ``pipeline.stream.hotswap``.
+    """
+    current = store.active_version()
+    target = to or rollback_target(store, current)
+    if target == current:
+        raise PromotionError(f"{target} is already the active version")
+    verify_files(store.manifest(target), store.folder(target))
+    return current, target
+
+
 def rollback(
     store: ModelStore,
     gallery: Gallery | None,
@@ -354,12 +367,7 @@ def rollback(
     """Return to the previous version (or ``to``): gallery re-embedded, pointers flipped."""
     t0 = time.perf_counter()
     with store_lock(store):
-        current = store.active_version()
-        target = to or rollback_target(store, current)
-        if target == current:
-            raise PromotionError(f"{target} is already the active version")
-        manifest = store.manifest(target)
-        verify_files(manifest, store.folder(target))
+        current, target = rollback_plan(store, to)
         reembed = _switch_gallery(gallery, target)
         store.set_active(target)
         rec = PromotionRecord(
@@ -389,5 +397,6 @@ __all__ = [
     "promote",
     "record",
     "rollback",
+    "rollback_plan",
     "rollback_target",
 ]
