@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import REPO_ROOT
+from pipeline.config.models import REPO_ROOT
 
 
 def shared_dir() -> Path | None:

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
 from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.embed import Embedder
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -129,7 +129,7 @@ def milvus_client(milvus_uri: str) -> Iterator[MilvusClient]:
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
     """A fresh store with the default version bootstrapped from the PyPI-shipped weights."""
-    from pipeline.nets.bootstrap import bootstrap_default
+    from pipeline.models.bootstrap import bootstrap_default
 
     store = ModelStore(tmp_path_factory.mktemp("models"))
     bootstrap_default(store)

@@ -21,6 +21,7 @@ from pipeline.face.embed import Embedder
 from pipeline.face.image_io import load_image
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
 from pipeline.face.records import Face
+from pipeline.models.store import ModelStore
 
 
 @dataclass
@@ -117,3 +118,31 @@ def bench_embedders(
             rate = _rate(embedder_run(emb, chips, b), n, repeats)
             rows.append(Row(name, b, rate, 1000 / rate))
     return rows
+
+
+def embedder_variants(active: Embedder, store: ModelStore) -> dict[str, Embedder]:
+    """The active embedder without TTA, the same on one ONNX Runtime thread, and as it is
+    (with its TTA): the rows of ``facestream bench embed``."""
+    m = active.manifest
+    plain = m.model_copy(
+        update={"preprocessing": m.preprocessing.model_copy(update={"tta": "none"})}
+    )
+    one_thread = store.load_embedder(m.version, intra_op_threads=1)
+    return {
+        "onnxruntime": Embedder(plain, active.backend),
+        "onnxruntime, 1 thread": Embedder(plain, one_thread.backend),
+        f"onnxruntime, tta={m.preprocessing.tta} (active)": active,
+    }
+
+
+def stage_ms_per_image(
+    stages: dict[str, float], n_images: int, rows: list[Row], batch: int = 32
+) -> dict[str, float]:
+    """Milliseconds per image of each face-core stage, and the active embedder's time per
+    face at ``batch``."""
+    emb_rate = next(
+        r.faces_per_s for r in rows if r.runtime.endswith("(active)") and r.batch == batch
+    )
+    out = {k: 1000 * v / n_images for k, v in stages.items()}
+    out[f"embed (batch {batch}, per face)"] = 1000 / emb_rate
+    return out

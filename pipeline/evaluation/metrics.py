@@ -21,6 +21,15 @@ class KFoldResult:
     fold_accuracies: list[float]
 
 
+def all_pairs(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine scores, same 0/1) of every pair i < j of unit ``vectors``."""
+    labels = np.asarray(labels)
+    iu = np.triu_indices(len(vectors), k=1)
+    scores = (vectors @ vectors.T)[iu].astype(np.float64)
+    same = (labels[iu[0]] == labels[iu[1]]).astype(np.int64)
+    return scores, same
+
+
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """Threshold maximising accuracy of ``score >= t`` (midpoints between sorted scores)."""
     s = np.sort(np.unique(scores))

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import FacestreamError
+from pipeline.evaluation.embcache import embed_paths
 from pipeline.evaluation.metrics import plot_roc, verification_report
-from pipeline.face.analyze import FacePipeline, StageClock
-from pipeline.face.errors import FaceError
-from pipeline.face.image_io import load_image
-from pipeline.face.records import Face
+from pipeline.face.analyze import FacePipeline
 
 
 class PairsFileError(FacestreamError):
@@ -53,56 +51,6 @@ def read_pairs(pairs_file: Path, root: Path) -> list[Pair]:
     return pairs
 
 
-@dataclass
-class EmbeddedImages:
-    vectors: dict[Path, np.ndarray]
-    failures: dict[Path, str]
-    stage_seconds: dict[str, float]
-    n_images: int
-
-
-def embed_images(
-    pipeline: FacePipeline,
-    paths: list[Path],
-    *,
-    batch_size: int = 32,
-    on_progress: Callable[[int], None] | None = None,
-) -> EmbeddedImages:
-    """Embed the centre face of every image; images that fail are recorded with why."""
-    stage: dict[str, float] = {}
-    clock = StageClock(stage)
-    vectors: dict[Path, np.ndarray] = {}
-    failures: dict[Path, str] = {}
-    pending: list[tuple[Path, Face]] = []
-
-    def flush() -> None:
-        with clock("embed"):
-            pipeline.embed_faces([f for _, f in pending])
-        for p, f in pending:
-            assert f.embedding is not None
-            vectors[p] = f.embedding
-        pending.clear()
-
-    for path in paths:
-        try:
-            with clock("decode"):
-                image = load_image(path)
-            faces = pipeline.analyze(image, pick="center", embed=False, timings=stage)
-            if not faces:
-                failures[path] = "no face detected"
-            else:
-                pending.append((path, faces[0]))
-        except FaceError as exc:
-            failures[path] = str(exc)
-        if len(pending) >= batch_size:
-            flush()
-        if on_progress:
-            on_progress(1)
-    if pending:
-        flush()
-    return EmbeddedImages(vectors, failures, stage, len(paths))
-
-
 def evaluate_pairs(
     pipeline: FacePipeline,
     pairs: list[Pair],
@@ -116,14 +64,16 @@ def evaluate_pairs(
     so detection failures count against accuracy instead of being skipped.
     """
     paths = sorted({p for pair in pairs for p in (pair.a, pair.b)})
+    stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    emb = embed_images(pipeline, paths, on_progress=on_progress)
+    emb = embed_paths(pipeline, paths, None, on_progress=on_progress, timings=stages)
     wall = time.perf_counter() - t0
+    vectors = {p: e.vector for p, e in emb.items() if e.vector is not None}
+    failures = {p: e.reason for p, e in emb.items() if e.vector is None}
+    n_images = len(paths)
     scores = np.array(
         [
-            float(emb.vectors[p.a] @ emb.vectors[p.b])
-            if p.a in emb.vectors and p.b in emb.vectors
-            else -1.0
+            float(vectors[p.a] @ vectors[p.b]) if p.a in vectors and p.b in vectors else -1.0
             for p in pairs
         ]
     )
@@ -137,16 +87,12 @@ def evaluate_pairs(
         "model_version": version,
         "detector": getattr(pipeline.detector, "name", "?"),
         "verification": report.to_dict(),
-        "n_images": emb.n_images,
-        "failure_to_detect": len(emb.failures),
-        "failures": {str(p): why for p, why in sorted(emb.failures.items())},
-        "pairs_with_failure": int(
-            sum(1 for p in pairs if p.a in emb.failures or p.b in emb.failures)
-        ),
-        "seconds_per_image": wall / max(emb.n_images, 1),
-        "stage_ms_per_image": {
-            k: 1000.0 * v / max(emb.n_images, 1) for k, v in emb.stage_seconds.items()
-        },
+        "n_images": n_images,
+        "failure_to_detect": len(failures),
+        "failures": {str(p): why for p, why in sorted(failures.items())},
+        "pairs_with_failure": int(sum(1 for p in pairs if p.a in failures or p.b in failures)),
+        "seconds_per_image": wall / max(n_images, 1),
+        "stage_ms_per_image": {k: 1000.0 * v / max(n_images, 1) for k, v in stages.items()},
     }
     (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.config import FaceConfig, PickPolicy
+from pipeline.config.face import FaceConfig, PickPolicy
 from pipeline.face.align import Aligner
 from pipeline.face.detect import CascadeDetector, Detector, build_detector
 from pipeline.face.embed import Embedder

@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from pipeline.config import QualityConfig
+from pipeline.config.face import QualityConfig
 from pipeline.face.landmarks import eye_centres, nose_point
 from pipeline.face.records import Detection, Landmarks, QualityReport
 

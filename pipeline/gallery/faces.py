@@ -16,12 +16,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.config import PickPolicy
+from pipeline.config.face import PickPolicy
+from pipeline.config.gallery import CropMode
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.quality import assess
 from pipeline.face.records import Detection, Face, Landmarks
-from pipeline.gallery.config import CropMode
 from pipeline.gallery.errors import GalleryError
 
 # Pad each side by this fraction of the crop's longer side: roughly the margin a scene

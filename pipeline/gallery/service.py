@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import FaceConfig, PickPolicy
+from pipeline.config.face import FaceConfig, PickPolicy
+from pipeline.config.gallery import CropMode, GalleryConfig, resolved_paths
+from pipeline.config.models import ModelsConfig
 from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError, MultipleFacesError
@@ -44,7 +46,6 @@ from pipeline.face.manifest import Threshold
 from pipeline.face.records import Face
 from pipeline.gallery.blobs import CropStore
 from pipeline.gallery.catalogue import Catalogue
-from pipeline.gallery.config import CropMode, GalleryConfig, resolved_paths
 from pipeline.gallery.errors import (
     EnrollmentRejected,
     GalleryError,
@@ -72,7 +73,7 @@ from pipeline.gallery.records import (
     VerifyResult,
 )
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 
 ImageInput = tuple[str, bytes | np.ndarray]
 REEMBED_BATCH = 64
@@ -126,6 +127,28 @@ class Gallery:
         self._pipelines: dict[str, FacePipeline] = {}
         self._pipeline_lock = threading.Lock()
         self._write_lock = threading.RLock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        gallery: GalleryConfig,
+        face: FaceConfig,
+        models: ModelsConfig,
+        *,
+        store: ModelStore | None = None,
+        version: str | None = None,
+    ) -> Gallery:
+        """The gallery of the settings' sections: every process (CLI, REST replicas, the
+        stream's search deployment, promotion) builds it this one way. ``version``
+        overrides ``models.version`` as the default model version."""
+        return cls(
+            gallery,
+            store or ModelStore(models.store),
+            face,
+            default_version=version or models.version,
+            batch_size=models.batch_size,
+            intra_op_threads=models.intra_op_threads,
+        )
 
     def close(self) -> None:
         self.vectors.close()
@@ -630,18 +653,4 @@ class Gallery:
         )
 
 
-def open_gallery(settings: Any, store: ModelStore) -> Gallery:
-    """A Gallery from the facestream settings (models and face sections, gallery section)."""
-    from pipeline.gallery.config import gallery_config
-
-    return Gallery(
-        gallery_config(settings),
-        store,
-        settings.face,
-        default_version=settings.models.version,
-        batch_size=settings.models.batch_size,
-        intra_op_threads=settings.models.intra_op_threads,
-    )
-
-
-__all__ = ["Gallery", "ImageInput", "open_gallery", "template_digest"]
+__all__ = ["Gallery", "ImageInput", "template_digest"]

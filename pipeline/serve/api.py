@@ -22,17 +22,19 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from pipeline.config import FaceConfig, ModelsConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import GalleryConfig, with_absolute_paths
+from pipeline.config.models import ModelsConfig
 from pipeline.errors import FacestreamError
 from pipeline.face.errors import ImageError, ImageTooLargeError, NoFaceError
-from pipeline.gallery.config import GalleryConfig, resolved_paths
+from pipeline.gallery.errors import GalleryError
 from pipeline.gallery.records import (
     EnrollResult,
     GalleryStatus,
@@ -42,9 +44,7 @@ from pipeline.gallery.records import (
     SearchResult,
     VerifyResult,
 )
-
-if TYPE_CHECKING:
-    from pipeline.gallery.service import Gallery
+from pipeline.gallery.service import Gallery
 
 log = logging.getLogger("facestream.api")
 APP_NAME = "facestream"
@@ -72,7 +72,7 @@ def _status_of(exc: FacestreamError) -> int:
     return int(getattr(exc, "http_status", 400))
 
 
-def create_app(gallery: "Gallery", config: GalleryConfig) -> FastAPI:
+def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
     """The FastAPI app of one gallery."""
     app = FastAPI(
         title="facestream gallery",
@@ -301,12 +301,6 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def _absolute(cfg: GalleryConfig) -> GalleryConfig:
-    # Replicas may start in another working directory: pass them absolute paths.
-    data_dir, uri, blob_dir = resolved_paths(cfg)
-    return cfg.model_copy(update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir})
-
-
 def deployment(num_cpus: float = 1.0) -> Any:
     """The Ray Serve deployment class (built lazily: importing Ray costs seconds)."""
     from ray import serve
@@ -315,18 +309,8 @@ def deployment(num_cpus: float = 1.0) -> Any:
     @serve.ingress()
     class GalleryAPI:
         def __init__(self, config: GalleryConfig, face: FaceConfig, models: ModelsConfig) -> None:
-            from pipeline.gallery.service import Gallery
-            from pipeline.registry import ModelStore
-
             self.config = config
-            self.gallery = Gallery(
-                config,
-                ModelStore(models.store),
-                face,
-                default_version=models.version,
-                batch_size=models.batch_size,
-                intra_op_threads=models.intra_op_threads,
-            )
+            self.gallery = Gallery.from_settings(config, face, models)
 
         def __serve_build_asgi_app__(self) -> FastAPI:
             return create_app(self.gallery, self.config)
@@ -347,7 +331,7 @@ def deploy(
     from ray import serve
 
     serve.start(http_options={"host": config.host, "port": config.port})
-    app = deployment(num_cpus).bind(_absolute(config), face, models)
+    app = deployment(num_cpus).bind(with_absolute_paths(config), face, models)
     serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://{config.host}:{config.port}"
 
@@ -359,6 +343,11 @@ def run_blocking(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """``facestream serve``: local Ray, deploy, wait for Ctrl-C or SIGTERM, shut down."""
+    if config.api_token is None:
+        raise GalleryError(
+            "no API token configured: set FACESTREAM_GALLERY__API_TOKEN (or gallery.api_token "
+            "in the config file); every write needs it"
+        )
     import os
     import signal
 

@@ -27,9 +27,11 @@ import numpy as np
 from ray import serve
 
 from pipeline import metrics
-from pipeline.config import ModelsConfig
+from pipeline.config.models import ModelsConfig
+from pipeline.config.serve import EmbedderServeConfig
 from pipeline.face.embed import Embedder
-from pipeline.stream.config import EmbedderServeConfig
+from pipeline.gallery.service import template_digest
+from pipeline.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "Embedder"
@@ -56,16 +58,12 @@ def _faces(requests: list[EmbedRequest]) -> int:
 def _template_digest(embedder: Embedder) -> str:
     # The gallery's digest, so the stream and the stored crops agree on what "same
     # alignment" means.
-    from pipeline.gallery.service import template_digest
-
     return template_digest(embedder.manifest.alignment)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 class EmbedderDeployment:
     def __init__(self, cfg: EmbedderServeConfig, models: ModelsConfig) -> None:
-        from pipeline.registry import ModelStore
-
         self.cfg = cfg
         self.store = ModelStore(models.store)
         self.models = models

@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.config.stream import StreamConfig
 from pipeline.stream.codec import H_SEQ, frame_event_id, headers_dict
-from pipeline.stream.config import StreamConfig
 
 
 @dataclass

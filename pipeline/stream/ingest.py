@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from pipeline import metrics
+from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream.codec import H_SEQ, FrameMessage, encode_jpeg, headers_dict, to_record
-from pipeline.stream.config import CameraConfig, StreamConfig
 from pipeline.stream.video import (
     FpsSampler,
     SourceError,
@@ -39,7 +39,6 @@ from pipeline.stream.video import (
     is_live,
     native_fps,
     open_capture,
-    redact,
 )
 
 if TYPE_CHECKING:
@@ -341,10 +340,6 @@ class CameraIngester:
             self.producer.flush(timeout=timeout_s)
         except Exception as exc:  # the counts say what was not acknowledged
             log.warning("camera %s: flush failed: %s", self.camera.id, exc)
-
-
-def source_label(camera: CameraConfig) -> str:
-    return redact(camera.url)
 
 
 class IngestActor:

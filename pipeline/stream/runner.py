@@ -19,260 +19,31 @@ latency. :meth:`StreamRunner.stop` takes it all down in reverse order.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import ray
+from ray import serve
 
-from pipeline.stream.config import CameraConfig, StreamConfig
+from pipeline.config.settings import Settings
+from pipeline.config.stream import CameraConfig, StreamConfig
+from pipeline.gallery.people import enroll_people
+from pipeline.gallery.service import Gallery
+from pipeline.serve.apps import ServeApps
+from pipeline.serve.live import announce
+from pipeline.stream.broker import LocalKafka
+from pipeline.stream.cluster import start_ray
+from pipeline.stream.ingest import IngestActor
+from pipeline.stream.monitor import LagProbe, Monitor, Summary
+from pipeline.stream.topics import ensure_topics, topic_partitions
+from pipeline.stream.worker import worker_actor_class
 
 log = logging.getLogger(__name__)
 ACTOR_CALL_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Summary:
-    elapsed_s: float = 0.0
-    produced: int = 0  # frames acknowledged on the frames topic (by the ingesters)
-    processed: int = 0  # distinct detection events read back
-    faces: int = 0
-    decisions: Counter[str] = field(default_factory=Counter)
-    identity_events: int = 0
-    identities: Counter[str] = field(default_factory=Counter)  # name -> events
-    dlq: int = 0
-    dlq_reasons: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0  # repeated event ids read back (at-least-once replays)
-    dropped: int = 0
-    reconnects: int = 0
-    lag: int | None = None
-    fps_in: float = 0.0
-    fps_out: float = 0.0
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    workers_alive: int = 0
-    workers: int = 0
-    ingest_states: dict[str, str] = field(default_factory=dict)
-    model_version: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        d = self.__dict__.copy()
-        for k in ("decisions", "identities", "dlq_reasons"):
-            d[k] = dict(d[k])
-        return d
-
-
-class Monitor:
-    """Reads the output topics from the offsets they had at start, in a thread."""
-
-    def __init__(self, cfg: StreamConfig, window: int = 2_000) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        self.cfg = cfg
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=cfg.kafka.bootstrap_servers,
-            client_id=f"{cfg.kafka.client_id}-monitor",
-            enable_auto_commit=False,
-        )
-        t = cfg.topics
-        tps = []
-        for topic in (t.detections, t.identities, t.dlq):
-            for p in sorted(self._consumer.partitions_for_topic(topic) or []):
-                tps.append(TopicPartition(topic, p))
-        self._consumer.assign(tps)
-        for tp, off in self._consumer.end_offsets(tps).items():
-            self._consumer.seek(tp, off)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._seen: set[str] = set()
-        self.latencies: deque[float] = deque(maxlen=window)
-        self.out_times: deque[float] = deque(maxlen=window)
-        self.summary = Summary()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        t = self.cfg.topics
-        while not self._stop.is_set():
-            try:
-                polled = self._consumer.poll(timeout_ms=300)
-            except Exception as exc:
-                log.warning("monitor: %s", exc)
-                self._stop.wait(1.0)
-                continue
-            with self._lock:
-                for tp, records in polled.items():
-                    for rec in records:
-                        try:
-                            ev = json.loads(rec.value)
-                        except (TypeError, ValueError):
-                            continue
-                        key = f"{tp.topic}|{ev.get('event_id')}"
-                        if key in self._seen:
-                            self.summary.duplicates += 1
-                            continue
-                        self._seen.add(key)
-                        self._count(tp.topic, ev, t)
-
-    def _count(self, topic: str, ev: dict[str, Any], t: Any) -> None:
-        s = self.summary
-        if topic == t.detections:
-            s.processed += 1
-            self.latencies.append(float(ev.get("latency_ms", 0.0)))
-            self.out_times.append(time.monotonic())
-            s.model_version = ev.get("model_version") or s.model_version
-            for f in ev.get("faces", []):
-                s.faces += 1
-                s.decisions[f.get("decision", "?")] += 1
-        elif topic == t.identities:
-            s.identity_events += 1
-            s.identities[ev.get("identity", {}).get("name", "?")] += 1
-        elif topic == t.dlq:
-            s.dlq += 1
-            s.dlq_reasons[ev.get("reason", "?")] += 1
-
-    def snapshot(self) -> Summary:
-        with self._lock:
-            s = Summary(**{k: v for k, v in self.summary.__dict__.items()})
-            for k in ("decisions", "identities", "dlq_reasons"):
-                setattr(s, k, Counter(getattr(self.summary, k)))
-            if self.latencies:
-                lat = np.asarray(self.latencies)
-                s.latency_p50_ms = float(np.percentile(lat, 50))
-                s.latency_p95_ms = float(np.percentile(lat, 95))
-            now = time.monotonic()
-            recent = [x for x in self.out_times if now - x <= 5.0]
-            s.fps_out = len(recent) / 5.0
-        return s
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._consumer.close()
-
-
-def ensure_topics(cfg: StreamConfig) -> None:
-    """Create the four topics when missing (idempotent)."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import TopicAlreadyExistsError
-
-    k, t = cfg.kafka, cfg.topics
-    admin = KafkaAdminClient(
-        bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-admin"
-    )
-    try:
-        existing = set(admin.list_topics())
-        wanted = {
-            t.frames: k.frames_partitions,
-            t.detections: k.output_partitions,
-            t.identities: k.output_partitions,
-            t.dlq: k.output_partitions,
-        }
-        missing = {
-            name: {"num_partitions": n, "replication_factor": k.replication_factor}
-            for name, n in wanted.items()
-            if name not in existing
-        }
-        if missing:
-            # Another runner may create them at the same moment.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing, wait_for_metadata=True)
-    finally:
-        admin.close()
-
-
-def topic_partitions(cfg: StreamConfig, topic: str) -> list[int]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg.kafka.bootstrap_servers,
-        client_id=f"{cfg.kafka.client_id}-meta",
-        enable_auto_commit=False,
-    )
-    try:
-        return sorted(consumer.partitions_for_topic(topic) or [])
-    finally:
-        consumer.close()
-
-
-class LagProbe:
-    """Frames in the topic not yet committed by the recognition group (clients reused
-    between calls: the summary asks every second)."""
-
-    def __init__(self, cfg: StreamConfig) -> None:
-        self.cfg = cfg
-        self._admin: Any = None
-        self._consumer: Any = None
-
-    def __call__(self) -> int | None:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-        k = self.cfg.kafka
-        try:
-            if self._admin is None:
-                self._admin = KafkaAdminClient(
-                    bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-lag"
-                )
-                self._consumer = KafkaConsumer(
-                    bootstrap_servers=k.bootstrap_servers,
-                    client_id=f"{k.client_id}-lag",
-                    enable_auto_commit=False,
-                )
-            topic = self.cfg.topics.frames
-            parts = self._consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            begins = self._consumer.beginning_offsets(tps)
-            ends = self._consumer.end_offsets(tps)
-            committed = self._admin.list_group_offsets({k.group_id: tps}).get(k.group_id, {})
-            lag = 0
-            for tp in tps:
-                meta = committed.get(tp)
-                done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-                lag += max(0, ends[tp] - done)
-            return lag
-        except Exception as exc:  # the summary goes on without a lag figure
-            log.debug("lag: %s", exc)
-            self.close()
-            return None
-
-    def close(self) -> None:
-        for client in (self._consumer, self._admin):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.close()
-        self._admin = self._consumer = None
-
-
-def enroll_people(settings: Any, people: dict[str, Path]) -> list[str]:
-    """Enrol each NAME=IMAGE (its largest face) unless an identity of that name exists;
-    one line per person saying what happened."""
-    from pipeline.gallery.service import open_gallery
-    from pipeline.registry import ModelStore
-
-    lines = []
-    if not people:
-        return lines
-    gallery = open_gallery(settings, ModelStore(settings.models.store))
-    try:
-        for name, path in people.items():
-            existing = [i for i in gallery.list(limit=100, name_contains=name) if i.name == name]
-            if existing:
-                lines.append(f"{name}: already enrolled as {existing[0].identity_id}")
-                continue
-            # Like `facestream demo`: the largest face of the photo (a still from a
-            # scene may show others in the background).
-            res = gallery.enroll([(path.name, path.read_bytes())], name=name, pick="largest")
-            lines.append(f"{name}: enrolled as {res.identity.identity_id} ({res.model_version})")
-    finally:
-        gallery.close()
-    return lines
 
 
 class StreamRunner:
@@ -281,7 +52,7 @@ class StreamRunner:
     def __init__(
         self,
         cfg: StreamConfig,
-        settings: Any,
+        settings: Settings,
         *,
         kafka_data_dir: Path | None = None,
         local_kafka_port: int = 0,
@@ -290,10 +61,9 @@ class StreamRunner:
         self.settings = settings
         self.kafka_data_dir = kafka_data_dir
         self.local_kafka_port = local_kafka_port
-        self.broker: Any = None
+        self.broker: LocalKafka | None = None
         self.started_ray = False
-        self.deployed: list[str] = []
-        self.embedder_version: str | None = None  # set by a live swap (pipeline.stream.hotswap)
+        self.apps = ServeApps(cfg.embedder, cfg.search, settings.models)
         self.live_file: Path | None = None
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
@@ -309,8 +79,8 @@ class StreamRunner:
             self._start_kafka()
             if self.cfg.kafka.create_topics:
                 ensure_topics(self.cfg)
-            self.notes += enroll_people(self.settings, enroll or {})
-            self._start_ray()
+            self._enroll(enroll or {})
+            self.started_ray = start_ray(self.cfg)
             self._deploy()
             self.monitor = Monitor(self.cfg)
             self._start_workers()
@@ -326,8 +96,6 @@ class StreamRunner:
     def _start_kafka(self) -> None:
         if self.cfg.kafka.bootstrap_servers:
             return
-        from pipeline.stream.broker import LocalKafka
-
         self.broker = LocalKafka(port=self.local_kafka_port, data_dir=self.kafka_data_dir)
         bootstrap = self.broker.start()
         self.cfg = self.cfg.model_copy(
@@ -335,104 +103,29 @@ class StreamRunner:
         )
         self.notes.append(f"local Kafka broker at {bootstrap}")
 
-    def _start_ray(self) -> None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        import ray
-
-        if ray.is_initialized():
+    def _enroll(self, people: dict[str, Path]) -> None:
+        if not people:
             return
-        c = self.cfg
-        # Logical CPUs for scheduling the fractional actors; the OS shares the real cores.
-        need = (
-            c.workers.count * c.workers.num_cpus
-            + c.embedder.num_cpus
-            * (
-                c.embedder.autoscaling.max_replicas
-                if c.embedder.autoscaling
-                else c.embedder.replicas
-            )
-            + c.search.num_cpus * c.search.replicas
-            + c.ingest.num_cpus * max(len(c.cameras), 1)
-        )
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a cluster
-        else:
-            ray.init(
-                address="local",
-                num_cpus=max(os.cpu_count() or 1, int(np.ceil(need)) + 1),
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-        self.started_ray = True
+        s = self.settings
+        with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
+            self.notes += enroll_people(gallery, people)
 
     def _deploy(self) -> None:
-        from ray import serve
-
-        from pipeline.stream.hotswap import announce
-
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
-        self.deploy_embedder()
+        self.apps.deploy_embedder()
         self.deploy_search()
         # `facestream models promote|rollback` finds this file and swaps live.
-        self.live_file = announce(self)
-
-    def deploy_embedder(self, version: str | None = None) -> None:
-        """(Re)deploy the embedder application; a changed config rolls its replicas, a
-        changed ``version`` only reconfigures them (``user_config``)."""
-        from ray import serve
-
-        from pipeline.serve.embedder_deployment import embedder_app
-
-        if version is not None:
-            self.embedder_version = version
-        name = self.cfg.embedder.app_name
-        app = embedder_app(self.cfg.embedder, self.settings.models, self.embedder_version)
-        serve.run(app, name=name, route_prefix=None)
-        if name not in self.deployed:
-            self.deployed.append(name)
+        self.live_file = announce(self.apps)
 
     def deploy_search(self) -> None:
         """(Re)deploy the gallery search application (it opens the gallery)."""
-        from ray import serve
-
-        from pipeline.gallery.config import gallery_config, resolved_paths
-        from pipeline.stream.search import search_app
-
-        s = self.settings
-        gcfg = gallery_config(s)
-        data_dir, uri, blob_dir = resolved_paths(gcfg)
-        # Replicas may start in another working directory: absolute paths.
-        gcfg = gcfg.model_copy(
-            update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir}
-        )
-        name = self.cfg.search.app_name
-        serve.run(search_app(gcfg, s.face, s.models, self.cfg.search), name=name, route_prefix=None)
-        if name not in self.deployed:
-            self.deployed.append(name)
-
-    def embedder_handle(self) -> Any:
-        from ray import serve
-
-        from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME
-
-        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=self.cfg.embedder.app_name)
-
-    def search_handle(self) -> Any:
-        from ray import serve
-
-        from pipeline.stream.search import DEPLOYMENT_NAME
-
-        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=self.cfg.search.app_name)
+        self.apps.deploy_search(self.settings.gallery, self.settings.face)
 
     def _metrics_port(self, offset: int) -> int | None:
         port = self.cfg.metrics.port
         return None if port is None else port + offset
 
     def _start_workers(self) -> None:
-        import ray
-
-        from pipeline.stream.worker import worker_actor_class
-
         cls = worker_actor_class(self.cfg)
         for i in range(self.cfg.workers.count):
             self.workers.append(
@@ -462,10 +155,6 @@ class StreamRunner:
         return False
 
     def add_camera(self, camera: CameraConfig) -> None:
-        import ray
-
-        from pipeline.stream.ingest import IngestActor
-
         offset = 1 + self.cfg.workers.count + len(self.ingesters)
         actor = (
             ray.remote(IngestActor)
@@ -477,8 +166,6 @@ class StreamRunner:
     # -- watch ---------------------------------------------------------------------------
 
     def ingest_stats(self) -> dict[str, dict[str, Any]]:
-        import ray
-
         out = {}
         for cam, actor in self.ingesters.items():
             try:
@@ -488,8 +175,6 @@ class StreamRunner:
         return out
 
     def worker_stats(self) -> list[dict[str, Any] | None]:
-        import ray
-
         refs = [w.get_stats.remote() for w in self.workers]
         out: list[dict[str, Any] | None] = []
         for ref in refs:
@@ -558,12 +243,8 @@ class StreamRunner:
             with contextlib.suppress(OSError):
                 self.live_file.unlink()
             self.live_file = None
-        ray = None
-        with contextlib.suppress(ImportError):
-            import ray as _ray
-
-            ray = _ray if _ray.is_initialized() else None
-        if ray is not None:
+        running = ray.is_initialized()
+        if running:
             refs = [a.stop.remote() for a in self.ingesters.values()]
             refs += [w.stop.remote() for w in self.workers]
             for ref in refs:
@@ -580,17 +261,12 @@ class StreamRunner:
         if self._lag is not None:
             self._lag.close()
             self._lag = None
-        if ray is not None and self.deployed:
-            from ray import serve
-
-            for app in reversed(self.deployed):
-                with contextlib.suppress(Exception):
-                    serve.delete(app)
-            self.deployed.clear()
+        if running and self.apps.deployed:
+            self.apps.delete()
             if self.started_ray:
                 with contextlib.suppress(Exception):
                     serve.shutdown()
-        if self.started_ray and ray is not None:
+        if self.started_ray and running:
             ray.shutdown()
             self.started_ray = False
         if self.broker is not None:

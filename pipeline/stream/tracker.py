@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.stream.config import TrackerConfig
+from pipeline.config.stream import TrackerConfig
 
 Box = tuple[float, float, float, float]
 # Appearance-only matches score below any IoU match that passed its threshold, so overlap

@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import metrics
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.stream import StreamConfig
 from pipeline.errors import FacestreamError
 from pipeline.face.errors import ImageError
 from pipeline.face.image_io import decode_image
 from pipeline.face.records import Face
 from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
-from pipeline.stream.config import StreamConfig
 from pipeline.stream.events import (
     Match,
     RecordRef,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer
 
     from pipeline.face.analyze import FacePipeline
-    from pipeline.stream.search import SearchResult
+    from pipeline.serve.search import SearchResult
 
 log = logging.getLogger(__name__)
 KNOWN_IDENTITIES = 10_000  # names remembered for track labels (LRU)
@@ -158,7 +158,7 @@ class RecognitionWorker:
             from ray import serve
 
             from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
-            from pipeline.stream.search import DEPLOYMENT_NAME as SEARCH
+            from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 
             embed_handle = embed_handle or serve.get_deployment_handle(
                 EMBEDDER, app_name=cfg.embedder.app_name
@@ -450,7 +450,7 @@ class RecognitionWorker:
         return version
 
     def _search(self, faces: list[Face], version: str | None) -> SearchResult | None:
-        from pipeline.stream.search import SearchRequest
+        from pipeline.serve.search import SearchRequest
 
         if not faces or version is None:
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.train.config import AugmentConfig
+from pipeline.config.train import AugmentConfig
 
 
 def augment_chip(chip: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -39,11 +39,11 @@ def _chips_from_cache(cache_dir: Path, limit: int) -> np.ndarray:
 
 
 def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path) -> None:
-    from pipeline.config import FaceConfig
-    from pipeline.gallery.config import GalleryConfig
+    from pipeline.config.face import FaceConfig
+    from pipeline.config.gallery import GalleryConfig
     from pipeline.gallery.records import FaceRecord
     from pipeline.gallery.service import Gallery, template_digest
-    from pipeline.registry import ModelStore
+    from pipeline.models.store import ModelStore
 
     store = ModelStore(store_root)
     src = store.active_version()
@@ -108,13 +108,8 @@ def bench_throughput(
 ) -> None:
     import torch
 
-    from pipeline.registry import ModelStore
-    from pipeline.train.config import (
-        DataConfig,
-        SamplerConfig,
-        TrainConfig,
-        loss_config,
-    )
+    from pipeline.config.train import DataConfig, SamplerConfig, TrainConfig, loss_config
+    from pipeline.models.store import ModelStore
     from pipeline.train.loop import Training, WorkerData
     from pipeline.train.model import load_torch_model
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.train import DataConfig, ReplayConfig, TrainConfigError
 from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import decode_image, read_image_bytes
-from pipeline.train.config import DataConfig, ReplayConfig, TrainConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
 CACHE_FORMAT = 1

@@ -36,9 +36,9 @@ from pipeline.face.manifest import (
     read_manifest,
     version_digest,
 )
+from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DlibResNet
 from pipeline.nets.onnx_export import export_onnx
-from pipeline.registry import ModelStore
 from pipeline.train.model import chips_to_input, state_dict_digest
 
 FINETUNE_SUFFIX = "-ft"

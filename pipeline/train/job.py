@@ -24,12 +24,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.train import PairsSet, TrainConfig, TrainConfigError, check_paths
+from pipeline.evaluation.heldout import (
+    GuardChips,
+    ModelEval,
+    evaluate_model,
+    guard_chips,
+    write_report,
+)
 from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.manifest import ModelManifest, Threshold
-from pipeline.registry import ModelStore
-from pipeline.train.config import PairsSet, TrainConfig, TrainConfigError, check_paths
+from pipeline.models.store import ModelStore
 from pipeline.train.data import (
     CropCache,
     Splits,
@@ -38,13 +45,6 @@ from pipeline.train.data import (
     load_faces,
     make_splits,
     replay_images,
-)
-from pipeline.train.evaluate import (
-    GuardChips,
-    ModelEval,
-    evaluate_model,
-    guard_chips,
-    write_report,
 )
 from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_epoch
 from pipeline.train.model import load_torch_model
@@ -127,7 +127,7 @@ def prepare(
     guards = []
     for g in cfg.eval.guard_pairs:
         advance = rep.task(f"face core on guard set {g.name} (cached crops)", None)
-        guards.append(guard_chips(g, cache, on_progress=advance))
+        guards.append(guard_chips(g, lambda p: cache.get(p).chip, on_progress=advance))
     replay_chips, replay_info = None, {}
     if cfg.replay is not None:
         exclude = set(faces.names).union(*(guard_identities(g) for g in cfg.eval.guard_pairs))
@@ -240,7 +240,7 @@ def calibrate(
 ) -> Threshold:
     """The threshold at ``target_far`` on every held-out pair (the gallery's calibration
     rule); the parent's threshold where the split is too small to measure that FAR."""
-    from pipeline.gallery.calibrate import pair_scores, provenance, threshold_at_far
+    from pipeline.evaluation.calibrate import pair_scores, provenance, threshold_at_far
     from pipeline.gallery.errors import CalibrationError
 
     try:
@@ -377,8 +377,12 @@ def register_candidate(
             prep.base.version, batch_size=batch_size, intra_op_threads=intra_op_threads
         )
         cand_emb = staged.embedder(batch_size, intra_op_threads)
-        base_eval = evaluate_model(base_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
-        cand_eval = evaluate_model(cand_emb, ho, cfg.eval, prep.guards, seed=cfg.seed)
+        base_eval = evaluate_model(
+            base_emb, ho.chips, ho.labels, cfg.eval, prep.guards, seed=cfg.seed
+        )
+        cand_eval = evaluate_model(
+            cand_emb, ho.chips, ho.labels, cfg.eval, prep.guards, seed=cfg.seed
+        )
         wall["eval_s"] = time.perf_counter() - t
         heldout_digest = ho.digest(prep.cache.salt)
         threshold = calibrate(

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config.train import TrainConfig
 from pipeline.face.manifest import Preprocessing
 from pipeline.nets.dlib_resnet import DlibResNet
 from pipeline.train.augment import augment_batch
-from pipeline.train.config import TrainConfig
 from pipeline.train.data import pk_sampler
 from pipeline.train.losses import build_loss, init_head, param_groups
 from pipeline.train.model import (

@@ -28,7 +28,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import nn
 
-from pipeline.train.config import (
+from pipeline.config.train import (
     ArcFaceLossConfig,
     CenterLossConfig,
     CombinedMarginLossConfig,

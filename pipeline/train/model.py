@@ -14,8 +14,8 @@ from torch import nn
 from pipeline.face.embed import to_tensor
 from pipeline.face.errors import ModelError
 from pipeline.face.manifest import ModelManifest, Preprocessing, verify_files
+from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DlibResNet
-from pipeline.registry import ModelStore
 
 # Units from the input side that ``freeze`` counts: the stem, then the 15 residual blocks;
 # the final projection (fc) always trains.

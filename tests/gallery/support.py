@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import FaceConfig
-from pipeline.gallery.config import GalleryConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import GalleryConfig
 from pipeline.gallery.service import Gallery
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 
 # Two versions of the default model: the same weights with and without flip test-time
 # augmentation have different version ids, so they are really two embedding spaces.
@@ -22,7 +22,7 @@ PLAIN_TTA, FLIP_TTA = "none", "flip"
 
 def two_version_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
     """(store, v_flip, v_plain), bootstrapped once per test session; v_flip is active."""
-    from pipeline.nets.bootstrap import bootstrap_default
+    from pipeline.models.bootstrap import bootstrap_default
 
     root = tmp_path_factory.getbasetemp() / "gallery-models"
     store = ModelStore(root)

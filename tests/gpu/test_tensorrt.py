@@ -11,7 +11,7 @@ import pytest
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.embed import Embedder
 from pipeline.face.image_io import load_image
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 
 
 def _gpu_missing() -> str | None:

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from pipeline.config import FaceConfig, ModelsConfig
-from pipeline.gallery.config import GalleryConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import GalleryConfig
+from pipeline.config.models import ModelsConfig
 from tests.gallery.support import lfw_root, photos, two_version_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]

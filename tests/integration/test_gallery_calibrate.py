@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.evaluation.calibrate import pair_scores, threshold_at_far, write_threshold
 from pipeline.face.manifest import Threshold
-from pipeline.gallery.calibrate import pair_scores, threshold_at_far, write_threshold
 from pipeline.gallery.errors import CalibrationError
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
 
 

@@ -15,14 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.gallery.cli import register
-from pipeline.gallery.embcache import identity_folders
-from pipeline.registry import ModelStore
+from pipeline.evaluation.embcache import identity_folders
+from pipeline.models.store import ModelStore
 from tests.gallery.support import lfw_root, photos, two_version_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
-register(app)  # until pipeline/cli.py calls it; register() is idempotent
 PERSON = "Abdullah_Gul"
 
 
@@ -154,7 +152,7 @@ def test_milvus_lite_held_by_another_process_is_a_clear_error(
 def test_cli_import_stays_light() -> None:
     # `facestream --help` must not pay for pymilvus, Ray or FastAPI.
     code = (
-        "import sys, pipeline.cli, pipeline.gallery.cli as g; g.register(pipeline.cli.app); "
+        "import sys, pipeline.cli; "
         "print(sorted(m for m in ('pymilvus', 'ray', 'fastapi', 'torch') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -21,7 +21,7 @@ from pipeline.gallery.errors import (
 )
 from pipeline.gallery.service import Gallery
 from pipeline.gallery.vectors import Snapshot
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 from tests.gallery.support import (
     as_input,
     lfw_root,

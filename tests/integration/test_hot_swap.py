@@ -6,7 +6,7 @@ test-time augmentation, and the same network without it (another version id, the
 alignment template). The gate needs held-out evaluations these versions do not carry,
 so the promotion is forced (and recorded as forced).
 
-The promotion goes through the API (``live_promote``), the rollback through the CLI
+The promotion goes through the API (``promote`` with a ``ServeSwap``), the rollback through the CLI
 (``facestream models rollback`` finds the running pipeline and swaps inside it).
 
 Checks: every frame accounted for exactly once, no DLQ, no worker retry; every frame
@@ -27,13 +27,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config import ModelsConfig, Settings
-from pipeline.registry import ModelStore
+from pipeline.config.models import ModelsConfig
+from pipeline.config.settings import Settings
+from pipeline.config.stream import StreamConfig
+from pipeline.models.promotion import history, promote
+from pipeline.models.store import ModelStore
+from pipeline.serve.live import LIVE_DIR
+from pipeline.serve.swap import Cutover, ServeSwap
 from pipeline.stream.audit import account, read_all
-from pipeline.stream.config import StreamConfig
-from pipeline.stream.hotswap import LIVE_DIR, LiveSwap, live_promote
 from pipeline.stream.runner import StreamRunner
-from pipeline.train.promotion import history
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -61,7 +63,7 @@ def two_versions(
     tmp_path: Path, model_store: ModelStore, ray_local: None
 ) -> Iterator[tuple[ModelStore, str, str, Settings]]:
     """A copy of the session store (its ACTIVE changes here) plus a second version."""
-    from pipeline.nets.bootstrap import bootstrap_default
+    from pipeline.models.bootstrap import bootstrap_default
 
     store = ModelStore(tmp_path / "models")
     shutil.copytree(model_store.root, store.root)
@@ -126,7 +128,10 @@ def test_promote_and_rollback_under_load(
     try:
         runner.start({LIN: media[LIN]})
         n = _wait_processed(runner, 5)
-        promoted = live_promote(runner, store, new, force=True)
+        swap = ServeSwap(runner.apps)
+        promote(store, swap, new, force=True)
+        promoted = swap.cutover
+        assert promoted is not None
         n = _wait_processed(runner, n + FRAMES_PER_PHASE)
         # The rollback as an operator runs it: `facestream models rollback` finds the
         # running pipeline through <store>/.live/<pid>.json and swaps inside it. Its
@@ -136,13 +141,14 @@ def test_promote_and_rollback_under_load(
         res = CliRunner().invoke(_cli_app(), ["models", "rollback", "--reason", "test"])
         assert res.exit_code == 0, res.output
         assert "live: swapping inside the running pipeline" in res.output, res.output
-        rolled = LiveSwap(history(store)[-1], rolling_ts_ms, int(time.time() * 1000), {})
+        assert history(store)[-1].action == "rollback"
+        rolled = Cutover(rolling_ts_ms, int(time.time() * 1000))
         _wait_processed(runner, n + FRAMES_PER_PHASE)
         ray.get(runner.ingesters[CAMERA].stop.remote(), timeout=60)
         summary = runner.wait(duration_s=WAIT_S, until_drained=True, tick_s=0.5)
         assert runner.drained(summary), f"not drained within {WAIT_S}s: {summary}"
         workers = runner.worker_stats()
-        search_stats = runner.search_handle().stats.remote().result(timeout_s=60)
+        search_stats = runner.apps.search_handle().stats.remote().result(timeout_s=60)
     finally:
         runner.stop()
     assert not list((store.root / LIVE_DIR).glob("*.json"))  # withdrawn at stop

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream.audit import read_all
 from pipeline.stream.codec import parse_record
-from pipeline.stream.config import CameraConfig, StreamConfig
 from pipeline.stream.ingest import CameraIngester, make_producer, resume_seq
 from pipeline.stream.runner import ensure_topics
 

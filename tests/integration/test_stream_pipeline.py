@@ -28,11 +28,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config import ModelsConfig, Settings
-from pipeline.registry import ModelStore
+from pipeline.config.models import ModelsConfig
+from pipeline.config.settings import Settings
+from pipeline.config.stream import StreamConfig
+from pipeline.models.store import ModelStore
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
-from pipeline.stream.config import StreamConfig
 from pipeline.stream.ingest import camera_partition
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.schemas import load_schema
@@ -66,7 +67,7 @@ def stream_env(
     gallery_dir = tmp_path_factory.mktemp("gallery")
     with pytest.MonkeyPatch.context() as mp:
         # The CLI reads its settings from the environment; the gallery section too
-        # (pipeline.gallery.config.gallery_config) until it is part of Settings.
+        # (pipeline.config.gallery.gallery_config) until it is part of Settings.
         mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
         mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
         yield Settings(models=ModelsConfig(store=model_store.root))

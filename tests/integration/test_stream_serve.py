@@ -12,16 +12,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.config import ModelsConfig
-from pipeline.registry import ModelStore
-from pipeline.stream.config import EmbedderServeConfig
+from pipeline.config.models import ModelsConfig
+from pipeline.config.serve import EmbedderServeConfig
+from pipeline.models.store import ModelStore
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
-    from pipeline.nets.bootstrap import bootstrap_default
+    from pipeline.models.bootstrap import bootstrap_default
 
     store = ModelStore(tmp_path_factory.mktemp("two-models"))
     plain = bootstrap_default(store, tta="none", activate=False).version

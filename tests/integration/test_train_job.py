@@ -16,19 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import GalleryConfig
+from pipeline.config.train import TrainConfig, load_train_config
 from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.image_io import load_image
 from pipeline.face.manifest import verify_files
-from pipeline.gallery.config import GalleryConfig
 from pipeline.gallery.service import Gallery
+from pipeline.gallery.swap import GallerySwap
+from pipeline.models.promotion import HISTORY_FILE, PromotionRefused, history, promote, rollback
+from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DlibResNet
-from pipeline.registry import ModelStore
-from pipeline.train.config import TrainConfig, load_train_config
 from pipeline.train.job import TrainOutcome, fit, prepare, register_candidate, run_training
 from pipeline.train.model import chips_to_input
-from pipeline.train.promotion import HISTORY_FILE, PromotionRefused, history, promote, rollback
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -49,7 +50,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def store(work: Path) -> ModelStore:
     """A store of our own: promotions here must not move the session store's ACTIVE."""
-    from pipeline.nets.bootstrap import bootstrap_default
+    from pipeline.models.bootstrap import bootstrap_default
 
     s = ModelStore(work / "models")
     bootstrap_default(s)
@@ -209,7 +210,7 @@ def test_promotion_reembeds_the_gallery_and_rollback_reverses_it(
     }
     assert gallery.active() is not None and gallery.active().version == base  # type: ignore[union-attr]
 
-    rec = promote(store, gallery, cand, force=True, reason="integration test")
+    rec = promote(store, GallerySwap(gallery), cand, force=True, reason="integration test")
     assert rec.forced == (not rec.gate["passed"])  # type: ignore[index]
     assert store.active_version() == cand
     snap = gallery.active()
@@ -222,7 +223,7 @@ def test_promotion_reembeds_the_gallery_and_rollback_reverses_it(
     assert res.model_version == cand
     assert res.faces[0].candidates[0].identity_id == ids["s4"]
 
-    back = rollback(store, gallery)
+    back = rollback(store, GallerySwap(gallery))
     assert (back.from_version, back.to_version) == (cand, base)
     assert store.active_version() == base
     snap = gallery.active()

@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FaceConfig
-from pipeline.face.align import Aligner
-from pipeline.face.analyze import FacePipeline
-from pipeline.face.manifest import Preprocessing
-from pipeline.registry import ModelStore
-from pipeline.train.config import (
+from pipeline.config.face import FaceConfig
+from pipeline.config.train import (
     LOSS_NAMES,
     AugmentConfig,
     DataConfig,
@@ -25,6 +21,10 @@ from pipeline.train.config import (
     TrainConfig,
     loss_config,
 )
+from pipeline.face.align import Aligner
+from pipeline.face.analyze import FacePipeline
+from pipeline.face.manifest import Preprocessing
+from pipeline.models.store import ModelStore
 from pipeline.train.data import CropCache, load_faces
 from pipeline.train.loop import Training, WorkerData
 from pipeline.train.model import chips_to_input, load_torch_model
@@ -93,7 +93,7 @@ def test_replay_holds_general_faces_where_the_base_model_put_them(
 ) -> None:
     """Train on two people; replay the other two. With replay their embeddings drift less
     from the base model's than without, and the distillation term starts at 0."""
-    from pipeline.train.config import ReplayConfig
+    from pipeline.config.train import ReplayConfig
     from pipeline.train.model import embed_chips
 
     chips, labels, base_state, pre = batch

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 from tests.unit.test_image_io import huge_header_jpeg
 
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipeline.config import REPO_ROOT, Settings
+from pipeline.config.models import REPO_ROOT
+from pipeline.config.settings import Settings
 
 HELM = shutil.which("helm") or str(Path.home() / ".cache/facestream/bin/helm")
 CHART = REPO_ROOT / "charts" / "facestream"
@@ -105,7 +106,7 @@ def test_rendered_config_and_env_are_valid_settings(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from pipeline.config import load_settings; import sys; "
+            "from pipeline.config.settings import load_settings; import sys; "
             "s = load_settings(); print(s.stream.cameras[0].url, s.face.detector.upsample)",
         ],
         capture_output=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DetectorConfig, FaceConfig
+from pipeline.config.face import DetectorConfig, FaceConfig
 from pipeline.face.align import Aligner, AlignmentTemplate
 from pipeline.face.analyze import FacePipeline, pick_faces
 from pipeline.face.detect import DlibCnnDetector, DlibHogDetector, build_detector

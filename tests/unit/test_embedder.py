@@ -12,8 +12,8 @@ from pipeline.face.embed import Embedder
 from pipeline.face.errors import ModelError
 from pipeline.face.image_io import load_image
 from pipeline.face.manifest import verify_files
-from pipeline.nets.bootstrap import bootstrap_default
-from pipeline.registry import ModelStore
+from pipeline.models.bootstrap import bootstrap_default
+from pipeline.models.store import ModelStore
 from pipeline.runtime.dlib_backend import DlibBackend
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 
-from pipeline.train.config import loss_config
+from pipeline.config.train import loss_config
 from pipeline.train.losses import (
     CenterLoss,
     CombinedMarginLoss,

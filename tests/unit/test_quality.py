@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import QualityConfig
+from pipeline.config.face import QualityConfig
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.image_io import load_image
 from pipeline.face.landmarks import DLIB5

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 import pipeline.cli
-from pipeline.stream.cli import parse_sources
+from pipeline.cli.stream import parse_sources
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_importing_the_commands_stays_light() -> None:
     import sys
 
     code = (
-        "import sys, pipeline.stream.cli; "
+        "import sys, pipeline.cli.stream; "
         "print(sorted(m for m in ('ray', 'kafka', 'cv2', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.stream.config import CameraConfig, StreamConfig, load_stream_file, stream_config
+from pipeline.config.settings import Settings
+from pipeline.config.stream import CameraConfig, StreamConfig, load_stream_file
 
 
 def test_defaults_are_valid_and_name_the_documented_topics() -> None:
@@ -69,14 +70,14 @@ max_side = 960
 def test_toml_file_top_level_keys(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text("[workers]\ncount = 4\n[embedder]\nreplicas = 2\n")
-    cfg = stream_config(file=path)
+    cfg = load_stream_file(path)
     assert cfg.workers.count == 4 and cfg.embedder.replicas == 2
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS", "broker:9092")
     monkeypatch.setenv("FACESTREAM_STREAM__WORKERS__COUNT", "3")
-    cfg = stream_config(settings=object())  # settings without a stream section
+    cfg = Settings().stream
     assert cfg.kafka.bootstrap_servers == "broker:9092"
     assert cfg.workers.count == 3
 
@@ -84,15 +85,13 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_settings_section_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACESTREAM_STREAM__WORKERS__COUNT", "3")
 
-    class Settings:
-        stream = StreamConfig.model_validate({"workers": {"count": 5}})
-
-    assert stream_config(Settings()).workers.count == 5
+    section = StreamConfig.model_validate({"workers": {"count": 5}})
+    assert Settings(stream=section).stream.workers.count == 5
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="stream config file not found"):
-        stream_config(file=tmp_path / "nope.toml")
+        load_stream_file(tmp_path / "nope.toml")
 
 
 def test_camera_defaults() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from kafka.future import Future
 
-from pipeline.stream.config import CameraConfig, StreamConfig
+from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream.ingest import CameraIngester
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.stream.config import TrackerConfig
+from pipeline.config.stream import TrackerConfig
 from pipeline.stream.tracker import CameraTracker, Observation, Tracker, iou
 
 LIN = "id-lin"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config.train import AugmentConfig
 from pipeline.train.augment import augment_batch, augment_chip
-from pipeline.train.config import AugmentConfig
 
 NONE = AugmentConfig(
     flip=0,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.train.config import (
+from pipeline.config.train import (
     ArcFaceLossConfig,
     TrainConfigError,
     TrainSettings,

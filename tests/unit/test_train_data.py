@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from pipeline.config import FaceConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.train import DataConfig, TrainConfigError
 from pipeline.face.align import Aligner, dlib_chip_template
 from pipeline.face.analyze import FacePipeline
-from pipeline.train.config import DataConfig, TrainConfigError
 from pipeline.train.data import (
     CropCache,
     FaceSet,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config.train import loss_config
 from pipeline.nets.dlib_resnet import DlibResNet
-from pipeline.train.config import loss_config
 from pipeline.train.losses import build_loss
 from pipeline.train.model import N_FREEZABLE, EmbeddingNet, TrainModule, state_dict_digest
 

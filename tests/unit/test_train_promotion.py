@@ -16,9 +16,8 @@ import pytest
 
 from pipeline.face.align import dlib_chip_template
 from pipeline.face.manifest import MANIFEST_NAME, ModelManifest, Threshold
-from pipeline.nets.bootstrap import default_preprocessing
-from pipeline.registry import ModelStore
-from pipeline.train.promotion import (
+from pipeline.models.bootstrap import default_preprocessing
+from pipeline.models.promotion import (
     HISTORY_FILE,
     GatePolicy,
     PromotionError,
@@ -28,6 +27,7 @@ from pipeline.train.promotion import (
     promote,
     rollback,
 )
+from pipeline.models.store import ModelStore
 
 BASE_METRICS = {
     "accuracy": 0.990,

@@ -1,29 +1,27 @@
-"""Promotion and rollback of model versions, behind an evaluation gate.
+"""Promotion and rollback of model versions, behind an evaluation gate: the one path for
+the offline case (a gallery re-embedded in this process) and the live one (a running
+``facestream run`` whose Serve deployments swap in place).
 
-Promotion of version V (``promote(store, gallery, V, force)``):
+Promotion of version V (``promote(store, swap, V, force)``):
 
 1. Check V: its manifest reads and its files match their sha256.
 2. Gate: V must beat the active version A on held-out metrics measured on the *same*
    held-out data (the run that trained V evaluated its parent; a version trained on
    the same split also carries comparable numbers). Refused otherwise, with the
    numbers, unless ``force`` (then the override and the failed gate are recorded).
-3. Gallery: ``Gallery.reembed(V)`` builds V's collection from the stored aligned crops
-   while A's keeps serving, then flips the Milvus alias to it (skipped when the alias
-   already points at V: a re-run after a crash picks up where it stopped).
+3. ``swap.switch(A, V)``: whatever serves faces moves to V. The mechanism is a
+   parameter (:class:`Swap`): ``pipeline.gallery.swap.GallerySwap`` re-embeds the
+   gallery from its stored crops into V's collection and flips the Milvus alias;
+   ``pipeline.serve.swap.ServeSwap`` does that inside the running search deployment and
+   rolls the embedder replicas in between, so that no request embeds with one version
+   and searches another. ``None``: the model store only.
 4. ``ModelStore.set_active(V)``: the atomic flip of ``ACTIVE``.
 5. One JSON line appended to ``<store>/HISTORY.jsonl``: who, when, from, to, forced,
-   the gate's numbers, the re-embedding's counts and time.
+   the gate's numbers, the swap's counts and time.
 
-Rollback re-embeds the gallery back into the version that was active before the last
-promotion to the current one, flips both pointers back and records the rollback; it
-is not gated (it is the way back from a bad promotion).
-
-The live swap of a running ``facestream run`` (rolling the Serve embedder replicas so
-that no request embeds with one version and searches another) slots in between steps
-3 and 4; ``gate_check`` and ``record`` are public so the streaming runner can perform
-the steps itself: ``pipeline.stream.hotswap`` does, and ``facestream models
-promote|rollback`` go through it when a running pipeline announced itself in
-``<store>/.live/``.
+Rollback runs steps 3-5 towards the version that was active before the last
+promotion to the current one (or ``to``); it is not gated (it is the way back from a
+bad promotion).
 """
 
 from __future__ import annotations
@@ -37,17 +35,31 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipeline.errors import FacestreamError
 from pipeline.face.manifest import verify_files
-from pipeline.registry import ModelStore
-from pipeline.train.evaluate import lower_is_better
-
-if TYPE_CHECKING:
-    from pipeline.gallery.service import Gallery
+from pipeline.models.store import ModelStore
 
 HISTORY_FILE = "HISTORY.jsonl"
+# Lower is better for these metrics; higher for every other one.
+LOWER_IS_BETTER = ("eer",)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+
+
+class Swap(Protocol):
+    """How a change of model version reaches what serves faces (step 3)."""
+
+    def serving(self) -> str | None:
+        """The version served now (None: nothing served yet)."""
+        ...
+
+    def switch(self, old: str | None, new: str) -> dict[str, Any] | None:
+        """Serve ``new`` instead of ``old``; what was done, for the history (JSON)."""
+        ...
 
 
 class PromotionError(FacestreamError):
@@ -264,19 +276,32 @@ def current_user() -> str:
         return "unknown"
 
 
-def _switch_gallery(gallery: Gallery | None, version: str) -> dict[str, Any] | None:
-    if gallery is None:
+def _active(store: ModelStore) -> str | None:
+    try:
+        return store.active_version()
+    except FacestreamError:
         return None
-    snap = gallery.active()
-    if snap is not None and snap.version == version:
-        return {"skipped": f"the gallery alias already points at {snap.collection}"}
-    res = gallery.reembed(version)
-    return res.model_dump(mode="json")
+
+
+def _finish(
+    store: ModelStore,
+    swap: Swap | None,
+    old: str | None,
+    new: str,
+    rec: PromotionRecord,
+    t0: float,
+) -> PromotionRecord:
+    """Steps 3-5: switch what serves faces, flip ``ACTIVE``, record."""
+    rec.reembed = swap.switch(old, new) if swap is not None else None
+    store.set_active(new)
+    rec.seconds = round(time.perf_counter() - t0, 3)
+    record(store, rec)
+    return rec
 
 
 def promote(
     store: ModelStore,
-    gallery: Gallery | None,
+    swap: Swap | None,
     version: str,
     force: bool = False,
     *,
@@ -285,18 +310,14 @@ def promote(
 ) -> PromotionRecord:
     """Make ``version`` the active model (see the module docstring for the steps).
 
-    ``gallery`` None promotes the model store only (no gallery in this deployment).
+    ``swap`` None promotes the model store only (nothing serves faces here).
     Raises ``PromotionRefused`` when the gate fails and ``force`` is False.
     """
     t0 = time.perf_counter()
     with store_lock(store):
-        manifest = store.manifest(version)
-        verify_files(manifest, store.folder(version))
-        try:
-            active: str | None = store.active_version()
-        except FacestreamError:
-            active = None
-        if active == version and (gallery is None or _gallery_version(gallery) in (None, version)):
+        verify_files(store.manifest(version), store.folder(version))
+        active = _active(store)
+        if active == version and (swap is None or swap.serving() in (None, version)):
             raise PromotionError(f"{version} is already the active version")
         gate = gate_check(store, version, active, policy) if active else None
         if gate is not None and not gate.passed and not force:
@@ -309,8 +330,6 @@ def promote(
                 f"{store.root / HISTORY_FILE}).",
                 gate,
             )
-        reembed = _switch_gallery(gallery, version)
-        store.set_active(version)
         rec = PromotionRecord(
             action="promote",
             from_version=active,
@@ -320,16 +339,8 @@ def promote(
             user=current_user(),
             reason=reason,
             gate=gate.to_dict() if gate else None,
-            reembed=reembed,
-            seconds=round(time.perf_counter() - t0, 3),
         )
-        record(store, rec)
-        return rec
-
-
-def _gallery_version(gallery: Gallery) -> str | None:
-    snap = gallery.active()
-    return snap.version if snap is not None else None
+        return _finish(store, swap, active, version, rec, t0)
 
 
 def rollback_target(store: ModelStore, current: str) -> str:
@@ -344,32 +355,21 @@ def rollback_target(store: ModelStore, current: str) -> str:
     )
 
 
-def rollback_plan(store: ModelStore, to: str | None = None) -> tuple[str, str]:
-    """(active version, version to return to), with the target's files verified.
-
-    Shared by the offline rollback below and the live one in ``pipeline.stream.hotswap``.
-    """
-    current = store.active_version()
-    target = to or rollback_target(store, current)
-    if target == current:
-        raise PromotionError(f"{target} is already the active version")
-    verify_files(store.manifest(target), store.folder(target))
-    return current, target
-
-
 def rollback(
     store: ModelStore,
-    gallery: Gallery | None,
+    swap: Swap | None,
     to: str | None = None,
     *,
     reason: str = "",
 ) -> PromotionRecord:
-    """Return to the previous version (or ``to``): gallery re-embedded, pointers flipped."""
+    """Return to the previous version (or ``to``): steps 3-5 of a promotion, ungated."""
     t0 = time.perf_counter()
     with store_lock(store):
-        current, target = rollback_plan(store, to)
-        reembed = _switch_gallery(gallery, target)
-        store.set_active(target)
+        current = store.active_version()
+        target = to or rollback_target(store, current)
+        if target == current:
+            raise PromotionError(f"{target} is already the active version")
+        verify_files(store.manifest(target), store.folder(target))
         rec = PromotionRecord(
             action="rollback",
             from_version=current,
@@ -378,11 +378,8 @@ def rollback(
             at=utc_now(),
             user=current_user(),
             reason=reason,
-            reembed=reembed,
-            seconds=round(time.perf_counter() - t0, 3),
         )
-        record(store, rec)
-        return rec
+        return _finish(store, swap, current, target, rec, t0)
 
 
 __all__ = [
@@ -392,11 +389,12 @@ __all__ = [
     "PromotionError",
     "PromotionRecord",
     "PromotionRefused",
+    "Swap",
     "gate_check",
     "history",
+    "lower_is_better",
     "promote",
     "record",
     "rollback",
-    "rollback_plan",
     "rollback_target",
 ]

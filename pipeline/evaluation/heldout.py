@@ -2,7 +2,7 @@
 
 Both models are run exactly as production runs them: the ONNX file through
 ``Embedder`` (preprocessing and test-time augmentation from the manifest), on the
-aligned chips the production face core made (``data.CropCache``).
+aligned chips the production face core made (the training job's crop cache).
 
 Verification (every pair of held-out faces): 10-fold accuracy, ROC AUC, EER and TAR at
 FAR 1e-2 / 1e-3. All pairs are scored, so impostors far outnumber genuine pairs; the
@@ -28,23 +28,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.metrics import kfold_accuracy, plot_roc, verification_report
+from pipeline.config.train import EvalConfig, PairsSet
+from pipeline.evaluation.calibrate import threshold_at_far
+from pipeline.evaluation.metrics import all_pairs, kfold_accuracy, plot_roc, verification_report
 from pipeline.evaluation.pairs import Pair, read_pairs
 from pipeline.face.embed import Embedder
-from pipeline.train.config import EvalConfig, PairsSet
-from pipeline.train.data import CropCache, FaceSet
+from pipeline.gallery.errors import CalibrationError
+
+# The aligned chip of an image from the production face core (None: no face found).
+ChipSource = Callable[[Path], "np.ndarray | None"]
 
 
 def _far_key(far: float) -> str:
     return f"{far:g}"
-
-
-def all_pairs(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine scores, same 0/1) of every pair i < j."""
-    iu = np.triu_indices(len(vectors), k=1)
-    scores = (vectors @ vectors.T)[iu].astype(np.float64)
-    same = (labels[iu[0]] == labels[iu[1]]).astype(np.int64)
-    return scores, same
 
 
 def verification(
@@ -77,9 +73,6 @@ def verification(
 def threshold_for_far(nonmated: np.ndarray, far: float) -> float | None:
     """Smallest threshold letting at most ``far`` of the non-mated scores in (None when
     there are too few non-mated probes to measure that FAR)."""
-    from pipeline.gallery.calibrate import threshold_at_far
-    from pipeline.gallery.errors import CalibrationError
-
     try:
         return threshold_at_far(np.array([1.0]), nonmated, far).threshold
     except CalibrationError:
@@ -154,14 +147,14 @@ class GuardChips:
 
 
 def guard_chips(
-    spec: PairsSet, cache: CropCache, on_progress: Callable[[int], None] | None = None
+    spec: PairsSet, chip_of: ChipSource, on_progress: Callable[[int], None] | None = None
 ) -> GuardChips:
     pairs = read_pairs(spec.pairs, spec.root)
     if spec.limit is not None:
         pairs = pairs[: spec.limit]
     chips: dict[Path, np.ndarray | None] = {}
     for p in sorted({p for pair in pairs for p in (pair.a, pair.b)}):
-        chips[p] = cache.get(p).chip
+        chips[p] = chip_of(p)
         if on_progress is not None:
             on_progress(1)
     return GuardChips(spec.name, pairs, chips)
@@ -228,16 +221,19 @@ class ModelEval:
 
 def evaluate_model(
     embedder: Embedder,
-    heldout: FaceSet,
+    chips: np.ndarray,
+    labels: np.ndarray,
     cfg: EvalConfig,
     guards: list[GuardChips] | None = None,
     seed: int = 0,
 ) -> ModelEval:
-    vecs = embed_set(embedder, heldout.chips)
-    ver, roc = verification(vecs, heldout.labels, cfg.fars, seed)
+    """Verification and identification on held-out ``chips`` (one identity label each),
+    plus the guard pairs sets."""
+    vecs = embed_set(embedder, chips)
+    ver, roc = verification(vecs, labels, cfg.fars, seed)
     ident = identification(
         vecs,
-        heldout.labels,
+        labels,
         gallery_images=cfg.gallery_images,
         rounds=cfg.identification_rounds,
         far=cfg.dir_far,
@@ -245,14 +241,6 @@ def evaluate_model(
     )
     g = {gc.name: guard_eval(embedder, gc, cfg.fars) for gc in guards or []}
     return ModelEval(embedder.model_version, ver, ident, g, roc)
-
-
-# Lower is better for these; higher for every other metric.
-LOWER_IS_BETTER = ("eer",)
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
 
 
 def comparison_rows(

@@ -8,7 +8,7 @@ version's own collection (kept during a model swap), else none at all — faces 
 "unknown" and the answer says there was no collection, rather than comparing vectors
 of two models.
 
-Live model swap (``pipeline.stream.hotswap``): :meth:`GallerySearchDeployment.prepare`
+Live model swap (``pipeline.serve.swap``): :meth:`GallerySearchDeployment.prepare`
 builds the new version's collection from the stored crops without moving the alias, and
 :meth:`GallerySearchDeployment.flip` moves it once the embedder serves that version. Every
 search is counted by (vectors' version, searched collection's version) in :meth:`stats`;
@@ -32,8 +32,11 @@ import numpy as np
 from ray import serve
 
 from pipeline import metrics
-from pipeline.config import FaceConfig, ModelsConfig
-from pipeline.stream.config import SearchServeConfig
+from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import GalleryConfig
+from pipeline.config.models import ModelsConfig
+from pipeline.config.serve import SearchServeConfig
+from pipeline.gallery.service import Gallery
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "GallerySearch"
@@ -70,20 +73,14 @@ def _vectors(requests: list[SearchRequest]) -> int:
 @serve.deployment(name=DEPLOYMENT_NAME)
 class GallerySearchDeployment:
     def __init__(
-        self, gallery: Any, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig
+        self,
+        gallery: GalleryConfig,
+        face: FaceConfig,
+        models: ModelsConfig,
+        cfg: SearchServeConfig,
     ) -> None:
-        from pipeline.gallery.service import Gallery
-        from pipeline.registry import ModelStore
-
         self.cfg = cfg
-        self.gallery = Gallery(
-            gallery,
-            ModelStore(models.store),
-            face,
-            default_version=models.version,
-            batch_size=models.batch_size,
-            intra_op_threads=models.intra_op_threads,
-        )
+        self.gallery = Gallery.from_settings(gallery, face, models)
         # Milvus Lite's client is not meant for concurrent calls from several threads.
         self._lock = threading.Lock()
         # (vectors' version, searched collection's version) -> searches; and vectors.
@@ -192,7 +189,9 @@ class GallerySearchDeployment:
         return await asyncio.to_thread(self._run, requests)
 
 
-def search_app(gallery: Any, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig) -> Any:
+def search_app(
+    gallery: GalleryConfig, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig
+) -> Any:
     """The bound search application (``gallery`` is a ``GalleryConfig`` with absolute paths)."""
     return GallerySearchDeployment.options(
         num_replicas=cfg.replicas,

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 import pipeline.face
-from pipeline.face.analyze import FacePipeline
+from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import load_image
 from pipeline.face.records import Face
@@ -133,14 +133,18 @@ def embed_paths(
     *,
     on_progress: Callable[[int], None] | None = None,
     batch_size: int = 32,
+    timings: dict[str, float] | None = None,
 ) -> dict[Path, ImageEmbedding]:
-    """Embed the centre face of each image (cached), recording the quality verdict."""
+    """Embed the centre face of each image (cached), recording the quality verdict;
+    seconds per stage of the face core are added into ``timings`` when given."""
     assert pipe.embedder is not None
+    clock = StageClock(timings)
     out: dict[Path, ImageEmbedding] = {}
     pending: list[tuple[Path, Face]] = []
 
     def flush() -> None:
-        pipe.embed_faces([f for _, f in pending])
+        with clock("embed"):
+            pipe.embed_faces([f for _, f in pending])
         for p, f in pending:
             status = OK if f.quality.passed else LOW_QUALITY
             out[p] = ImageEmbedding(f.embedding, status, "; ".join(f.quality.reasons))
@@ -154,7 +158,9 @@ def embed_paths(
             out[path] = hit
         else:
             try:
-                faces = pipe.analyze(load_image(path), pick="center", embed=False)
+                with clock("decode"):
+                    image = load_image(path)
+                faces = pipe.analyze(image, pick="center", embed=False, timings=timings)
             except FaceError as exc:
                 faces, why = [], str(exc)
             else:

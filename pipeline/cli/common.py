@@ -12,14 +12,18 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import FaceConfig, Settings, load_settings
+from pipeline.config.face import FaceConfig
+from pipeline.config.settings import Settings, load_settings
 from pipeline.errors import FacestreamError
 
 if TYPE_CHECKING:
     import numpy as np
+    from rich.progress import Progress
 
+    from pipeline.config.gallery import GalleryConfig
     from pipeline.face.analyze import FacePipeline
-    from pipeline.registry import ModelStore
+    from pipeline.gallery.service import Gallery
+    from pipeline.models.store import ModelStore
 
 out = Console()
 err = Console(stderr=True)
@@ -58,7 +62,7 @@ state = State()
 
 
 def model_store() -> ModelStore:
-    from pipeline.registry import ModelStore
+    from pipeline.models.store import ModelStore
 
     return ModelStore(state.settings.models.store)
 
@@ -110,3 +114,40 @@ def face_json(face: Any, full_vector: bool = False) -> dict[str, Any]:
         if full_vector:
             rec["embedding"] = [round(float(x), 6) for x in face.embedding]
     return rec
+
+
+def open_gallery(config: GalleryConfig | None = None, version: str | None = None) -> Gallery:
+    """The gallery of the settings (or of ``config``, e.g. with command-line overrides)."""
+    from pipeline.gallery.service import Gallery
+
+    s = state.settings
+    return Gallery.from_settings(
+        config or s.gallery, s.face, s.models, store=model_store(), version=version
+    )
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr: description, bar, n of total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+def parse_people(items: list[str]) -> dict[str, Path]:
+    """``--enroll NAME=IMAGE`` values as {name: image}; the images must exist."""
+    people = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path:
+            raise typer.BadParameter(f"--enroll expects NAME=IMAGE, got {item!r}")
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"--enroll {name}: image not found: {p}")
+        people[name.strip()] = p
+    return people

@@ -1,19 +1,12 @@
-"""Settings of the gallery and its REST API (the ``[gallery]`` section of the settings).
-
-``GalleryConfig`` is a plain pydantic section, meant to sit in
-``pipeline.config.Settings`` as ``gallery: GalleryConfig``. Until it does,
-``gallery_config(settings)`` builds it from the environment
-(``FACESTREAM_GALLERY__<FIELD>``, e.g. ``FACESTREAM_GALLERY__API_TOKEN``), so the
-same variables work before and after the hook-up.
-"""
+"""Settings of the gallery and its REST API (the ``[gallery]`` section of the settings;
+environment: ``FACESTREAM_GALLERY__<FIELD>``, e.g. ``FACESTREAM_GALLERY__API_TOKEN``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IndexType = Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
 CropMode = Literal["auto", "scene", "tight"]
@@ -82,21 +75,6 @@ class GalleryConfig(BaseModel):
         return v
 
 
-class _GalleryEnv(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
-    )
-    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
-
-
-def gallery_config(settings: Any = None) -> GalleryConfig:
-    """The gallery section of ``settings`` when it has one, else one read from the env."""
-    section = getattr(settings, "gallery", None)
-    if isinstance(section, GalleryConfig):
-        return section
-    return _GalleryEnv().gallery
-
-
 def resolved_paths(cfg: GalleryConfig) -> tuple[Path, str, Path]:
     """(data_dir, milvus_uri, blob_dir) with the defaults filled in and paths absolute."""
     data_dir = cfg.data_dir.expanduser().resolve()
@@ -105,3 +83,10 @@ def resolved_paths(cfg: GalleryConfig) -> tuple[Path, str, Path]:
         uri = str(Path(uri).expanduser().resolve())
     blob_dir = (cfg.blob_dir or data_dir / "crops").expanduser().resolve()
     return data_dir, uri, blob_dir
+
+
+def with_absolute_paths(cfg: GalleryConfig) -> GalleryConfig:
+    """``cfg`` with its defaults filled in and paths absolute: for Serve replicas, which
+    may start in another working directory."""
+    data_dir, uri, blob_dir = resolved_paths(cfg)
+    return cfg.model_copy(update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir})

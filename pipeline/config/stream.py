@@ -1,12 +1,12 @@
 """Settings of the streaming pipeline (the ``[stream]`` section of the settings).
 
-``StreamConfig`` is a plain pydantic section, meant to sit in ``pipeline.config.Settings``
-as ``stream: StreamConfig``. Until it does, :func:`stream_config` reads it from a TOML
-file (``--stream-config``: a ``[stream]`` table or top-level keys) or from the
-environment (``FACESTREAM_STREAM__<SECTION>__<FIELD>``, e.g.
-``FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS=broker:9092``), so the same variables work
-before and after the hook-up. Every value is checked at start-up; a bad one stops the
-program with the field and the reason.
+It comes with the other sections from the settings file and the environment
+(``FACESTREAM_STREAM__<SECTION>__<FIELD>``, e.g.
+``FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS=broker:9092``), or from its own TOML file
+(``--stream-config``: a ``[stream]`` table or top-level keys; :func:`load_stream_file`).
+Every value is checked at start-up; a bad one stops the program with the field and the
+reason. The Ray Serve deployments' sections (``embedder``, ``search``) are defined in
+``pipeline.config.serve``.
 
 A camera fleet in TOML::
 
@@ -29,18 +29,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.config.base import Section
+from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
 
 # Camera ids become Kafka keys and the first part of event ids ("camera:seq"), so a colon
 # (the separator) and anything a shell or a URL would mangle is refused.
@@ -48,12 +48,7 @@ CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
-class _Section(BaseModel):
-    # A misspelt key in a config file is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid")
-
-
-class CameraConfig(_Section):
+class CameraConfig(Section):
     """One video source: a camera URL, a file or a local device."""
 
     id: str = Field(pattern=CAMERA_ID_PATTERN, description="Stable camera id (the Kafka key).")
@@ -77,7 +72,7 @@ class CameraConfig(_Section):
     )
 
 
-class KafkaConfig(_Section):
+class KafkaConfig(Section):
     bootstrap_servers: str | None = Field(
         None,
         description="host:port[,host:port]. None: `facestream run` starts a local broker "
@@ -98,7 +93,7 @@ class KafkaConfig(_Section):
     request_timeout_ms: PositiveInt = Field(30_000)
 
 
-class TopicsConfig(_Section):
+class TopicsConfig(Section):
     frames: str = Field("facestream.frames", pattern=TOPIC_PATTERN)
     detections: str = Field("facestream.detections", pattern=TOPIC_PATTERN)
     identities: str = Field("facestream.identities", pattern=TOPIC_PATTERN)
@@ -108,7 +103,7 @@ class TopicsConfig(_Section):
         return [self.frames, self.detections, self.identities, self.dlq]
 
 
-class IngestConfig(_Section):
+class IngestConfig(Section):
     jpeg_quality: int = Field(85, ge=10, le=100)
     max_in_flight: PositiveInt = Field(
         32,
@@ -139,7 +134,7 @@ class IngestConfig(_Section):
         return self
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(Section):
     count: PositiveInt = Field(2, description="Recognition actors in the consumer group.")
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per worker actor.")
     max_poll_records: PositiveInt = Field(
@@ -187,7 +182,7 @@ class WorkerConfig(_Section):
         return self
 
 
-class TrackerConfig(_Section):
+class TrackerConfig(Section):
     iou_threshold: float = Field(
         0.3, gt=0, le=1, description="A face continues a track when their boxes overlap this much."
     )
@@ -219,65 +214,7 @@ class TrackerConfig(_Section):
         return self
 
 
-class AutoscalingConfig(_Section):
-    """Ray Serve autoscaling of the embedder (replaces ``replicas`` when set)."""
-
-    min_replicas: NonNegativeInt = 1
-    max_replicas: PositiveInt = 2
-    target_ongoing_requests: PositiveFloat = Field(2.0)
-    upscale_delay_s: float = Field(5.0, ge=0)
-    downscale_delay_s: float = Field(60.0, ge=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("min_replicas must not exceed max_replicas")
-        return self
-
-
-class EmbedderServeConfig(_Section):
-    """The batched embedder deployment (Ray Serve)."""
-
-    app_name: str = Field("facestream-embedder", min_length=1)
-    replicas: PositiveInt = Field(1, description="Fixed replica count (without autoscaling).")
-    autoscaling: AutoscalingConfig | None = None
-    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (TensorRT backend).")
-    backend: Literal["auto", "onnxruntime", "tensorrt", "dlib"] = Field(
-        "auto", description="auto: ONNX Runtime when the version has an ONNX file."
-    )
-    intra_op_threads: NonNegativeInt = Field(0, description="ONNX Runtime threads; 0: default.")
-    max_batch_faces: PositiveInt = Field(
-        32,
-        description="Faces per model call: @serve.batch merges worker requests up to this "
-        "many faces (workers split larger requests).",
-    )
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
-    max_ongoing_requests: PositiveInt = Field(16, description="Per replica.")
-    max_queued_requests: int = Field(
-        64, ge=-1, description="Requests waiting for a replica; beyond it callers back off."
-    )
-
-
-class SearchServeConfig(_Section):
-    """The gallery search deployment (one owner of the gallery; Ray Serve)."""
-
-    app_name: str = Field("facestream-search", min_length=1)
-    replicas: PositiveInt = Field(
-        1,
-        description="Milvus Lite serves one process: keep 1 unless gallery.milvus_uri is a server.",
-    )
-    num_cpus: float = Field(0.2, ge=0)
-    top_k: PositiveInt = Field(3, le=100, description="Candidates kept per face.")
-    max_batch_vectors: PositiveInt = Field(
-        64, description="Vectors per gallery search: @serve.batch merges worker requests."
-    )
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
-    max_ongoing_requests: PositiveInt = Field(16)
-    max_queued_requests: int = Field(64, ge=-1)
-
-
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     port: int | None = Field(
         None,
         ge=0,
@@ -287,7 +224,7 @@ class MetricsConfig(_Section):
     )
 
 
-class StreamConfig(_Section):
+class StreamConfig(Section):
     """Everything the streaming pipeline needs besides the face/models/gallery sections."""
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
@@ -316,13 +253,6 @@ class StreamConfig(_Section):
         return self
 
 
-class _StreamEnv(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
-    )
-    stream: StreamConfig = Field(default_factory=StreamConfig)
-
-
 def load_stream_file(path: Path) -> StreamConfig:
     """A StreamConfig from a TOML file: its ``[stream]`` table, or its top level."""
     if not path.is_file():
@@ -333,19 +263,7 @@ def load_stream_file(path: Path) -> StreamConfig:
     return StreamConfig.model_validate(section)
 
 
-def stream_config(settings: Any = None, file: Path | None = None) -> StreamConfig:
-    """The stream section: from ``file`` when given, else ``settings.stream`` when the
-    settings have one, else from the environment."""
-    if file is not None:
-        return load_stream_file(file)
-    section = getattr(settings, "stream", None)
-    if isinstance(section, StreamConfig):
-        return section
-    return _StreamEnv().stream
-
-
 __all__ = [
-    "AutoscalingConfig",
     "CameraConfig",
     "EmbedderServeConfig",
     "IngestConfig",
@@ -357,5 +275,4 @@ __all__ = [
     "TrackerConfig",
     "WorkerConfig",
     "load_stream_file",
-    "stream_config",
 ]

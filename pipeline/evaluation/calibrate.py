@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluation.embcache import OK, EmbeddingCache, ImageEmbedding, embed_paths
+from pipeline.evaluation.metrics import all_pairs
+from pipeline.evaluation.pairs import Pair
+from pipeline.face.analyze import FacePipeline
 from pipeline.face.manifest import MANIFEST_NAME, Threshold
 from pipeline.gallery.errors import CalibrationError
-from pipeline.registry import ModelStore
+from pipeline.models.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -43,18 +49,14 @@ def pair_scores(
     vectors: np.ndarray, labels: np.ndarray, max_impostors: int = 20_000_000
 ) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) cosine similarities of every pair of unit ``vectors``."""
-    labels = np.asarray(labels)
     n = len(vectors)
     if n * (n - 1) // 2 > max_impostors:
         raise CalibrationError(
             f"{n} images make {n * (n - 1) // 2} pairs; use fewer images (at most "
             f"{max_impostors} pairs are scored)"
         )
-    sims = vectors @ vectors.T
-    iu = np.triu_indices(n, k=1)
-    same = labels[iu[0]] == labels[iu[1]]
-    s = sims[iu]
-    return s[same].astype(np.float64), s[~same].astype(np.float64)
+    scores, same = all_pairs(vectors, labels)
+    return scores[same == 1], scores[same == 0]
 
 
 def threshold_at_far(genuine: np.ndarray, impostor: np.ndarray, target_far: float) -> Calibration:
@@ -77,6 +79,62 @@ def threshold_at_far(genuine: np.ndarray, impostor: np.ndarray, target_far: floa
     far = float(np.mean(impostor >= t))
     tar = float(np.mean(genuine >= t))
     return Calibration(t, target_far, far, tar, len(genuine), n_imp)
+
+
+def calibrate_on(
+    embeddings: dict[Path, ImageEmbedding], identities: dict[str, list[Path]], target_far: float
+) -> Calibration:
+    """Threshold at ``target_far`` from every pair of quality-passing photos."""
+    vecs, labels = [], []
+    for i, paths in enumerate(identities.values()):
+        for p in paths:
+            e = embeddings.get(p)
+            if e is not None and e.status == OK and e.vector is not None:
+                vecs.append(e.vector)
+                labels.append(i)
+    if len(vecs) < 2:
+        raise CalibrationError("fewer than 2 usable photos to calibrate on")
+    genuine, impostor = pair_scores(np.stack(vecs), np.asarray(labels))
+    return threshold_at_far(genuine, impostor, target_far)
+
+
+def calibrate_on_pairs(
+    pipe: FacePipeline,
+    pairs: list[Pair],
+    cache: EmbeddingCache | None,
+    target_far: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Calibration, int]:
+    """Threshold at ``target_far`` from the pairs whose two photos both give a face that
+    passes the quality gate; (calibration, usable pairs)."""
+    paths = sorted({p for pr in pairs for p in (pr.a, pr.b)})
+    emb = embed_paths(pipe, paths, cache, on_progress=on_progress)
+    usable = [pr for pr in pairs if emb[pr.a].status == OK and emb[pr.b].status == OK]
+    sims = np.array([float(emb[p.a].vector @ emb[p.b].vector) for p in usable])  # type: ignore[operator]
+    same = np.array([p.same for p in usable])
+    return threshold_at_far(sims[same == 1], sims[same == 0], target_far), len(usable)
+
+
+def calibrate_on_folders(
+    pipe: FacePipeline,
+    identities: dict[str, list[Path]],
+    cache: EmbeddingCache | None,
+    target_far: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> Calibration:
+    """Threshold at ``target_far`` from every pair of the identities' photos."""
+    paths = [p for ps in identities.values() for p in ps]
+    emb = embed_paths(pipe, paths, cache, on_progress=on_progress)
+    return calibrate_on(emb, identities, target_far)
+
+
+def store_calibration(store: ModelStore, version: str, cal: Calibration, source: str) -> Threshold:
+    """Write the calibrated threshold, with its provenance, into the version's manifest."""
+    thr = Threshold(
+        value=round(cal.threshold, 6), target_far=cal.target_far, provenance=provenance(cal, source)
+    )
+    write_threshold(store, version, thr)
+    return thr
 
 
 def write_threshold(store: ModelStore, version: str, threshold: Threshold) -> None:

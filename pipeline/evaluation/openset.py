@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config.gallery import GalleryConfig
+from pipeline.evaluation.calibrate import threshold_at_far
+from pipeline.evaluation.embcache import OK, EmbeddingCache, ImageEmbedding, embed_paths, split_of
 from pipeline.face.analyze import FacePipeline
-from pipeline.gallery.calibrate import Calibration, pair_scores, threshold_at_far
-from pipeline.gallery.config import GalleryConfig
-from pipeline.gallery.embcache import OK, EmbeddingCache, ImageEmbedding, embed_paths, split_of
-from pipeline.gallery.errors import CalibrationError, EnrollmentRejected
+from pipeline.gallery.errors import EnrollmentRejected
 from pipeline.gallery.service import Gallery
 
 SEARCH_BATCH = 256
@@ -57,23 +57,6 @@ def make_splits(
         else:
             never[name] = paths
     return Splits(calib, enrolled, never)
-
-
-def calibrate_on(
-    embeddings: dict[Path, ImageEmbedding], identities: dict[str, list[Path]], target_far: float
-) -> Calibration:
-    """Threshold at ``target_far`` from every pair of quality-passing photos."""
-    vecs, labels = [], []
-    for i, paths in enumerate(identities.values()):
-        for p in paths:
-            e = embeddings.get(p)
-            if e is not None and e.status == OK and e.vector is not None:
-                vecs.append(e.vector)
-                labels.append(i)
-    if len(vecs) < 2:
-        raise CalibrationError("fewer than 2 usable photos to calibrate on")
-    genuine, impostor = pair_scores(np.stack(vecs), np.asarray(labels))
-    return threshold_at_far(genuine, impostor, target_far)
 
 
 @dataclass

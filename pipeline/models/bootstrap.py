@@ -25,9 +25,9 @@ from pipeline.face.manifest import (
     version_digest,
 )
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
+from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DLIB_RGB_MEAN, DLIB_RGB_STD, load_dlib_resnet
 from pipeline.nets.onnx_export import export_onnx
-from pipeline.registry import ModelStore
 
 DEFAULT_NAME = "dlib-resnet-v1"
 DEFAULT_TTA = "flip"

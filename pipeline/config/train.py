@@ -25,9 +25,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
+from pipeline.config.base import Section
 from pipeline.errors import FacestreamError
 
 
@@ -35,16 +35,10 @@ class TrainConfigError(FacestreamError):
     code = "bad_train_config"
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors: a misspelt hyper-parameter must not silently fall back to
-    # its default.
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- data --------------------------------------------------------------------------------
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     root: Path | None = Field(None, description="Folder of identity sub-folders of images.")
     manifest: Path | None = Field(
         None,
@@ -75,7 +69,7 @@ class DataConfig(_Section):
         return self
 
 
-class ReplayConfig(_Section):
+class ReplayConfig(Section):
     """Rehearsal: keep the network's embeddings of general faces where the base model put
     them, while it adapts to the training domain (distillation, as in Learning without
     Forgetting).
@@ -103,7 +97,7 @@ class ReplayConfig(_Section):
         return self
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     """P identities x K images per batch (pytorch-metric-learning's MPerClassSampler)."""
 
     p: int = Field(8, ge=2, description="Identities per batch.")
@@ -114,7 +108,7 @@ class SamplerConfig(_Section):
         return self.p * self.k
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Photometric and small geometric changes that keep a face the same person.
 
     Geometry stays small because the chips are already aligned: large rotations or
@@ -135,7 +129,7 @@ class AugmentConfig(_Section):
     min_downscale: float = Field(0.35, gt=0, le=1, description="Smallest low-res factor.")
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(1e-3, gt=0, description="Learning rate of the network.")
     head_lr: float = Field(
@@ -158,13 +152,13 @@ class OptimConfig(_Section):
 # -- losses ------------------------------------------------------------------------------
 
 
-class SoftmaxLossConfig(_Section):
+class SoftmaxLossConfig(Section):
     """Softmax cross-entropy over a linear classification head (with bias)."""
 
     name: Literal["softmax"]
 
 
-class ContrastiveLossConfig(_Section):
+class ContrastiveLossConfig(Section):
     """Hadsell et al.: pull positives within pos_margin, push negatives past neg_margin
     (Euclidean distance of L2-normalised embeddings, so margins are in [0, 2])."""
 
@@ -173,7 +167,7 @@ class ContrastiveLossConfig(_Section):
     neg_margin: float = Field(1.0, gt=0, le=2)
 
 
-class TripletLossConfig(_Section):
+class TripletLossConfig(Section):
     """Triplet margin loss on L2-normalised embeddings with online mining."""
 
     name: Literal["triplet"]
@@ -185,7 +179,7 @@ class TripletLossConfig(_Section):
     )
 
 
-class CenterLossConfig(_Section):
+class CenterLossConfig(Section):
     """Softmax cross-entropy + lambda * center loss (Wen et al. 2016)."""
 
     name: Literal["center"]
@@ -195,7 +189,7 @@ class CenterLossConfig(_Section):
     )
 
 
-class SphereFaceLossConfig(_Section):
+class SphereFaceLossConfig(Section):
     """A-Softmax (Liu et al. 2017): multiplicative angular margin m, integer."""
 
     name: Literal["sphereface"]
@@ -203,7 +197,7 @@ class SphereFaceLossConfig(_Section):
     scale: float = Field(1.0, gt=0, description="Multiplies ||x|| cos(m theta) logits.")
 
 
-class CosFaceLossConfig(_Section):
+class CosFaceLossConfig(Section):
     """Large margin cosine loss (Wang et al. 2018): s (cos theta - m)."""
 
     name: Literal["cosface"]
@@ -211,7 +205,7 @@ class CosFaceLossConfig(_Section):
     scale: float = Field(64.0, gt=0)
 
 
-class ArcFaceLossConfig(_Section):
+class ArcFaceLossConfig(Section):
     """Additive angular margin (Deng et al. 2019): s cos(theta + m), m in radians."""
 
     name: Literal["arcface"]
@@ -219,7 +213,7 @@ class ArcFaceLossConfig(_Section):
     scale: float = Field(64.0, gt=0)
 
 
-class CombinedMarginLossConfig(_Section):
+class CombinedMarginLossConfig(Section):
     """InsightFace's combined margin: s (cos(m1 theta + m2) - m3).
 
     (1, 0.5, 0) is ArcFace, (1, 0, 0.35) CosFace, (m, 0, 0) an A-Softmax-like margin.
@@ -232,7 +226,7 @@ class CombinedMarginLossConfig(_Section):
     scale: float = Field(64.0, gt=0)
 
 
-class SiameseLossConfig(_Section):
+class SiameseLossConfig(Section):
     """Verification head: p(same) = sigmoid(sum_k w_k |f1_k - f2_k| + b), binary
     cross-entropy over every pair of the batch."""
 
@@ -278,7 +272,7 @@ def loss_config(name: str, **params: object) -> LossConfig:
 # -- evaluation --------------------------------------------------------------------------
 
 
-class PairsSet(_Section):
+class PairsSet(Section):
     """An extra pairs benchmark (e.g. LFW) evaluated on both models as a regression guard."""
 
     name: str
@@ -287,7 +281,7 @@ class PairsSet(_Section):
     limit: int | None = Field(None, gt=0, description="Only the first N pairs (smoke runs).")
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     fars: tuple[float, ...] = Field((1e-2, 1e-3), description="TAR is reported at these FARs.")
     dir_far: float = Field(0.01, gt=0, lt=1, description="FAR of the DIR@FAR figure.")
     gallery_images: PositiveInt = Field(
@@ -307,7 +301,7 @@ class EvalConfig(_Section):
 # -- the run -----------------------------------------------------------------------------
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     data: DataConfig
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -390,22 +384,6 @@ class TrainSettings(BaseModel):
     checkpoint_dir: str = ".facestream/train"
     crop_cache_dir: Path = Path(".facestream/crops")
     reports_dir: Path = Field(Path("reports/train"), description="report.json + roc.png.")
-
-
-class _TrainEnv(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
-    )
-    train: TrainSettings = Field(default_factory=TrainSettings)
-
-
-def train_settings(settings: object = None) -> TrainSettings:
-    """The ``train`` section of the facestream settings when it has one, else one read
-    from ``FACESTREAM_TRAIN__<FIELD>`` variables."""
-    section = getattr(settings, "train", None)
-    if isinstance(section, TrainSettings):
-        return section
-    return _TrainEnv().train
 
 
 def load_train_config(

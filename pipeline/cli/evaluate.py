@@ -1,0 +1,243 @@
+"""``facestream eval pairs | openset`` and ``facestream calibrate``: accuracy on real faces
+and the threshold that meets a target false-accept rate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import (
+    cli_errors,
+    err,
+    face_pipeline,
+    model_store,
+    out,
+    progress_bar,
+    state,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config.gallery import GalleryConfig
+    from pipeline.evaluation.embcache import EmbeddingCache
+    from pipeline.face.analyze import FacePipeline
+
+eval_app = typer.Typer(help="Accuracy evaluation on real faces.", no_args_is_help=True)
+CacheOpt = Annotated[Path, typer.Option(help="Embedding cache folder.")]
+DEFAULT_CACHE = Path(".facestream/cache/embeddings")
+
+
+def _pipeline_and_cache(
+    version: str | None, cache_dir: Path
+) -> tuple[FacePipeline, EmbeddingCache]:
+    """The face core of ``version`` (default: active) and its embedding cache."""
+    from pipeline.evaluation.embcache import EmbeddingCache, face_core_digest
+
+    pipe = face_pipeline(version=version)
+    assert pipe.embedder is not None
+    digest = face_core_digest(state.settings.face)
+    return pipe, EmbeddingCache(cache_dir, pipe.embedder.model_version, digest)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    from rich.progress import Progress
+
+    with Progress(console=err) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def eval_pairs(
+    pairs: Annotated[Path, typer.Option("--pairs", help="TSV: path_a, path_b, same (1|0).")],
+    root: Annotated[Path, typer.Option("--root", help="Folder the pair paths are relative to.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where report.json and roc.png go.")
+    ] = Path("reports/eval"),
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N pairs (smoke runs).")
+    ] = None,
+) -> None:
+    """10-fold accuracy, ROC AUC, EER and TAR@FAR of the full face core on a pairs file."""
+    from pipeline.evaluation.pairs import evaluate_pairs, read_pairs
+
+    pair_list = read_pairs(pairs, root)[: limit or None]
+    pipe = face_pipeline()
+    n_images = len({p for pair in pair_list for p in (pair.a, pair.b)})
+    with progress_bar() as progress:
+        task = progress.add_task("embedding images", total=n_images)
+        result = evaluate_pairs(
+            pipe, pair_list, out_dir, on_progress=lambda n: progress.advance(task, n)
+        )
+    _print_eval(result, out_dir)
+
+
+def _print_eval(result: dict[str, Any], out_dir: Path) -> None:
+    v = result["verification"]
+    table = Table(
+        title=f"Verification: {v['n_pairs']} pairs "
+        f"({v['n_genuine']} same, {v['n_impostor']} different)"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("model", str(result["model_version"]))
+    table.add_row(
+        "10-fold accuracy",
+        f"{100 * v['accuracy_10fold']:.2f}% ± {100 * v['accuracy_10fold_std']:.2f}",
+    )
+    table.add_row("ROC AUC", f"{v['roc_auc']:.5f}")
+    table.add_row("EER", f"{100 * v['eer']:.2f}%")
+    for far, tar in v["tar_at_far"].items():
+        note = " (below FAR resolution)" if float(far) < v["far_resolution"] else ""
+        table.add_row(f"TAR @ FAR {far}", f"{100 * tar:.2f}%{note}")
+    table.add_row(
+        "failure to detect", f"{result['failure_to_detect']} of {result['n_images']} images"
+    )
+    table.add_row("time per image", f"{1000 * result['seconds_per_image']:.1f} ms")
+    for stage, ms in result["stage_ms_per_image"].items():
+        table.add_row(f"  {stage}", f"{ms:.1f} ms")
+    out.print(table)
+    out.print(
+        f"report: {out_dir / 'report.json'}  ROC plot: {out_dir / 'roc.png'}", highlight=False
+    )
+
+
+def calibrate(
+    root: Annotated[Path, typer.Option("--root", help="Folder of identity sub-folders.")],
+    pairs: Annotated[
+        Path | None,
+        typer.Option("--pairs", help="Use this pairs TSV (path_a, path_b, same) under --root."),
+    ] = None,
+    target_far: Annotated[float, typer.Option("--target-far", help="False-accept rate.")] = 1e-3,
+    split: Annotated[
+        Literal["all", "calibration"],
+        typer.Option(
+            help="Identities to use: all, or calibration (the third that `eval openset` never "
+            "reports on)."
+        ),
+    ] = "all",
+    version: Annotated[
+        str | None, typer.Option(help="Model version; default: the active one.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print; don't store.")] = False,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Threshold for a target FAR from genuine and impostor pairs; stored in the manifest."""
+    from pipeline.evaluation.calibrate import (
+        calibrate_on_folders,
+        calibrate_on_pairs,
+        store_calibration,
+    )
+    from pipeline.evaluation.embcache import identity_folders, split_of
+    from pipeline.evaluation.pairs import read_pairs
+
+    pipe, cache = _pipeline_and_cache(version, cache_dir)
+    ver = pipe.embedder.model_version
+    if pairs is not None:
+        plist = read_pairs(pairs, root)
+        n = len({p for pr in plist for p in (pr.a, pr.b)})
+        with _progress("embedding", n) as advance:
+            cal, usable = calibrate_on_pairs(pipe, plist, cache, target_far, advance)
+        source = f"{usable} usable pairs of {pairs.name}"
+    else:
+        ids = identity_folders(root, min_images=1)
+        if split == "calibration":
+            ids = {k: v for k, v in ids.items() if split_of(k) < 1 / 3}
+        with _progress("embedding", sum(len(v) for v in ids.values())) as advance:
+            cal = calibrate_on_folders(pipe, ids, cache, target_far, advance)
+        source = f"{root.name} ({split} split, {len(ids)} identities, quality-passed photos)"
+    out.print(
+        f"model {ver}: threshold [bold]{cal.threshold:.4f}[/bold] at {cal.describe()}",
+        highlight=False,
+    )
+    if dry_run:
+        out.print("dry run: manifest not changed")
+        return
+    store_calibration(model_store(), ver, cal, source)
+    out.print(f"stored in {model_store().folder(ver) / 'manifest.json'}", highlight=False)
+
+
+def eval_openset(
+    root: Annotated[Path, typer.Option("--root", help="Folder of identity sub-folders.")],
+    min_images: Annotated[int, typer.Option(help="Identities with at least this many.")] = 4,
+    version: Annotated[str | None, typer.Option(help="Model version; default: active.")] = None,
+    calibrate_far: Annotated[
+        float | None,
+        typer.Option(
+            "--calibrate",
+            help="First calibrate at this FAR on the calibration split (stored in the "
+            "manifest), then report on the other identities.",
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where report.json goes.")] = Path(
+        "reports/openset"
+    ),
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Open-set identification: rank-1, FAR of never-enrolled people, DIR@FAR=1%."""
+    from pipeline.evaluation.calibrate import calibrate_on_folders, store_calibration
+    from pipeline.evaluation.embcache import identity_folders
+    from pipeline.evaluation.openset import make_splits, run_openset
+    from pipeline.gallery.service import Gallery
+
+    pipe, cache = _pipeline_and_cache(version, cache_dir)
+    ver = pipe.embedder.model_version
+    splits = make_splits(identity_folders(root, min_images=min_images))
+    if calibrate_far is not None:
+        n = sum(len(v) for v in splits.calibration.values())
+        with _progress("embedding calibration split", n) as advance:
+            cal = calibrate_on_folders(pipe, splits.calibration, cache, calibrate_far, advance)
+        src = f"{root.name} calibration split ({len(splits.calibration)} identities)"
+        store_calibration(model_store(), ver, cal, src)
+        out.print(f"calibrated: {cal.threshold:.4f} at {cal.describe()}", highlight=False)
+    s = state.settings
+
+    def factory(cfg: GalleryConfig) -> Gallery:
+        return Gallery.from_settings(cfg, s.face, s.models, store=model_store(), version=ver)
+
+    n = sum(len(v) for d in (splits.enrolled, splits.never_enrolled) for v in d.values())
+    with _progress("embedding report split", n) as advance:
+        rep = run_openset(pipe, factory, splits, cache, on_progress=advance)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    table = Table(
+        title=f"Open-set identification, {root.name}: {rep.n_enrolled} enrolled (2 photos each) "
+        f"+ {rep.n_never_enrolled} never-enrolled people"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("model", rep.model_version)
+    far = f"target FAR {rep.threshold_target_far:g}" if rep.threshold_target_far else "uncalibrated"
+    table.add_row("threshold", f"{rep.threshold:.4f} ({far})")
+    table.add_row(
+        "enrolled probes / never-enrolled probes",
+        f"{rep.n_enrolled_probes} / {rep.n_never_enrolled_probes}",
+    )
+    table.add_row("rank-1 (enrolled probes)", f"{100 * rep.rank1:.2f}%")
+    table.add_row("DIR at the threshold", f"{100 * rep.dir_at_threshold:.2f}%")
+    table.add_row("FAR of never-enrolled at the threshold", f"{100 * rep.far_at_threshold:.2f}%")
+    table.add_row(
+        "DIR @ FAR=1%",
+        f"{100 * rep.dir_at_far_1pct:.2f}% (threshold {rep.threshold_at_far_1pct:.4f})",
+    )
+    table.add_row("probe failures", ", ".join(f"{k} {v}" for k, v in rep.probe_failures.items()))
+    out.print(table)
+    out.print(f"threshold source: {rep.threshold_provenance}", highlight=False)
+    out.print(f"report: {out_dir / 'report.json'}", highlight=False)
+
+
+def register_calibrate(app: typer.Typer) -> None:
+    """Add ``calibrate`` to ``app``."""
+    app.command("calibrate")(cli_errors(calibrate))
+
+
+def register_eval(app: typer.Typer) -> None:
+    """Add the ``eval`` group (pairs, openset) to ``app``."""
+    eval_app.command("pairs")(cli_errors(eval_pairs))
+    eval_app.command("openset")(cli_errors(eval_openset))
+    app.add_typer(eval_app, name="eval")

@@ -1,0 +1,301 @@
+"""``facestream gallery ...``: enrol, remove, list, show, rename, search, re-embed.
+
+pymilvus is imported inside the commands so ``facestream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import cli_errors, err, open_gallery, out, state
+from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig
+
+if TYPE_CHECKING:
+    from pipeline.gallery.service import Gallery
+
+gallery_app = typer.Typer(
+    help="The identity gallery: enrol, remove, list, show, rename, search, re-embed.",
+    no_args_is_help=True,
+)
+
+
+class _Overrides:
+    milvus_uri: str | None = None
+    data_dir: Path | None = None
+
+
+_over = _Overrides()
+
+
+@gallery_app.callback()
+def _gallery_options(
+    milvus_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--milvus-uri",
+            help="Milvus Lite file (*.db) or Milvus server URI; default: gallery.milvus_uri.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Gallery folder (catalogue, crops); default: config."),
+    ] = None,
+) -> None:
+    _over.milvus_uri = milvus_uri
+    _over.data_dir = data_dir
+
+
+def gallery_config() -> GalleryConfig:
+    """The settings' gallery section with the group's command-line overrides."""
+    cfg = state.settings.gallery
+    update: dict[str, Any] = {}
+    if _over.milvus_uri:
+        update["milvus_uri"] = _over.milvus_uri
+    if _over.data_dir:
+        update["data_dir"] = _over.data_dir
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def _gallery() -> Gallery:
+    return open_gallery(gallery_config())
+
+
+def _print_json(model: Any) -> None:
+    if isinstance(model, list):
+        print(json.dumps([m.model_dump(mode="json") for m in model], indent=2))
+    else:
+        print(model.model_dump_json(indent=2))
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CropOpt = Annotated[
+    CropMode | None,
+    typer.Option(
+        "--crop",
+        help="auto (default), scene (a photo) or tight (the image is a face crop: ID photo, "
+        "video crop).",
+    ),
+]
+
+
+def _read(path: Path) -> tuple[str, bytes]:
+    from pipeline.face.image_io import read_image_bytes
+
+    return str(path), read_image_bytes(path, max_bytes=state.settings.face.limits.max_bytes)
+
+
+@gallery_app.command("enroll")
+@cli_errors
+def enroll(
+    images: Annotated[list[Path], typer.Argument(help="Photos of ONE person.")],
+    name: Annotated[str | None, typer.Option("--name", help="Display name (new identity).")] = None,
+    external_id: Annotated[
+        str | None, typer.Option("--external-id", help="Your own unique id for the person.")
+    ] = None,
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata, repeatable.")
+    ] = None,
+    identity: Annotated[
+        str | None, typer.Option("--id", help="Add the faces to this existing identity.")
+    ] = None,
+    crop: CropOpt = None,
+    pick: Annotated[
+        EnrollPick | None,
+        typer.Option("--pick", help="Photo with several faces: error (default), largest, center."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enrol a person from one or more photos (all accepted, or nothing stored)."""
+    from pipeline.gallery.errors import EnrollmentRejected
+
+    metadata = {}
+    for item in meta or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise typer.BadParameter(f"--meta expects KEY=VALUE, got {item!r}")
+        metadata[k] = v
+    with _gallery() as g:
+        try:
+            res = g.enroll(
+                [_read(p) for p in images],
+                name=name,
+                external_id=external_id,
+                metadata=metadata,
+                identity_id=identity,
+                crop_mode=crop,
+                pick=pick,
+            )
+        except EnrollmentRejected as exc:
+            for v in exc.verdicts:
+                mark = "[green]ok[/green]" if v.accepted else "[red]rejected[/red]"
+                err.print(f"{mark} {v.image}: {'; '.join(v.reasons) or 'usable'}", highlight=False)
+            raise
+    if as_json:
+        _print_json(res)
+        return
+    ident = res.identity
+    out.print(
+        f"enrolled [bold]{ident.name}[/bold] id={ident.identity_id} faces={ident.n_faces} "
+        f"(+{len(res.added_faces)}) model={res.model_version}",
+        highlight=False,
+    )
+    for r in res.images:
+        out.print(
+            f"  {r.image}: {r.crop_mode} face px={r.quality.get('face_px') if r.quality else '?'}",
+            highlight=False,
+        )
+
+
+@gallery_app.command("remove")
+@cli_errors
+def remove(
+    identity: Annotated[str, typer.Argument(help="Identity id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase a person: vectors in every model version's collection and the stored crops."""
+    with _gallery() as g:
+        res = g.remove(identity)
+    if as_json:
+        _print_json(res)
+        return
+    rows = sum(res.rows_deleted.values())
+    out.print(
+        f"removed {identity}: {res.faces_removed} faces, {rows} vector rows in "
+        f"{len(res.rows_deleted)} collections, {res.crops_deleted} crops",
+        highlight=False,
+    )
+
+
+@gallery_app.command("list")
+@cli_errors
+def list_(
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="Name contains.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List enrolled identities."""
+    with _gallery() as g:
+        rows = g.list(limit=limit, offset=offset, name_contains=name)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table()
+    for col in ("identity id", "name", "external id", "faces"):
+        table.add_column(col)
+    for i in rows:
+        table.add_row(i.identity_id, i.name, i.external_id or "", str(i.n_faces))
+    out.print(table)
+
+
+@gallery_app.command("show")
+@cli_errors
+def show(identity: Annotated[str, typer.Argument(help="Identity id.")]) -> None:
+    """Print an identity with its faces as JSON."""
+    with _gallery() as g:
+        _print_json(g.show(identity))
+
+
+@gallery_app.command("rename")
+@cli_errors
+def rename(
+    identity: Annotated[str, typer.Argument(help="Identity id.")],
+    name: Annotated[str, typer.Argument(help="New display name.")],
+) -> None:
+    """Change an identity's display name."""
+    with _gallery() as g:
+        res = g.rename(identity, name)
+    out.print(f"renamed {res.identity_id} to {res.name}", highlight=False)
+
+
+@gallery_app.command("search")
+@cli_errors
+def search(
+    image: Annotated[Path, typer.Argument(help="Photo or face crop to identify.")],
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Candidates per face.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Cosine threshold; default: the model's calibrated one.")
+    ] = None,
+    crop: CropOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """1:N open-set search: every face gets an identity or 'unknown'."""
+    with _gallery() as g:
+        name, data = _read(image)
+        res = g.search_image(data, name=name, top_k=top_k, threshold=threshold, crop_mode=crop)
+    if as_json:
+        _print_json(res)
+        return
+    t = res.threshold
+    far = f"target FAR {t.target_far:g}" if t.target_far else "no target FAR"
+    out.print(
+        f"model={res.model_version} collection={res.collection} threshold={t.value:.4f} "
+        f"({far}; {t.provenance})",
+        highlight=False,
+    )
+    if not res.faces:
+        out.print("no face found")
+    for n, f in enumerate(res.faces):
+        if f.decision == "rejected":
+            out.print(f"face {n} {f.box}: rejected ({'; '.join(f.quality['reasons'])})")
+            continue
+        who = f"{f.identity.name} ({f.identity.identity_id})" if f.identity else "unknown"
+        out.print(
+            f"face {n} {f.box}: [bold]{who}[/bold] similarity={f.similarity}", highlight=False
+        )
+        for c in f.candidates:
+            out.print(
+                f"    {c.similarity:.4f} {c.decision:<8} {c.name} ({c.identity_id})",
+                highlight=False,
+            )
+
+
+@gallery_app.command("reembed")
+@cli_errors
+def reembed(
+    to: Annotated[str, typer.Option("--to", help="Model version to re-embed into.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the gallery for another model version from the stored crops; flip to it."""
+    with _gallery() as g, err.status(f"re-embedding stored crops with {to}..."):
+        res = g.reembed(to)
+    if as_json:
+        _print_json(res)
+        return
+    out.print(
+        f"{res.faces} faces of {res.identities} identities re-embedded into {res.collection} "
+        f"in {res.seconds:.1f} s; active: {res.from_version} -> {res.to_version}",
+        highlight=False,
+    )
+
+
+@gallery_app.command("status")
+@cli_errors
+def status(as_json: JsonOpt = False) -> None:
+    """The active pointer, the collection of each model version and their sizes."""
+    with _gallery() as g:
+        res = g.status()
+    if as_json:
+        _print_json(res)
+        return
+    out.print(
+        f"{res.milvus_uri}: {res.identities} identities, {res.faces} faces; alias {res.alias} "
+        f"-> {res.active_collection}",
+        highlight=False,
+    )
+    table = Table()
+    for col in ("", "collection", "model version", "rows"):
+        table.add_column(col)
+    for c in res.collections:
+        table.add_row("*" if c.active else "", c.name, c.model_version, str(c.rows))
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``gallery`` group to ``app``."""
+    app.add_typer(gallery_app, name="gallery")

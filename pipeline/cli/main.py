@@ -1,0 +1,48 @@
+"""The ``facestream`` app: the global ``--config`` option and every command group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from pipeline.cli import bench, evaluate, face, gallery, models, serve, stream, train
+from pipeline.cli.common import err, state
+from pipeline.config.settings import load_settings
+
+app = typer.Typer(
+    name="facestream",
+    help="Distributed streaming face recognition: detect, align, embed, search, stream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML settings file (see README, Configuration)."),
+    ] = None,
+) -> None:
+    """facestream: point it at images or streams; get identities out."""
+    state.config_file = config
+    try:
+        state._settings = load_settings(config)
+    except (ValidationError, FileNotFoundError) as exc:
+        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+# The order of `facestream --help`.
+face.register(app)  # detect, embed, verify, demo
+evaluate.register_calibrate(app)  # calibrate
+serve.register(app)  # serve
+stream.register(app)  # ingest, run, events
+train.register(app)  # train
+models.register(app)  # models ...
+evaluate.register_eval(app)  # eval pairs | openset
+bench.register(app)  # bench ...
+gallery.register(app)  # gallery ...

@@ -1,0 +1,206 @@
+"""``facestream models ...``: build, list and inspect model versions; promote, roll back
+and read the history of the active one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import cli_errors, err, model_store, open_gallery, out
+
+if TYPE_CHECKING:
+    from pipeline.models.promotion import PromotionRecord, Swap
+
+models_app = typer.Typer(
+    help="Model store: build, list and inspect embedder versions.", no_args_is_help=True
+)
+
+
+def models_bootstrap(
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation of the version: none or flip.")
+    ] = "flip",
+    activate: Annotated[bool, typer.Option(help="Make it the active version.")] = True,
+) -> None:
+    """Build the default embedder (dlib ResNet, CC0) from PyPI-shipped files."""
+    from pipeline.models.bootstrap import bootstrap_default
+
+    if tta not in ("none", "flip"):
+        raise typer.BadParameter("--tta must be 'none' or 'flip'")
+    with err.status("porting dlib ResNet to torch and exporting ONNX..."):
+        manifest = bootstrap_default(model_store(), tta=tta, activate=activate)
+    out.print(
+        f"built {manifest.version} in {model_store().folder(manifest.version)}", highlight=False
+    )
+
+
+def models_list() -> None:
+    """List model versions in the store; * marks the active one."""
+    store = model_store()
+    try:
+        active = store.active_version()
+    except Exception:
+        active = None
+    table = Table()
+    for col in ("", "version", "format", "dim", "tta", "threshold"):
+        table.add_column(col)
+    for v in store.versions():
+        m = store.manifest(v)
+        table.add_row(
+            "*" if v == active else "",
+            v,
+            m.format,
+            str(m.embedding_dim),
+            m.preprocessing.tta,
+            f"{m.threshold.value:.4f}",
+        )
+    out.print(table)
+
+
+def models_show(
+    version: Annotated[str | None, typer.Argument(help="Default: the active version.")] = None,
+) -> None:
+    """Print a version's manifest as JSON."""
+    print(model_store().resolve(version).model_dump_json(indent=2))
+
+
+@contextlib.contextmanager
+def _swap(no_gallery: bool) -> Iterator[tuple[Swap | None, bool]]:
+    """What a promotion or rollback switches, and whether it is live: the running
+    `facestream run` of this model store when one announced itself (its Serve
+    deployments swap in place), else this process's gallery, else (``--no-gallery``)
+    nothing but the model store."""
+    if no_gallery:
+        yield None, False
+        return
+    from pipeline.serve.live import attach, live_pipelines
+
+    lives = live_pipelines(model_store().root)
+    if len(lives) > 1:
+        pids = ", ".join(str(x["pid"]) for x in lives)
+        raise typer.BadParameter(
+            f"several running pipelines use this model store (pids {pids}); stop all but one"
+        )
+    if lives:
+        from pipeline.serve.swap import ServeSwap
+
+        out.print(f"live: swapping inside the running pipeline (pid {lives[0]['pid']})")
+        yield ServeSwap(attach(lives[0])), True
+        return
+    from pipeline.gallery.swap import GallerySwap
+
+    with open_gallery() as gallery:
+        yield GallerySwap(gallery), False
+
+
+def _reason(reason: str, live: bool, action: str = "swap") -> str:
+    return reason or (f"live {action} of a running pipeline" if live else "")
+
+
+def _print_record(rec: PromotionRecord) -> None:
+    verb = "promoted" if rec.action == "promote" else "rolled back"
+    forced = " [yellow](forced past a failed gate)[/yellow]" if rec.forced else ""
+    out.print(
+        f"{verb}: {rec.from_version} -> [bold]{rec.to_version}[/bold]{forced} in "
+        f"{rec.seconds:.1f} s",
+        highlight=False,
+    )
+    if rec.reembed:
+        out.print(f"gallery: {json.dumps(rec.reembed)}", highlight=False)
+    else:
+        out.print("gallery: not touched (--no-gallery)", highlight=False)
+
+
+def promote_cmd(
+    version: Annotated[str, typer.Argument(help="The version to make active.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it does not beat the active model.")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded in HISTORY.jsonl).")] = "",
+    no_gallery: Annotated[
+        bool, typer.Option("--no-gallery", help="Flip the model store only; leave the gallery.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the gate's verdict; change nothing.")
+    ] = False,
+) -> None:
+    """Make a version active: gate on held-out metrics, re-embed the gallery into the
+    version's collection, flip the alias and ACTIVE, record it."""
+    from pipeline.models.promotion import gate_check, promote
+
+    store = model_store()
+    if dry_run:
+        gate = gate_check(store, version, store.active_version())
+        verdict = "[green]passes[/green]" if gate.passed else "[red]fails[/red]"
+        out.print(f"gate {verdict}: {version} vs active {gate.active}", highlight=False)
+        if gate.rows:
+            out.print(gate.table(), highlight=False, soft_wrap=True)
+        if gate.reason:
+            out.print(gate.reason, highlight=False)
+        raise typer.Exit(0 if gate.passed else 1)
+    with _swap(no_gallery) as (swap, live):
+        rec = promote(store, swap, version, force, reason=_reason(reason, live))
+    _print_record(rec)
+
+
+def rollback_cmd(
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version to return to; default: the previous one.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded in HISTORY.jsonl).")] = "",
+    no_gallery: Annotated[
+        bool, typer.Option("--no-gallery", help="Flip the model store only; leave the gallery.")
+    ] = False,
+) -> None:
+    """Return to the version active before the last promotion (gallery re-embedded)."""
+    from pipeline.models.promotion import rollback
+
+    with _swap(no_gallery) as (swap, live):
+        rec = rollback(model_store(), swap, to, reason=_reason(reason, live, "rollback"))
+    _print_record(rec)
+
+
+def history_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+) -> None:
+    """Promotions and rollbacks of the model store, oldest first."""
+    from pipeline.models.promotion import history
+
+    recs = history(model_store())
+    if as_json:
+        for r in recs:
+            print(json.dumps(r.to_dict()))
+        return
+    t = Table()
+    for col in ("at", "action", "from", "to", "forced", "user", "reason"):
+        t.add_column(col)
+    for r in recs:
+        t.add_row(
+            r.at,
+            r.action,
+            r.from_version or "-",
+            r.to_version,
+            "yes" if r.forced else "",
+            r.user,
+            r.reason,
+        )
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``models`` group to ``app``."""
+    for name, fn in (
+        ("bootstrap", models_bootstrap),
+        ("list", models_list),
+        ("show", models_show),
+        ("promote", promote_cmd),
+        ("rollback", rollback_cmd),
+        ("history", history_cmd),
+    ):
+        models_app.command(name)(cli_errors(fn))
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,74 @@
+"""Settings of the Ray Serve deployments: the batched embedder and the gallery search
+(``[stream.embedder]`` and ``[stream.search]``: the pipeline deploys them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from pipeline.config.base import Section
+
+
+class AutoscalingConfig(Section):
+    """Ray Serve autoscaling of the embedder (replaces ``replicas`` when set)."""
+
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = Field(2.0)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class EmbedderServeConfig(Section):
+    """The batched embedder deployment (Ray Serve)."""
+
+    app_name: str = Field("facestream-embedder", min_length=1)
+    replicas: PositiveInt = Field(1, description="Fixed replica count (without autoscaling).")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (TensorRT backend).")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "dlib"] = Field(
+        "auto", description="auto: ONNX Runtime when the version has an ONNX file."
+    )
+    intra_op_threads: NonNegativeInt = Field(0, description="ONNX Runtime threads; 0: default.")
+    max_batch_faces: PositiveInt = Field(
+        32,
+        description="Faces per model call: @serve.batch merges worker requests up to this "
+        "many faces (workers split larger requests).",
+    )
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    max_ongoing_requests: PositiveInt = Field(16, description="Per replica.")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests waiting for a replica; beyond it callers back off."
+    )
+
+
+class SearchServeConfig(Section):
+    """The gallery search deployment (one owner of the gallery; Ray Serve)."""
+
+    app_name: str = Field("facestream-search", min_length=1)
+    replicas: PositiveInt = Field(
+        1,
+        description="Milvus Lite serves one process: keep 1 unless gallery.milvus_uri is a server.",
+    )
+    num_cpus: float = Field(0.2, ge=0)
+    top_k: PositiveInt = Field(3, le=100, description="Candidates kept per face.")
+    max_batch_vectors: PositiveInt = Field(
+        64, description="Vectors per gallery search: @serve.batch merges worker requests."
+    )
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+    max_ongoing_requests: PositiveInt = Field(16)
+    max_queued_requests: int = Field(64, ge=-1)

@@ -1,0 +1,1 @@
+"""Model versions: the store on disk, the default build, promotion and rollback."""

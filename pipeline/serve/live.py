@@ -1,0 +1,93 @@
+"""How ``facestream models promote|rollback`` finds a running ``facestream run``.
+
+A running pipeline writes ``<store>/.live/<pid>.json`` (its Ray address and the
+settings of its Serve applications; nothing else, so no camera URL or credential is
+written) and removes it when it stops. :func:`attach` connects another process to
+that Ray cluster and returns the applications, ready for a
+:class:`pipeline.serve.swap.ServeSwap`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipeline.config.models import ModelsConfig
+from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
+from pipeline.serve.apps import ServeApps
+
+log = logging.getLogger(__name__)
+LIVE_DIR = ".live"  # <store>/.live/<pid>.json: one per running `facestream run`
+
+
+def _live_path(store_root: Path, pid: int) -> Path:
+    return Path(store_root).resolve() / LIVE_DIR / f"{pid}.json"
+
+
+def announce(apps: ServeApps) -> Path | None:
+    """Write ``<store>/.live/<pid>.json`` for the applications of this process."""
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception as exc:  # no address to give: promotion stays offline
+        log.warning("live swap unavailable: %s", exc)
+        return None
+    path = _live_path(apps.models.store, os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "pid": os.getpid(),
+        "ray_address": address,
+        "embedder": apps.embedder.model_dump(mode="json"),
+        "search": apps.search.model_dump(mode="json"),
+        "models": apps.models.model_dump(mode="json"),
+    }
+    tmp = path.with_suffix(".tmp")
+    # Owner-only: the file names the cluster that runs the gallery.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data))
+    tmp.replace(path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
+    """The running pipelines announced for the store (stale files of dead ones skipped)."""
+    folder = Path(store_root).resolve() / LIVE_DIR
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(data.get("pid", -1))):
+            out.append(data)
+    return out
+
+
+def attach(live: dict[str, Any]) -> ServeApps:
+    """The Serve applications of an announced pipeline (connects this process to its
+    Ray); never deployed or deleted from here, only swapped."""
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=live["ray_address"], log_to_driver=False)
+    apps = ServeApps(
+        EmbedderServeConfig.model_validate(live["embedder"]),
+        SearchServeConfig.model_validate(live["search"]),
+        ModelsConfig.model_validate(live["models"]),
+    )
+    apps.embedder_version = apps.serving_version()
+    return apps

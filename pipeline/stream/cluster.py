@@ -1,0 +1,42 @@
+"""Ray for the pipeline: a cluster named by ``RAY_ADDRESS``, else a local one sized for
+the actors and replicas the stream config asks for."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import ray
+
+from pipeline.config.stream import StreamConfig
+
+
+def logical_cpus(c: StreamConfig) -> float:
+    """Ray CPUs the pipeline reserves: workers, embedder and search replicas, ingesters."""
+    embedders = (
+        c.embedder.autoscaling.max_replicas if c.embedder.autoscaling else c.embedder.replicas
+    )
+    return (
+        c.workers.count * c.workers.num_cpus
+        + c.embedder.num_cpus * embedders
+        + c.search.num_cpus * c.search.replicas
+        + c.ingest.num_cpus * max(len(c.cameras), 1)
+    )
+
+
+def start_ray(cfg: StreamConfig) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and must stop it)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a cluster
+    else:
+        # Logical CPUs for scheduling the fractional actors; the OS shares the real cores.
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, int(np.ceil(logical_cpus(cfg))) + 1),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    return True

@@ -1,0 +1,191 @@
+"""What ``facestream run`` shows: the output topics read back (what Kafka acknowledged,
+not what the actors believe) and the recognition group's lag.
+
+:class:`Monitor` counts fps out, faces, identities, DLQ records and latency from the
+offsets the topics had at start; :class:`LagProbe` counts the frames not yet committed
+by the recognition group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from pipeline.config.stream import StreamConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    elapsed_s: float = 0.0
+    produced: int = 0  # frames acknowledged on the frames topic (by the ingesters)
+    processed: int = 0  # distinct detection events read back
+    faces: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    identity_events: int = 0
+    identities: Counter[str] = field(default_factory=Counter)  # name -> events
+    dlq: int = 0
+    dlq_reasons: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0  # repeated event ids read back (at-least-once replays)
+    dropped: int = 0
+    reconnects: int = 0
+    lag: int | None = None
+    fps_in: float = 0.0
+    fps_out: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    workers_alive: int = 0
+    workers: int = 0
+    ingest_states: dict[str, str] = field(default_factory=dict)
+    model_version: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        for k in ("decisions", "identities", "dlq_reasons"):
+            d[k] = dict(d[k])
+        return d
+
+
+class Monitor:
+    """Reads the output topics from the offsets they had at start, in a thread."""
+
+    def __init__(self, cfg: StreamConfig, window: int = 2_000) -> None:
+
+        self.cfg = cfg
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=cfg.kafka.bootstrap_servers,
+            client_id=f"{cfg.kafka.client_id}-monitor",
+            enable_auto_commit=False,
+        )
+        t = cfg.topics
+        tps = []
+        for topic in (t.detections, t.identities, t.dlq):
+            for p in sorted(self._consumer.partitions_for_topic(topic) or []):
+                tps.append(TopicPartition(topic, p))
+        self._consumer.assign(tps)
+        for tp, off in self._consumer.end_offsets(tps).items():
+            self._consumer.seek(tp, off)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._seen: set[str] = set()
+        self.latencies: deque[float] = deque(maxlen=window)
+        self.out_times: deque[float] = deque(maxlen=window)
+        self.summary = Summary()
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t = self.cfg.topics
+        while not self._stop.is_set():
+            try:
+                polled = self._consumer.poll(timeout_ms=300)
+            except Exception as exc:
+                log.warning("monitor: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            with self._lock:
+                for tp, records in polled.items():
+                    for rec in records:
+                        try:
+                            ev = json.loads(rec.value)
+                        except (TypeError, ValueError):
+                            continue
+                        key = f"{tp.topic}|{ev.get('event_id')}"
+                        if key in self._seen:
+                            self.summary.duplicates += 1
+                            continue
+                        self._seen.add(key)
+                        self._count(tp.topic, ev, t)
+
+    def _count(self, topic: str, ev: dict[str, Any], t: Any) -> None:
+        s = self.summary
+        if topic == t.detections:
+            s.processed += 1
+            self.latencies.append(float(ev.get("latency_ms", 0.0)))
+            self.out_times.append(time.monotonic())
+            s.model_version = ev.get("model_version") or s.model_version
+            for f in ev.get("faces", []):
+                s.faces += 1
+                s.decisions[f.get("decision", "?")] += 1
+        elif topic == t.identities:
+            s.identity_events += 1
+            s.identities[ev.get("identity", {}).get("name", "?")] += 1
+        elif topic == t.dlq:
+            s.dlq += 1
+            s.dlq_reasons[ev.get("reason", "?")] += 1
+
+    def snapshot(self) -> Summary:
+        with self._lock:
+            s = Summary(**{k: v for k, v in self.summary.__dict__.items()})
+            for k in ("decisions", "identities", "dlq_reasons"):
+                setattr(s, k, Counter(getattr(self.summary, k)))
+            if self.latencies:
+                lat = np.asarray(self.latencies)
+                s.latency_p50_ms = float(np.percentile(lat, 50))
+                s.latency_p95_ms = float(np.percentile(lat, 95))
+            now = time.monotonic()
+            recent = [x for x in self.out_times if now - x <= 5.0]
+            s.fps_out = len(recent) / 5.0
+        return s
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+class LagProbe:
+    """Frames in the topic not yet committed by the recognition group (clients reused
+    between calls: the summary asks every second)."""
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def __call__(self) -> int | None:
+
+        k = self.cfg.kafka
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-lag"
+                )
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=k.bootstrap_servers,
+                    client_id=f"{k.client_id}-lag",
+                    enable_auto_commit=False,
+                )
+            topic = self.cfg.topics.frames
+            parts = self._consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            begins = self._consumer.beginning_offsets(tps)
+            ends = self._consumer.end_offsets(tps)
+            committed = self._admin.list_group_offsets({k.group_id: tps}).get(k.group_id, {})
+            lag = 0
+            for tp in tps:
+                meta = committed.get(tp)
+                done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+                lag += max(0, ends[tp] - done)
+            return lag
+        except Exception as exc:  # the summary goes on without a lag figure
+            log.debug("lag: %s", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self._admin = self._consumer = None

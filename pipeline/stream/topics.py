@@ -1,0 +1,51 @@
+"""Kafka administration of the pipeline's topics."""
+
+from __future__ import annotations
+
+import contextlib
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import TopicAlreadyExistsError
+
+from pipeline.config.stream import StreamConfig
+
+
+def ensure_topics(cfg: StreamConfig) -> None:
+    """Create the four topics when missing (idempotent)."""
+
+    k, t = cfg.kafka, cfg.topics
+    admin = KafkaAdminClient(
+        bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-admin"
+    )
+    try:
+        existing = set(admin.list_topics())
+        wanted = {
+            t.frames: k.frames_partitions,
+            t.detections: k.output_partitions,
+            t.identities: k.output_partitions,
+            t.dlq: k.output_partitions,
+        }
+        missing = {
+            name: {"num_partitions": n, "replication_factor": k.replication_factor}
+            for name, n in wanted.items()
+            if name not in existing
+        }
+        if missing:
+            # Another runner may create them at the same moment.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing, wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def topic_partitions(cfg: StreamConfig, topic: str) -> list[int]:
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=cfg.kafka.bootstrap_servers,
+        client_id=f"{cfg.kafka.client_id}-meta",
+        enable_auto_commit=False,
+    )
+    try:
+        return sorted(consumer.partitions_for_topic(topic) or [])
+    finally:
+        consumer.close()
