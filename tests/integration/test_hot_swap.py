@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,10 @@ from pipeline.serve.live import LIVE_DIR
 from pipeline.serve.swap import Cutover, ServeSwap
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.runner import StreamRunner
+from tests.stream_support import LIN, clip_media, stream_cfg
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
-LIN = "Lin-Manuel Miranda"
 CAMERA = "hamilton"
 WAIT_S = 120.0  # bound of every wait below
 FRAMES_PER_PHASE = 50  # about one pass of the clip at 5 fps
@@ -47,15 +46,7 @@ FRAMES_PER_PHASE = 50  # about one pass of the clip at 5 fps
 
 @pytest.fixture
 def media(shared_dir: Path) -> dict[str, Path]:
-    video = shared_dir / "data" / "video"
-    paths = {
-        "clip": video / "short_hamilton_clip.mp4",
-        LIN: video / "stills" / "lin-manuel-miranda.png",
-    }
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        pytest.skip(f"shared video data missing: {missing}")
-    return paths
+    return clip_media(shared_dir)
 
 
 @pytest.fixture
@@ -77,23 +68,8 @@ def two_versions(
 
 
 def _cfg(bootstrap: str, clip: Path) -> StreamConfig:
-    tag = uuid.uuid4().hex[:8]
-    return StreamConfig.model_validate(
-        {
-            "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{tag}"},
-            "topics": {
-                "frames": f"h{tag}.frames",
-                "detections": f"h{tag}.detections",
-                "identities": f"h{tag}.identities",
-                "dlq": f"h{tag}.frames.dlq",
-            },
-            "workers": {"count": 2, "num_cpus": 0.3, "session_timeout_ms": 8000},
-            "embedder": {"app_name": f"emb-{tag}", "num_cpus": 0.3},
-            "search": {"app_name": f"search-{tag}", "num_cpus": 0.1},
-            "ingest": {"num_cpus": 0.05},
-            "cameras": [{"id": CAMERA, "url": str(clip), "fps": 5, "realtime": True, "loop": True}],
-        }
-    )
+    camera = {"id": CAMERA, "url": str(clip), "fps": 5, "realtime": True, "loop": True}
+    return stream_cfg(bootstrap, "h", cameras=[camera])
 
 
 def _wait_processed(runner: StreamRunner, at_least: int) -> int:

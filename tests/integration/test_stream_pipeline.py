@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,26 +36,16 @@ from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
 from pipeline.stream.ingest import camera_partition
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.schemas import load_schema
+from tests.stream_support import LIN, OBAMA, clip_media, stream_cfg
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
-LIN = "Lin-Manuel Miranda"
-OBAMA = "Barack Obama"
 DRAIN_TIMEOUT_S = 180.0
 
 
 @pytest.fixture(scope="module")
 def media(shared_dir: Path) -> dict[str, Path]:
-    video = shared_dir / "data" / "video"
-    paths = {
-        "clip": video / "short_hamilton_clip.mp4",
-        LIN: video / "stills" / "lin-manuel-miranda.png",
-        OBAMA: video / "stills" / "obama.jpg",
-    }
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        pytest.skip(f"shared video data missing: {missing}")
-    return paths
+    return clip_media(shared_dir)
 
 
 @pytest.fixture(scope="module")
@@ -66,35 +55,10 @@ def stream_env(
     """Settings on the test's model store, the gallery in a temporary folder."""
     gallery_dir = tmp_path_factory.mktemp("gallery")
     with pytest.MonkeyPatch.context() as mp:
-        # The CLI reads its settings from the environment; the gallery section too
-        # (pipeline.config.gallery.gallery_config) until it is part of Settings.
+        # The CLI reads its settings from the environment.
         mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
         mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
         yield Settings(models=ModelsConfig(store=model_store.root))
-
-
-def _stream_cfg(bootstrap: str, **sections: Any) -> StreamConfig:
-    """Topics and group of this test only; small batches and a short session timeout."""
-    tag = uuid.uuid4().hex[:8]
-    data: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{tag}"},
-        "topics": {
-            "frames": f"s{tag}.frames",
-            "detections": f"s{tag}.detections",
-            "identities": f"s{tag}.identities",
-            "dlq": f"s{tag}.frames.dlq",
-        },
-        "workers": {"count": 2, "num_cpus": 0.3, "session_timeout_ms": 8000},
-        "embedder": {"app_name": f"emb-{tag}", "num_cpus": 0.3},
-        "search": {"app_name": f"search-{tag}", "num_cpus": 0.1},
-        "ingest": {"num_cpus": 0.05},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            data.setdefault(key, {}).update(value)
-        else:
-            data[key] = value
-    return StreamConfig.model_validate(data)
 
 
 def _toml(cfg: StreamConfig, path: Path) -> Path:
@@ -153,7 +117,7 @@ def _cli_app() -> typer.Typer:
 def test_run_identifies_lin_never_obama_and_loses_no_frame(
     kafka_bootstrap: str, stream_env: Settings, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    cfg = _stream_cfg(kafka_bootstrap)
+    cfg = stream_cfg(kafka_bootstrap)
     app = _cli_app()
     cli = CliRunner()
     res = cli.invoke(
@@ -235,7 +199,7 @@ def test_killed_worker_frames_are_replayed_by_the_group(
     import ray
 
     cams = _spread_cameras(6)
-    cfg = _stream_cfg(
+    cfg = stream_cfg(
         kafka_bootstrap,
         cameras=[{"id": c, "url": str(media["clip"]), "fps": 4, "realtime": False} for c in cams],
     )
@@ -283,7 +247,7 @@ def test_bad_records_go_to_the_dlq_while_the_stream_goes_on(
 ) -> None:
     from kafka import KafkaProducer
 
-    cfg = _stream_cfg(
+    cfg = stream_cfg(
         kafka_bootstrap,
         cameras=[{"id": "hamilton", "url": str(media["clip"]), "fps": 2, "realtime": True}],
     )
@@ -356,7 +320,7 @@ def test_gallery_outage_pauses_the_workers_and_loses_nothing(
 ) -> None:
     from ray import serve
 
-    cfg = _stream_cfg(
+    cfg = stream_cfg(
         kafka_bootstrap,
         cameras=[{"id": "hamilton", "url": str(media["clip"]), "fps": 3, "realtime": False}],
         workers={"retry_backoff_s": 0.5, "call_timeout_s": 5},
