@@ -30,7 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from pipeline.config.face import FaceConfig
-from pipeline.config.gallery import GalleryConfig, with_absolute_paths
+from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig, with_absolute_paths
 from pipeline.config.models import ModelsConfig
 from pipeline.errors import FacestreamError
 from pipeline.face.errors import ImageError, ImageTooLargeError, NoFaceError
@@ -138,7 +138,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         with compute:
             return fn()
 
-    crop_q = Form(pattern="^(auto|scene|tight)$", description="auto, scene or tight.")
+    crop_q = Form(description="auto, scene or tight.")
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     def healthz() -> Health:
@@ -168,8 +168,8 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         name: Annotated[str, Form(min_length=1, max_length=200)],
         external_id: Annotated[str | None, Form(max_length=200)] = None,
         metadata: Annotated[str | None, Form(description="A JSON object.")] = None,
-        crop: Annotated[str | None, crop_q] = None,
-        pick: Annotated[str | None, Form(pattern="^(error|largest|center)$")] = None,
+        crop: Annotated[CropMode | None, crop_q] = None,
+        pick: Annotated[EnrollPick | None, Form()] = None,
     ) -> EnrollResult:
         meta = _parse_metadata(metadata)
         files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
@@ -179,7 +179,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
                 name=name,
                 external_id=external_id,
                 metadata=meta,
-                crop_mode=crop,  # type: ignore[arg-type]
+                crop_mode=crop,
                 pick=pick,
             )
         )
@@ -195,15 +195,15 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         identity_id: str,
         _: Annotated[None, Depends(writer)],
         images: Annotated[list[UploadFile], File()],
-        crop: Annotated[str | None, crop_q] = None,
-        pick: Annotated[str | None, Form(pattern="^(error|largest|center)$")] = None,
+        crop: Annotated[CropMode | None, crop_q] = None,
+        pick: Annotated[EnrollPick | None, Form()] = None,
     ) -> EnrollResult:
         files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
         return run(
             lambda: gallery.enroll(
                 files,
                 identity_id=identity_id,
-                crop_mode=crop,  # type: ignore[arg-type]
+                crop_mode=crop,
                 pick=pick,
             )
         )
@@ -245,7 +245,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         image: Annotated[UploadFile, File(description="Photo or face crop.")],
         top_k: Annotated[int | None, Form(ge=1, le=100)] = None,
         threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-        crop: Annotated[str | None, crop_q] = None,
+        crop: Annotated[CropMode | None, crop_q] = None,
     ) -> SearchResult:
         name, data = await read_upload(image, "image")
         return run(
@@ -254,7 +254,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
                 name=name,
                 top_k=top_k,
                 threshold=threshold,
-                crop_mode=crop,  # type: ignore[arg-type]
+                crop_mode=crop,
             )
         )
 
@@ -270,7 +270,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         identity_id: Annotated[str | None, Form()] = None,
         image_b: Annotated[UploadFile | None, File()] = None,
         threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-        crop: Annotated[str | None, crop_q] = None,
+        crop: Annotated[CropMode | None, crop_q] = None,
     ) -> VerifyResult:
         if (identity_id is None) == (image_b is None):
             raise HTTPException(422, "send exactly one of: identity_id, image_b")
@@ -282,7 +282,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
                 identity_id=identity_id,
                 other=b,
                 threshold=threshold,
-                crop_mode=crop,  # type: ignore[arg-type]
+                crop_mode=crop,
             )
         )
 

@@ -1,9 +1,9 @@
 """``facestream demo``: the face core on a video, matching faces against enrolled stills.
 
-Until the Kafka/Ray pipeline lands this is the main job on one machine: it reads a
-video with OpenCV, detects, aligns, quality-gates and embeds each sampled frame's
-faces, and makes the open-set decision (identity or unknown) against a small
-in-memory list of enrolled people.
+No Kafka, Ray or Milvus: it reads a video with OpenCV, detects, aligns, quality-gates
+and embeds each sampled frame's faces, and makes the open-set decision (identity or
+unknown) against a small in-memory list of enrolled people. ``facestream run`` also
+takes its default input (the shared clip, or an offline one) from here.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ def _chips_from_cache(cache_dir: Path, limit: int) -> np.ndarray:
 def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path) -> None:
     from pipeline.config.face import FaceConfig
     from pipeline.config.gallery import GalleryConfig
+    from pipeline.config.models import ModelsConfig
     from pipeline.gallery.records import FaceRecord
     from pipeline.gallery.service import Gallery, template_digest
     from pipeline.models.store import ModelStore
@@ -50,7 +51,10 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
     chips = _chips_from_cache(cache_dir, min(faces, 5000))
     scratch = Path(tempfile.mkdtemp(prefix="fs-reembed-bench-"))
     try:
-        g = Gallery(GalleryConfig(data_dir=scratch), store, FaceConfig())
+        models = ModelsConfig(store=store.root)
+        g = Gallery.from_settings(
+            GalleryConfig(data_dir=scratch), FaceConfig(), models, store=store
+        )
         manifest = store.manifest(src)
         coll = g.vectors.create(src, manifest.embedding_dim)
         g.vectors.flip(coll)
