@@ -29,8 +29,8 @@ def clip_media(shared_dir: Path) -> dict[str, Path]:
 
 
 def stream_cfg(bootstrap: str, prefix: str = "s", **sections: Any) -> StreamConfig:
-    """Topics, group and Serve apps of this test only; two workers, small CPU shares and
-    a short session timeout. ``sections`` update (dicts) or replace (others) the
+    """Topics, group and Serve apps of this test only; two workers, two analyzers, small
+    CPU shares (they fit the 2 logical CPUs of the test's Ray) and a short session timeout. ``sections`` update (dicts) or replace (others) the
     defaults."""
     tag = uuid.uuid4().hex[:8]
     data: dict[str, Any] = {
@@ -42,6 +42,7 @@ def stream_cfg(bootstrap: str, prefix: str = "s", **sections: Any) -> StreamConf
             "dlq": f"{prefix}{tag}.frames.dlq",
         },
         "workers": {"count": 2, "num_cpus": 0.3, "session_timeout_ms": 8000},
+        "analyzer": {"app_name": f"ana-{tag}", "num_cpus": 0.3},
         "embedder": {"app_name": f"emb-{tag}", "num_cpus": 0.3},
         "search": {"app_name": f"search-{tag}", "num_cpus": 0.1},
         "ingest": {"num_cpus": 0.05},

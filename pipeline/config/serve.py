@@ -72,3 +72,22 @@ class SearchServeConfig(Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
     max_ongoing_requests: PositiveInt = Field(16)
     max_queued_requests: int = Field(64, ge=-1)
+
+
+class AnalyzerServeConfig(Section):
+    """The frame analyzer deployment (Ray Serve): decode, detect, align, quality-gate, then
+    embed and search through the two deployments above, one frame per request. Any replica
+    takes any camera's frame, so one camera's frames spread over every replica."""
+
+    app_name: str = Field("facestream-analyzer", min_length=1)
+    replicas: PositiveInt = Field(2, description="Fixed replica count (without autoscaling).")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica.")
+    max_ongoing_requests: PositiveInt = Field(
+        2,
+        description="Frames one replica works on at once (one decodes and detects while "
+        "another waits for the embedder).",
+    )
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Frames waiting for a replica; beyond it callers back off."
+    )

@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from pipeline.config.base import Section
-from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
+from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig, SearchServeConfig
 
 # Camera ids become Kafka keys and the first part of event ids ("camera:seq"), so a colon
 # (the separator) and anything a shell or a URL would mangle is refused.
@@ -136,12 +136,17 @@ class IngestConfig(Section):
 
 class WorkerConfig(Section):
     count: PositiveInt = Field(2, description="Recognition actors in the consumer group.")
-    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per worker actor.")
+    num_cpus: float = Field(
+        0.25,
+        ge=0,
+        description="Ray CPUs reserved per worker actor (a worker orders, tracks and "
+        "publishes; the analyzer replicas do the per-frame work).",
+    )
     max_poll_records: PositiveInt = Field(
-        4,
+        8,
         le=256,
-        description="Frames taken per poll and processed as one batch (their faces go to the "
-        "embedder and the gallery together).",
+        description="Frames taken per poll: analysed in parallel by the analyzer replicas, "
+        "then tracked in sequence order and published as one batch.",
     )
     poll_timeout_ms: PositiveInt = Field(500)
     max_partition_fetch_bytes: PositiveInt = Field(
@@ -233,6 +238,7 @@ class StreamConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    analyzer: AnalyzerServeConfig = Field(default_factory=AnalyzerServeConfig)
     embedder: EmbedderServeConfig = Field(default_factory=EmbedderServeConfig)
     search: SearchServeConfig = Field(default_factory=SearchServeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config.face import FaceConfig, PickPolicy
 from pipeline.face.align import Aligner
-from pipeline.face.detect import CascadeDetector, Detector, build_detector
+from pipeline.face.detect import CappedDetector, CascadeDetector, Detector, build_detector
 from pipeline.face.embed import Embedder
 from pipeline.face.errors import (
     LandmarkSchemeError,
@@ -92,7 +92,10 @@ class FacePipeline:
         detectors = [
             build_detector(b, upsample=d.upsample, onnx_manifest=d.onnx_manifest) for b in backends
         ]
-        return cls(CascadeDetector(detectors, d.min_score), aligner, config, embedder)
+        detector: Detector = CascadeDetector(detectors, d.min_score)
+        if d.max_side is not None:
+            detector = CappedDetector(detector, d.max_side)
+        return cls(detector, aligner, config, embedder)
 
     def landmarks(self, image: np.ndarray, det: Detection) -> Landmarks:
         scheme = self.aligner.template.scheme

@@ -1,12 +1,22 @@
-"""Face detectors: dlib HOG, dlib MMOD CNN, and ONNX detectors described by a manifest.
+"""Face detectors: YuNet (the default, shipped in the package), dlib HOG, dlib MMOD CNN,
+and ONNX detectors described by a manifest.
 
 Every detector maps an RGB uint8 image to a list of ``Detection`` (box, score, and
 landmarks when the model predicts them). Boxes are (x1, y1, x2, y2) in pixels with
 x2/y2 exclusive, the convention of dlib's ``rectangle.right() + 1``.
+
+YuNet's box is taller and narrower than dlib's. The embedder's chip is cut from dlib's
+5-point landmarks, whose shape predictor was trained on dlib HOG boxes, so a YuNet
+detection also carries ``dlib_box``: its box mapped to the HOG convention by the
+constants below, measured on LFW-dev faces that both detectors found
+(``python -m pipeline.bench.detectors``). Seeded so, the predictor lands on the same
+points as from a HOG box, and the chips (hence the embeddings) stay those of the model
+version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +31,14 @@ from pipeline.face.errors import ModelError
 from pipeline.face.landmarks import EYES_NOSE_MOUTH5
 from pipeline.face.packaged_models import MMOD_CNN, packaged_model
 from pipeline.face.records import Detection, Landmarks
+
+# dlib HOG box from a YuNet box (x, y, w, h): centre shifted by (DX * w, DY * h), a square
+# of side SIDE * h. Medians over 382 LFW-dev faces found by both (spread of the side
+# ratio 0.07); see pipeline/bench/detectors.py.
+YUNET_TO_DLIB_DX = -0.029
+YUNET_TO_DLIB_DY = 0.043
+YUNET_TO_DLIB_SIDE = 0.868
+PACKAGED_YUNET = Path(__file__).resolve().parent / "weights" / "yunet_s.json"
 
 
 class Detector(Protocol):
@@ -117,7 +135,22 @@ def load_onnx_detector_manifest(path: Path) -> tuple[OnnxDetectorManifest, Path]
         model = path.parent / model
     if not model.is_file():
         raise ModelError(f"detector model file not found: {model} (from {path})")
+    if manifest.sha256 is not None:
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()
+        if digest != manifest.sha256:
+            raise ModelError(
+                f"detector model {model} has sha256 {digest[:12]}..., its manifest says "
+                f"{manifest.sha256[:12]}... (corrupt or replaced)"
+            )
     return manifest, model
+
+
+def yunet_dlib_box(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
+    """The dlib-HOG-convention box of a YuNet box (x, y, width, height)."""
+    cx = x + w / 2 + YUNET_TO_DLIB_DX * w
+    cy = y + h / 2 + YUNET_TO_DLIB_DY * h
+    half = YUNET_TO_DLIB_SIDE * h / 2
+    return (cx - half, cy - half, cx + half, cy + half)
 
 
 class YuNetDetector:
@@ -130,6 +163,9 @@ class YuNetDetector:
     def __init__(self, manifest: OnnxDetectorManifest, model_path: Path) -> None:
         self.name = f"onnx:{manifest.name}"
         self.manifest = manifest
+        # OpenCV 5 warns on every load that its new DNN engine ignores the target it
+        # sets by default; nothing for the user to act on.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         size = manifest.input_size or (320, 320)
         try:
             self._det = cv2.FaceDetectorYN.create(
@@ -171,6 +207,7 @@ class YuNetDetector:
                     score=float(f[14]),
                     detector=self.name,
                     landmarks=Landmarks(scheme=self.manifest.landmark_scheme, points=pts),
+                    dlib_box=yunet_dlib_box(x, y, bw, bh),
                 )
             )
         return out
@@ -180,6 +217,8 @@ def build_detector(
     backend: str, *, upsample: int = 1, onnx_manifest: Path | None = None
 ) -> Detector:
     """Construct a detector by backend name (see ``DetectorConfig``)."""
+    if backend == "yunet":
+        return YuNetDetector(*load_onnx_detector_manifest(PACKAGED_YUNET))
     if backend == "dlib_hog":
         return DlibHogDetector(upsample=upsample)
     if backend == "dlib_cnn":
@@ -191,6 +230,28 @@ def build_detector(
         if manifest.format == "yunet":
             return YuNetDetector(manifest, model_path)
     raise ModelError(f"unknown detector backend {backend!r}")
+
+
+class CappedDetector:
+    """Detects on a copy scaled down to ``max_side`` pixels on its longer side and maps the
+    detections back: detection cost stays bounded on 1080p frames, while landmarks and
+    the aligned chip still come from the full-resolution image (small faces keep their
+    pixels)."""
+
+    def __init__(self, detector: Detector, max_side: int) -> None:
+        self.detector = detector
+        self.max_side = max_side
+        self.name = detector.name
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        h, w = image.shape[:2]
+        longest = max(h, w)
+        if longest <= self.max_side:
+            return self.detector(image)
+        scale = self.max_side / longest
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return [d.scaled(1.0 / scale) for d in self.detector(small)]
 
 
 class CascadeDetector:

@@ -60,7 +60,7 @@ class DlibShapePredictor5:
             raise ModelError(f"cannot load shape predictor {path}: {exc}") from exc
 
     def __call__(self, image: np.ndarray, detection: Detection) -> Landmarks:
-        x1, y1, x2, y2 = detection.box
+        x1, y1, x2, y2 = detection.face_box
         # dlib rectangles are inclusive of their right/bottom pixel
         rect = dlib.rectangle(round(x1), round(y1), round(x2) - 1, round(y2) - 1)
         shape = self._predictor(image, rect)

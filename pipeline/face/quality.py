@@ -42,13 +42,20 @@ def pose(landmarks: Landmarks) -> tuple[float, float]:
     return yaw, roll
 
 
+def _face_px(detection: Detection) -> float:
+    """The face's size in pixels, in dlib's box convention whatever the detector: a
+    threshold means the same face size with every detector."""
+    x1, y1, x2, y2 = detection.face_box
+    return min(x2 - x1, y2 - y1)
+
+
 def assess(
     detection: Detection, landmarks: Landmarks, chip: np.ndarray, cfg: QualityConfig
 ) -> QualityReport:
     """Measure one face and apply the thresholds of ``cfg``."""
     yaw, roll = pose(landmarks)
     metrics = {
-        "face_px": round(min(detection.width, detection.height), 2),
+        "face_px": round(_face_px(detection), 2),
         "sharpness": round(sharpness(chip), 2),
         "yaw": round(yaw, 4),
         "roll_deg": round(roll, 2),

@@ -30,6 +30,30 @@ class Detection:
     score: float
     detector: str
     landmarks: Landmarks | None = None
+    # The face's box in the convention of dlib's HOG detector (square, about brow to chin),
+    # which dlib's 5-point shape predictor was trained on and the size gate is measured
+    # in; None when ``box`` already is one (dlib's own detectors).
+    dlib_box: tuple[float, float, float, float] | None = None
+
+    @property
+    def face_box(self) -> tuple[float, float, float, float]:
+        """``dlib_box`` when the detector has another convention, else ``box``."""
+        return self.dlib_box or self.box
+
+    def scaled(self, factor: float) -> Detection:
+        """The detection in an image ``factor`` times the size of the one it was found in."""
+
+        def box(b: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+            return (b[0] * factor, b[1] * factor, b[2] * factor, b[3] * factor)
+
+        lm = self.landmarks
+        return Detection(
+            box=box(self.box),
+            score=self.score,
+            detector=self.detector,
+            landmarks=Landmarks(lm.scheme, (lm.points * factor).astype(np.float32)) if lm else None,
+            dlib_box=box(self.dlib_box) if self.dlib_box else None,
+        )
 
     @property
     def width(self) -> float:

@@ -1,5 +1,6 @@
-"""The pipeline's two Ray Serve applications, the batched embedder and the gallery
-search: deploy, redeploy for a live swap, reach them through handles, take them down.
+"""The pipeline's Ray Serve applications, the batched embedder, the gallery search and
+the frame analyzer: deploy, redeploy for a live swap, reach them through handles, take
+them down.
 
 ``StreamRunner`` owns one while it runs; ``pipeline.serve.live.attach`` builds one for
 another process (``facestream models promote|rollback``) from the announcement of a
@@ -18,7 +19,8 @@ from ray import serve
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig, with_absolute_paths
 from pipeline.config.models import ModelsConfig
-from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
+from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig, SearchServeConfig
+from pipeline.serve.analyzer import analyzer_app
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import embedder_app
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
@@ -36,6 +38,7 @@ class ServeApps:
     embedder: EmbedderServeConfig
     search: SearchServeConfig
     models: ModelsConfig
+    analyzer: AnalyzerServeConfig = field(default_factory=AnalyzerServeConfig)
     embedder_version: str | None = None  # set by a live swap
     deployed: list[str] = field(default_factory=list)
 
@@ -51,6 +54,13 @@ class ServeApps:
         """(Re)deploy the gallery search application (it opens the gallery)."""
         app = search_app(with_absolute_paths(gallery), face, self.models, self.search)
         self._run(app, self.search.app_name)
+
+    def deploy_analyzer(self, face: FaceConfig, call_timeout_s: float) -> None:
+        """(Re)deploy the frame analyzer application (it calls the two above)."""
+        app = analyzer_app(
+            self.analyzer, face, self.embedder.app_name, self.search.app_name, call_timeout_s
+        )
+        self._run(app, self.analyzer.app_name)
 
     def _run(self, app: Any, name: str) -> None:
         serve.run(app, name=name, route_prefix=None)

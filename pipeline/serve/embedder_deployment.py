@@ -32,6 +32,7 @@ from pipeline.config.serve import EmbedderServeConfig
 from pipeline.face.embed import Embedder
 from pipeline.gallery.service import template_digest
 from pipeline.models.store import ModelStore
+from pipeline.serve.options import replica_options
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "Embedder"
@@ -139,24 +140,14 @@ def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig, version: str | 
 
     ``version`` (else ``models.version``) goes in ``user_config``: redeploying with
     another one only reconfigures the running replicas (the live swap's step 2)."""
-    options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        "max_ongoing_requests": cfg.max_ongoing_requests,
-        "max_queued_requests": cfg.max_queued_requests,
-    }
-    if cfg.autoscaling is not None:
-        a = cfg.autoscaling
-        options["num_replicas"] = "auto"
-        options["autoscaling_config"] = {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "initial_replicas": max(a.min_replicas, 1),
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-        }
-    else:
-        options["num_replicas"] = cfg.replicas
+    options = replica_options(
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        replicas=cfg.replicas,
+        autoscaling=cfg.autoscaling,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+    )
     if version or models.version:
         options["user_config"] = {"version": version or models.version}
     return EmbedderDeployment.options(**options).bind(cfg, models)

@@ -12,7 +12,8 @@ from pipeline.config.stream import StreamConfig
 
 
 def logical_cpus(c: StreamConfig) -> float:
-    """Ray CPUs the pipeline reserves: workers, embedder and search replicas, ingesters."""
+    """Ray CPUs the pipeline reserves: workers, analyzer, embedder and search replicas,
+    ingesters."""
     embedders = (
         c.embedder.autoscaling.max_replicas if c.embedder.autoscaling else c.embedder.replicas
     )

@@ -108,6 +108,7 @@ def detection_event(
     threshold: float | None,
     worker: str,
     timings_ms: dict[str, float],
+    analyzer: str | None = None,
     published_ts_ms: int | None = None,
 ) -> DetectionEvent:
     published = published_ts_ms if published_ts_ms is not None else now_ms()
@@ -130,6 +131,7 @@ def detection_event(
         threshold=threshold,
         faces=faces,
         worker=worker,
+        analyzer=analyzer,
         timings_ms={k: round(v, 2) for k, v in timings_ms.items()},
     )
 

@@ -29,10 +29,12 @@ from typing import Any
 import ray
 from ray import serve
 
+from pipeline.config.face import FaceConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.gallery.people import enroll_people
 from pipeline.gallery.service import Gallery
+from pipeline.serve.analyzer import without_fallbacks
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
 from pipeline.stream.broker import LocalKafka
@@ -63,7 +65,7 @@ class StreamRunner:
         self.local_kafka_port = local_kafka_port
         self.broker: LocalKafka | None = None
         self.started_ray = False
-        self.apps = ServeApps(cfg.embedder, cfg.search, settings.models)
+        self.apps = ServeApps(cfg.embedder, cfg.search, settings.models, cfg.analyzer)
         self.live_file: Path | None = None
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
@@ -114,8 +116,13 @@ class StreamRunner:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
         self.apps.deploy_embedder()
         self.deploy_search()
+        self.apps.deploy_analyzer(self.analyzer_face_config(), self.cfg.workers.call_timeout_s)
         # `facestream models promote|rollback` finds this file and swaps live.
         self.live_file = announce(self.apps)
+
+    def analyzer_face_config(self) -> FaceConfig:
+        face = self.settings.face
+        return face if self.cfg.workers.detector_fallbacks else without_fallbacks(face)
 
     def deploy_search(self) -> None:
         """(Re)deploy the gallery search application (it opens the gallery)."""
@@ -130,7 +137,10 @@ class StreamRunner:
         for i in range(self.cfg.workers.count):
             self.workers.append(
                 cls.remote(
-                    f"w{i}", self.cfg, self.settings.face, metrics_port=self._metrics_port(1 + i)
+                    f"w{i}",
+                    self.cfg,
+                    self.settings.face.limits,
+                    metrics_port=self._metrics_port(1 + i),
                 )
             )
         # Constructors load the face core and join the group; wait so that a broken

@@ -89,8 +89,13 @@ class DetectionEvent(_Msg):
     collection: str | None = Field(description="Gallery collection searched (null: none).")
     threshold: float | None = Field(description="Open-set threshold applied.")
     faces: list[FaceOut]
-    worker: str = Field(description="Id of the worker that processed the frame.")
-    timings_ms: dict[str, float] = Field(description="Per-stage time spent on this frame's batch.")
+    worker: str = Field(description="Id of the worker that tracked and published the frame.")
+    analyzer: str | None = Field(
+        None,
+        description="Id (host:pid) of the analyzer replica that decoded, detected and "
+        "embedded the frame.",
+    )
+    timings_ms: dict[str, float] = Field(description="Per-stage time spent on this frame.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -1,23 +1,27 @@
 """Recognition workers: Ray actors in one Kafka consumer group.
 
-Each worker loops: poll a few frames -> decode -> detect, align and quality-gate with the
-face core -> embed the faces of all those frames in one request to the embedder
-deployment -> search them in one request to the gallery deployment -> per-camera
-tracking -> publish detections, identification events and dead letters -> wait for
-Kafka's acks -> commit the offsets. Only then does it poll again:
+Each worker loops: poll a few frames -> send each to the frame analyzer deployment
+(decode, detect, align, quality gate, embed, search; ``pipeline.serve.analyzer``), all at
+once, so that the frames of one camera are analysed by every analyzer replica in
+parallel -> take the answers back in sequence order -> per-camera tracking -> publish
+detections, identification events and dead letters -> wait for Kafka's acks -> commit
+the offsets. Only then does it poll again:
 
+- Order: a camera's frames stay in one partition (keyed by camera id), so one worker
+  owns a camera, and its tracker sees the frames in sequence order whichever replica
+  analysed them (answers are put back in record order before tracking).
 - At-least-once: offsets are committed only after every output of the batch is
   acknowledged. A worker that dies before committing leaves its frames to the group,
   which replays them; the event ids (``camera:seq``) are deterministic, so consumers
   drop the repeats.
-- Backpressure: the loop is synchronous, so while the embedder or the gallery is slow
-  the worker does not fetch; Kafka's fetch buffers are bounded by
+- Backpressure: the loop is synchronous, so while the analyzers, the embedder or the
+  gallery are slow the worker does not fetch; Kafka's fetch buffers are bounded by
   ``workers.max_partition_fetch_bytes`` / ``fetch_max_bytes``, the deployments' queues
   by ``max_queued_requests``. Nothing grows without bound.
 - A frame that cannot be processed (no key, missing headers, corrupt or oversized JPEG,
   or an unexpected error in the face core) goes to the dead-letter topic and the
-  stream goes on; a failure of the embedder, the gallery or Kafka is not the frame's
-  fault: the batch is rewound and retried after a pause.
+  stream goes on; a failure of the analyzers, the embedder, the gallery or Kafka is not
+  the frame's fault: the batch is rewound and retried after a pause.
 """
 
 from __future__ import annotations
@@ -25,20 +29,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pipeline import metrics
-from pipeline.config.face import FaceConfig
+from pipeline.config.face import ImageLimits
 from pipeline.config.stream import StreamConfig
 from pipeline.errors import FacestreamError
-from pipeline.face.errors import ImageError
-from pipeline.face.image_io import decode_image
-from pipeline.face.records import Face
+from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
+from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
 from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
 from pipeline.stream.events import (
     Match,
@@ -53,9 +53,6 @@ from pipeline.stream.tracker import Observation, Tracker
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer
-
-    from pipeline.face.analyze import FacePipeline
-    from pipeline.serve.search import SearchResult
 
 log = logging.getLogger(__name__)
 KNOWN_IDENTITIES = 10_000  # names remembered for track labels (LRU)
@@ -73,13 +70,11 @@ class StageFailed(FacestreamError):
 
 @dataclass
 class FramePlan:
-    """One decoded frame on its way through the batch."""
+    """One analysed frame on its way through the batch."""
 
     msg: FrameMessage
     ref: RecordRef
-    size: tuple[int, int]
-    faces: list[Face]
-    timings: dict[str, float] = field(default_factory=dict)
+    result: AnalyzeResult
 
 
 @dataclass
@@ -94,6 +89,8 @@ class WorkerStats:
     retries: Counter[str] = field(default_factory=Counter)
     commit_failures: int = 0
     cameras: Counter[str] = field(default_factory=Counter)
+    analyzers: dict[str, Counter[str]] = field(default_factory=dict)  # camera -> replica -> n
+    tracker_restarts: int = 0  # a camera's sequence went backwards (a replay)
     assignment: list[tuple[str, int]] = field(default_factory=list)
     model_version: str | None = None
     last_error: str | None = None
@@ -110,17 +107,12 @@ class WorkerStats:
             "retries": dict(self.retries),
             "commit_failures": self.commit_failures,
             "cameras": dict(self.cameras),
+            "analyzers": {c: dict(n) for c, n in self.analyzers.items()},
+            "tracker_restarts": self.tracker_restarts,
             "assignment": list(self.assignment),
             "model_version": self.model_version,
             "last_error": self.last_error,
         }
-
-
-def _face_config_for_stream(face: FaceConfig, cfg: StreamConfig) -> FaceConfig:
-    if cfg.workers.detector_fallbacks:
-        return face
-    # The CNN fallback costs ~2 s a frame on CPU: off for video unless asked for.
-    return face.model_copy(update={"detector": face.detector.model_copy(update={"fallbacks": []})})
 
 
 class RecognitionWorker:
@@ -130,47 +122,34 @@ class RecognitionWorker:
         self,
         worker_id: str,
         cfg: StreamConfig,
-        face: FaceConfig,
+        limits: ImageLimits,
         *,
         metrics_port: int | None = None,
-        embed_handle: Any = None,
-        search_handle: Any = None,
+        analyzer_handle: Any = None,
         autostart: bool = True,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
-        import cv2
-
-        # One OpenCV thread per worker: the workers, not OpenCV, spread over the cores.
-        cv2.setNumThreads(1)
         metrics.serve_metrics(metrics_port)
         if not cfg.kafka.bootstrap_servers:
             raise ValueError("stream.kafka.bootstrap_servers is not set")
         self.worker_id = worker_id
         self.cfg = cfg
-        self.face_config = _face_config_for_stream(face, cfg)
+        w = cfg.workers
+        # A frame's limits: the stream's and the face core's, whichever is lower.
+        self.frame_limits = (
+            min(limits.max_pixels, w.max_frame_pixels),
+            min(limits.max_bytes, w.max_frame_bytes),
+        )
         self.stats = WorkerStats(worker_id)
         self._stop = threading.Event()
         self._names: OrderedDict[str, IdentityRef] = OrderedDict()
         self.tracker = Tracker(cfg.tracker)
         self._camera_partition: dict[str, tuple[str, int]] = {}
-
-        if embed_handle is None or search_handle is None:
+        if analyzer_handle is None:
             from ray import serve
 
-            from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
-            from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
-
-            embed_handle = embed_handle or serve.get_deployment_handle(
-                EMBEDDER, app_name=cfg.embedder.app_name
-            )
-            search_handle = search_handle or serve.get_deployment_handle(
-                SEARCH, app_name=cfg.search.app_name
-            )
-        self.embed_handle = embed_handle
-        self.search_handle = search_handle
-        self.pipeline: FacePipeline
-        self.template_digest = ""
-        self._refresh_template()
+            analyzer_handle = serve.get_deployment_handle(ANALYZER, app_name=cfg.analyzer.app_name)
+        self.analyzer = analyzer_handle
 
         self.producer = self._make_producer()
         self.consumer = self._make_consumer()
@@ -179,17 +158,6 @@ class RecognitionWorker:
             self._thread.start()
 
     # -- set-up --------------------------------------------------------------------------
-
-    def _refresh_template(self) -> None:
-        """Align for the model the embedder serves now (asked, not assumed)."""
-        from pipeline.face.align import Aligner, AlignmentTemplate
-        from pipeline.face.analyze import FacePipeline
-
-        info = self.embed_handle.info.remote().result(timeout_s=self.cfg.workers.call_timeout_s)
-        template = AlignmentTemplate.model_validate(info["alignment"])
-        self.pipeline = FacePipeline.from_config(self.face_config, Aligner(template))
-        self.template_digest = info["template_digest"]
-        self.stats.model_version = info["model_version"]
 
     def _make_producer(self) -> KafkaProducer:
         from kafka import KafkaProducer
@@ -320,21 +288,11 @@ class RecognitionWorker:
     def process(self, records: list[Any]) -> None:
         t_batch = time.perf_counter()
         metrics.WORKER_POLL_BATCH.observe(len(records))
+        t0 = time.perf_counter()
         plans, dead = self._analyze(records)
-        faces = [f for p in plans for f in p.faces if f.quality.passed]
+        metrics.WORKER_STAGE.labels(stage="analyze_batch").observe(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        version = self._embed(faces)
-        t_embed = time.perf_counter() - t0
-        metrics.WORKER_STAGE.labels(stage="embed").observe(t_embed)
-
-        t0 = time.perf_counter()
-        result = self._search(faces, version)
-        t_search = time.perf_counter() - t0
-        metrics.WORKER_STAGE.labels(stage="search").observe(t_search)
-
-        matches = self._matches(faces, result)
-        detections, identities = self._track_and_build(plans, matches, result, t_embed, t_search)
+        detections, identities = self._track_and_build(plans)
 
         t0 = time.perf_counter()
         self._publish(detections, identities, dead)
@@ -344,7 +302,7 @@ class RecognitionWorker:
         self._commit(records)
         metrics.WORKER_STAGE.labels(stage="commit").observe(time.perf_counter() - t0)
 
-        self._account(detections, identities, dead)
+        self._account(plans, detections, identities, dead)
         metrics.WORKER_STAGE.labels(stage="batch").observe(time.perf_counter() - t_batch)
 
     def _reject(self, rec: Any, reason: str, detail: str) -> DlqEvent:
@@ -360,9 +318,13 @@ class RecognitionWorker:
         )
 
     def _analyze(self, records: list[Any]) -> tuple[list[FramePlan], list[DlqEvent]]:
-        w, lim = self.cfg.workers, self.face_config.limits
-        plans: list[FramePlan] = []
+        """Every frame of the batch to the analyzers at once; the answers in record order.
+
+        Rejections (the frame's fault) become dead letters; a failed stage (not the
+        frame's fault) raises ``StageFailed``, so the whole batch is retried."""
+        w = self.cfg.workers
         dead: list[DlqEvent] = []
+        sent: list[tuple[Any, FrameMessage, Any]] = []
         for rec in records:
             try:
                 msg = parse_record(rec.key, rec.value, rec.headers)
@@ -372,95 +334,29 @@ class RecognitionWorker:
                         f"{len(msg.data)} bytes exceeds workers.max_frame_bytes="
                         f"{w.max_frame_bytes}",
                     )
-                timings: dict[str, float] = {}
-                t0 = time.perf_counter()
-                image = decode_image(
-                    msg.data,
-                    max_pixels=min(lim.max_pixels, w.max_frame_pixels),
-                    max_bytes=min(lim.max_bytes, w.max_frame_bytes),
-                    name=msg.event_id,
-                )
-                timings["decode"] = time.perf_counter() - t0
-                faces = self.pipeline.analyze(image, embed=False, timings=timings)
             except FrameRejected as exc:
                 dead.append(self._reject(rec, exc.code, str(exc)))
                 continue
-            except ImageError as exc:
-                dead.append(self._reject(rec, exc.code, str(exc)))
+            request = AnalyzeRequest(msg.data, msg.event_id, *self.frame_limits)
+            sent.append((rec, msg, self.analyzer.analyze.remote(request)))
+        plans: list[FramePlan] = []
+        try:
+            answers = [r.result(timeout_s=2 * w.call_timeout_s) for _, _, r in sent]
+        except Exception as exc:
+            raise StageFailed("analyze", f"{type(exc).__name__}: {exc}") from exc
+        failed = next((a.failed for a in answers if a.failed is not None), None)
+        if failed is not None:
+            raise StageFailed(*failed)
+        for (rec, msg, _), answer in zip(sent, answers, strict=True):
+            if answer.rejected is not None:
+                dead.append(self._reject(rec, *answer.rejected))
                 continue
-            except Exception as exc:
-                # A frame that crashes the face core must not stall its partition forever.
-                log.exception(
-                    "worker %s: frame at %s-%d@%d failed",
-                    self.worker_id,
-                    rec.topic,
-                    rec.partition,
-                    rec.offset,
-                )
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                dead.append(self._reject(rec, "processing_error", detail))
-                continue
-            for stage, secs in timings.items():
+            for stage, secs in answer.timings.items():
                 metrics.WORKER_STAGE.labels(stage=stage).observe(secs)
             self._camera_partition[msg.camera_id] = (rec.topic, rec.partition)
-            plans.append(
-                FramePlan(
-                    msg,
-                    RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp),
-                    (int(image.shape[1]), int(image.shape[0])),
-                    faces,
-                    timings,
-                )
-            )
+            ref = RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp)
+            plans.append(FramePlan(msg, ref, answer))
         return plans, dead
-
-    def _embed(self, faces: list[Face]) -> str | None:
-        """Embed every face through the deployment (in requests of at most
-        ``max_batch_faces`` faces, sent together); the model version that made them."""
-        from pipeline.serve.embedder_deployment import EmbedRequest
-
-        if not faces:
-            return None
-        size = self.cfg.embedder.max_batch_faces
-        chips = np.stack([f.chip for f in faces])
-        try:
-            responses = [
-                self.embed_handle.embed.remote(
-                    EmbedRequest(chips[i : i + size], self.template_digest)
-                )
-                for i in range(0, len(chips), size)
-            ]
-            results = [r.result(timeout_s=self.cfg.workers.call_timeout_s) for r in responses]
-        except Exception as exc:
-            raise StageFailed("embed", f"{type(exc).__name__}: {exc}") from exc
-        versions = {r.model_version for r in results}
-        if any(r.error == "template_mismatch" for r in results) or len(versions) != 1:
-            # The embedder was swapped to a model with another alignment: re-cut the chips.
-            self._refresh_template()
-            raise StageFailed("embed", f"embedder model changed to {sorted(versions)}")
-        bad = [r.error for r in results if r.error]
-        if bad:
-            raise StageFailed("embed", f"embedder refused the request: {bad[0]}")
-        vectors = np.concatenate([r.vectors for r in results])
-        version = results[0].model_version
-        for f, v in zip(faces, vectors, strict=True):
-            f.embedding = v
-            f.model_version = version
-        self.stats.model_version = version
-        return version
-
-    def _search(self, faces: list[Face], version: str | None) -> SearchResult | None:
-        from pipeline.serve.search import SearchRequest
-
-        if not faces or version is None:
-            return None
-        vectors = np.stack([f.embedding for f in faces if f.embedding is not None])
-        try:
-            return self.search_handle.search.remote(SearchRequest(vectors, version)).result(
-                timeout_s=self.cfg.workers.call_timeout_s
-            )
-        except Exception as exc:
-            raise StageFailed("search", f"{type(exc).__name__}: {exc}") from exc
 
     def _identity(self, identity_id: str | None) -> IdentityRef | None:
         if identity_id is None:
@@ -473,12 +369,10 @@ class RecognitionWorker:
         while len(self._names) > KNOWN_IDENTITIES:
             self._names.popitem(last=False)
 
-    def _matches(self, faces: list[Face], result: SearchResult | None) -> dict[int, Match]:
-        """Open-set answer per embedded face (keyed by id(face))."""
+    def _matches(self, result: AnalyzeResult) -> dict[int, Match]:
+        """Open-set answer per embedded face of a frame (keyed by id(face))."""
         out: dict[int, Match] = {}
-        if result is None:
-            return out
-        for f, cands in zip(faces, result.candidates, strict=True):
+        for f, cands in zip(result.embedded, result.candidates, strict=True):
             best = cands[0] if cands else None
             if best is None:
                 out[id(f)] = Match("unknown", None, None)
@@ -493,25 +387,18 @@ class RecognitionWorker:
                 out[id(f)] = Match("unknown", best.similarity, None)
         return out
 
-    def _track_and_build(
-        self,
-        plans: list[FramePlan],
-        matches: dict[int, Match],
-        result: SearchResult | None,
-        t_embed: float,
-        t_search: float,
-    ) -> tuple[list[Any], list[IdentityEvent]]:
+    def _track_and_build(self, plans: list[FramePlan]) -> tuple[list[Any], list[IdentityEvent]]:
+        """Track the frames in record order (a camera's sequence order) and build the
+        events; each frame carries the model version its faces were embedded with."""
         from pipeline.stream.events import now_ms
 
         detections = []
         identities: list[IdentityEvent] = []
-        version = result.model_version if result else None
-        collection = result.collection if result else None
-        threshold = result.threshold if result else None
         for plan in plans:
-            msg = plan.msg
+            msg, res = plan.msg, plan.result
+            matches = self._matches(res)
             observations = []
-            for f in plan.faces:
+            for f in res.faces:
                 m = matches.get(id(f))
                 ident = m.identity if m is not None and m.decision == "identity" else None
                 observations.append(
@@ -523,9 +410,13 @@ class RecognitionWorker:
                         similarity=m.similarity if m is not None else None,
                     )
                 )
+            last = self.tracker.camera(msg.camera_id).last_seq
+            if last is not None and msg.seq <= last:
+                self.stats.tracker_restarts += 1
             tracks = self.tracker.update(msg.camera_id, msg.seq, msg.capture_ts_ms, observations)
             outs: list[FaceOut] = []
-            for i, (f, tr) in enumerate(zip(plan.faces, tracks, strict=True)):
+            version, collection = res.model_version, res.collection
+            for i, (f, tr) in enumerate(zip(res.faces, tracks, strict=True)):
                 fo = face_out(
                     msg, i, f, matches.get(id(f)), tr, self._identity(tr.confirmed_identity)
                 )
@@ -545,21 +436,20 @@ class RecognitionWorker:
                             collection=collection,
                         )
                     )
-            timings = {f"{k}_ms": v * 1000 for k, v in plan.timings.items()}
-            timings["embed_batch_ms"] = t_embed * 1000
-            timings["search_batch_ms"] = t_search * 1000
-            any_embedded = any(f.embedding is not None for f in plan.faces)
+            embedded = bool(res.embedded)
+            assert res.size is not None
             detections.append(
                 detection_event(
                     msg,
                     plan.ref,
-                    plan.size,
+                    res.size,
                     outs,
-                    model_version=version if any_embedded else None,
-                    collection=collection if any_embedded else None,
-                    threshold=threshold if any_embedded else None,
+                    model_version=version if embedded else None,
+                    collection=collection if embedded else None,
+                    threshold=res.threshold if embedded else None,
                     worker=self.worker_id,
-                    timings_ms=timings,
+                    analyzer=res.analyzer,
+                    timings_ms={f"{k}_ms": v * 1000 for k, v in res.timings.items()},
                     published_ts_ms=now_ms(),
                 )
             )
@@ -610,8 +500,17 @@ class RecognitionWorker:
                 "worker %s: commit refused (%s); frames will be replayed", self.worker_id, exc
             )
 
-    def _account(self, detections: list[Any], identities: list[Any], dead: list[DlqEvent]) -> None:
+    def _account(
+        self,
+        plans: list[FramePlan],
+        detections: list[Any],
+        identities: list[Any],
+        dead: list[DlqEvent],
+    ) -> None:
         s = self.stats
+        for plan in plans:
+            per_camera = s.analyzers.setdefault(plan.msg.camera_id, Counter())
+            per_camera[plan.result.analyzer] += 1
         s.batches += 1
         s.frames += len(detections)
         for ev in detections:

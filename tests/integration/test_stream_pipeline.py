@@ -73,6 +73,7 @@ def _toml(cfg: StreamConfig, path: Path) -> Path:
             for name in ("frames", "detections", "identities", "dlq")
         )
         + "[stream.workers]\ncount = 2\nnum_cpus = 0.3\nsession_timeout_ms = 8000\n"
+        f'[stream.analyzer]\napp_name = "{cfg.analyzer.app_name}"\nnum_cpus = 0.3\n'
         f'[stream.embedder]\napp_name = "{cfg.embedder.app_name}"\nnum_cpus = 0.3\n'
         f'[stream.search]\napp_name = "{cfg.search.app_name}"\nnum_cpus = 0.1\n'
         "[stream.ingest]\nnum_cpus = 0.05\n"

@@ -1,0 +1,45 @@
+"""Ray Serve deployment options from a deployment's config section: CPU/GPU shares, a
+fixed replica count or autoscaling, and the queue bounds that give backpressure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config.serve import AutoscalingConfig
+
+
+def replica_options(
+    *,
+    num_cpus: float,
+    replicas: int,
+    autoscaling: AutoscalingConfig | None,
+    max_ongoing_requests: int,
+    max_queued_requests: int,
+    num_gpus: float = 0.0,
+) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus:
+        actor["num_gpus"] = num_gpus
+    options: dict[str, Any] = {
+        "ray_actor_options": actor,
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
+    }
+    if autoscaling is None:
+        options["num_replicas"] = replicas
+        return options
+    a = autoscaling
+    options["num_replicas"] = "auto"
+    options["autoscaling_config"] = {
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "initial_replicas": max(a.min_replicas, 1),
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+    }
+    return options
+
+
+def max_replicas(replicas: int, autoscaling: AutoscalingConfig | None) -> int:
+    return autoscaling.max_replicas if autoscaling is not None else replicas
