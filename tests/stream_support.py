@@ -31,9 +31,7 @@ def clip_media(shared_dir: Path) -> dict[str, Path]:
 def stream_cfg(bootstrap: str, prefix: str = "s", **sections: Any) -> StreamConfig:
     """Topics, group and Serve apps of this test only; two workers, two analyzers, small
     CPU shares (they fit the 2 logical CPUs of the test's Ray) and a short session
-    timeout. ``sections`` update (dicts) or replace (others) the defaults."""Topics, group and Serve apps of this test only; two workers, two analyzers, small
-    CPU shares (they fit the 2 logical CPUs of the test's Ray) and a short session timeout. ``sections`` update (dicts) or replace (others) the
-    defaults."""
+    timeout. ``sections`` update (dicts) or replace (others) the defaults."""
     tag = uuid.uuid4().hex[:8]
     data: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{tag}"},
