@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup run demo test lint kafka-fetch tools k8s eval-lfw bench
+.PHONY: setup run demo test lint kafka-fetch tools k8s eval-lfw bench bench-stream
 
 setup:
 	@bash scripts/setup.sh
@@ -47,3 +47,9 @@ eval-lfw: setup
 
 bench: setup
 	$(BIN)/facestream bench embed
+
+# facestream run flat out vs face_recognition's per-frame loop (the peer is installed
+# without its dependencies: dlib-bin already provides dlib).
+bench-stream: setup kafka-fetch
+	$(BIN)/pip install -q --no-deps face_recognition
+	$(BIN)/facestream bench stream

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, err, face_pipeline, model_store, out
+from pipeline.cli.common import (
+    cli_errors,
+    err,
+    face_pipeline,
+    model_store,
+    out,
+    parse_people,
+    state,
+)
 
 bench_app = typer.Typer(help="Speed benchmarks (print tables; no pass/fail).", no_args_is_help=True)
 
@@ -79,7 +87,97 @@ def bench_embed(
     out.print(stage_table)
 
 
+def bench_stream(
+    source: Annotated[
+        str | None, typer.Option(help="Video file. Default: the shared Hamilton clip.")
+    ] = None,
+    enroll_opt: Annotated[
+        list[str] | None,
+        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frames per second of video to take. Default: all.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Recognition workers (consumers).")] = 2,
+    analyzers: Annotated[int, typer.Option(help="Frame analyzer replicas.")] = 2,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Length of the real-time run that measures latency.")
+    ] = 30.0,
+    kafka: Annotated[
+        str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
+    ] = None,
+) -> None:
+    """facestream run flat out vs face_recognition's per-frame loop on the same clip:
+    fps, faces, identities and their ratio; facestream's stages; latency at half peak."""
+    from rich.progress import Progress
+
+    from pipeline.stream.bench import bench_stream as run_bench
+    from pipeline.stream.demo import default_input
+
+    inp = default_input(Path(".facestream/demo"))
+    video = source or inp.video
+    people = parse_people(enroll_opt) if enroll_opt else inp.enroll
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("face_recognition", total=None)
+        res = run_bench(
+            state.settings,
+            video,
+            people,
+            fps=fps,
+            workers=workers,
+            analyzers=analyzers,
+            latency_s=latency_seconds,
+            kafka=kafka,
+            on_step=lambda text: progress.update(task, description=text),
+            on_frame=lambda: progress.advance(task),
+        )
+    names = sorted(set(people) | set(res.peer.identities) | set(res.peak.identities))
+    table = Table(
+        title=f"{Path(res.video).name}, flat out (facestream: {res.workers} workers, "
+        f"{res.analyzers} analyzers; face_recognition: one process, HOG + dlib)"
+    )
+    for col in ("", "frames", "fps", "ratio", "faces", *names):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row(
+        "face_recognition",
+        str(res.peer.frames),
+        f"{res.peer.fps:.2f}",
+        "1.00x",
+        str(res.peer.faces),
+        *[str(res.peer.identities.get(n, 0)) for n in names],
+    )
+    ratio = res.peak.fps / res.peer.fps if res.peer.fps else float("nan")
+    table.add_row(
+        "facestream run",
+        str(res.peak.frames),
+        f"{res.peak.fps:.2f}",
+        f"{ratio:.2f}x",
+        f"{res.peak.faces} ({res.peak.embedded} gated)",
+        *[str(res.peak.identities.get(n, 0)) for n in names],
+    )
+    out.print(table)
+    out.print(
+        "identification events (tracks): "
+        + (", ".join(f"{k} x{v}" for k, v in res.peak.identity_events.most_common()) or "none"),
+        highlight=False,
+    )
+    stages = Table(title="facestream per frame (mean ms; embed and search include queueing)")
+    stages.add_column("stage")
+    stages.add_column("ms/frame", justify="right")
+    for stage, ms in res.peak.stage_ms.items():
+        stages.add_row(stage, f"{ms:.2f}")
+    out.print(stages)
+    rt = res.realtime
+    p50, p99 = rt.latency(50), rt.latency(99)
+    out.print(
+        f"real time at {res.realtime_fps:g} fps (half the peak): {rt.frames} frames, "
+        f"capture→publish p50 {p50 or float('nan'):.0f} ms, p99 {p99 or float('nan'):.0f} ms",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` group to ``app``."""
     bench_app.command("embed")(cli_errors(bench_embed))
+    bench_app.command("stream")(cli_errors(bench_stream))
     app.add_typer(bench_app, name="bench")

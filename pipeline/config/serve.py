@@ -43,7 +43,12 @@ class EmbedderServeConfig(Section):
     backend: Literal["auto", "onnxruntime", "tensorrt", "dlib"] = Field(
         "auto", description="auto: ONNX Runtime when the version has an ONNX file."
     )
-    intra_op_threads: NonNegativeInt = Field(0, description="ONNX Runtime threads; 0: default.")
+    intra_op_threads: NonNegativeInt = Field(
+        1,
+        description="ONNX Runtime threads per replica; 0: its default (all cores, with "
+        "threads that spin between calls). One thread per replica keeps a CPU shared with "
+        "the analyzers busy with work; add replicas to use more cores.",
+    )
     max_batch_faces: PositiveInt = Field(
         32,
         description="Faces per model call: @serve.batch merges worker requests up to this "
@@ -84,9 +89,11 @@ class AnalyzerServeConfig(Section):
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per replica.")
     max_ongoing_requests: PositiveInt = Field(
-        2,
-        description="Frames one replica works on at once (one decodes and detects while "
-        "another waits for the embedder).",
+        8,
+        description="Frames one replica holds at once: they take turns in the face core and "
+        "overlap while waiting for the embedder and the gallery. Keep replicas x this at "
+        "least workers.max_poll_records: a full replica makes Serve reject and retry, which "
+        "costs more CPU than the frames (measured: 14 vs 22 fps at 2 vs 8).",
     )
     max_queued_requests: int = Field(
         64, ge=-1, description="Frames waiting for a replica; beyond it callers back off."

@@ -137,6 +137,10 @@ class FrameAnalyzerDeployment:
         gated = [f for f in faces if f.quality.passed]
         if gated:
             await self._embed_and_search(gated, digest, out)
+        for f in faces:
+            # The worker needs boxes, landmarks, quality and vectors, not the pixels: a
+            # small answer stays inline instead of going through Ray's object store.
+            f.chip = np.empty((0, 0, 3), dtype=np.uint8)
         return out
 
     async def _call(self, stage: str, response: Any, out: AnalyzeResult) -> Any:

@@ -24,6 +24,9 @@ def replica_options(
         "ray_actor_options": actor,
         "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
+        # One access-log line per request is a file write per frame (three per frame on
+        # the stream's path); the Prometheus metrics count the requests instead.
+        "logging_config": {"enable_access_log": False},
     }
     if autoscaling is None:
         options["num_replicas"] = replicas

@@ -37,6 +37,7 @@ from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
 from pipeline.gallery.service import Gallery
+from pipeline.serve.options import replica_options
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "GallerySearch"
@@ -193,9 +194,11 @@ def search_app(
     gallery: GalleryConfig, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig
 ) -> Any:
     """The bound search application (``gallery`` is a ``GalleryConfig`` with absolute paths)."""
-    return GallerySearchDeployment.options(
-        num_replicas=cfg.replicas,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
+    options = replica_options(
+        num_cpus=cfg.num_cpus,
+        replicas=cfg.replicas,
+        autoscaling=None,
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-    ).bind(gallery, face, models, cfg)
+    )
+    return GallerySearchDeployment.options(**options).bind(gallery, face, models, cfg)

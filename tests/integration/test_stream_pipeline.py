@@ -239,6 +239,35 @@ def test_killed_worker_frames_are_replayed_by_the_group(
     assert OBAMA not in {ev["identity"]["name"] for ev in out["identities"]}
 
 
+def test_one_camera_spreads_over_the_analyzers_and_is_tracked_in_order(
+    kafka_bootstrap: str, stream_env: Settings, media: dict[str, Path]
+) -> None:
+    """One camera, flat out: its frames are analysed by both analyzer replicas at once,
+    while the one worker that owns the camera tracks and publishes them in sequence."""
+    camera = {"id": "hamilton", "url": str(media["clip"]), "fps": 5, "realtime": False}
+    cfg = stream_cfg(kafka_bootstrap, cameras=[camera])
+    runner = StreamRunner(cfg, stream_env)
+    try:
+        runner.start({LIN: media[LIN]})
+        _run_until_drained(runner)
+        stats = [s for s in runner.worker_stats() if s is not None]
+    finally:
+        runner.stop()
+    out = _check_outputs(cfg)
+    analyzers = Counter(d["analyzer"] for d in out["detections"])
+    assert len(analyzers) == cfg.analyzer.replicas, analyzers  # every replica took frames
+    owners = [s for s in stats if s["cameras"].get("hamilton")]
+    assert len(owners) == 1, stats  # ...and one worker owned the camera
+    assert owners[0]["analyzers"]["hamilton"] == dict(analyzers)
+    assert owners[0]["tracker_restarts"] == 0  # its tracker never saw the sequence go back
+    dump = read_all(kafka_bootstrap, cfg.topics.detections)
+    published = [
+        json.loads(r.value)["seq"] for r in sorted(dump.records, key=lambda r: r.offset)
+    ]
+    assert published == sorted(published) and len(set(published)) == len(published)
+    assert LIN in {ev["identity"]["name"] for ev in out["identities"]}
+
+
 def _jpeg(h: int, w: int, quality: int = 30) -> bytes:
     return encode_jpeg(np.full((h, w, 3), 128, dtype=np.uint8), quality)
 
