@@ -111,6 +111,8 @@ def _summarise(cfg: StreamConfig, camera: str) -> StreamRun:
             run.embedded += f["decision"] != "rejected"
             if f["decision"] == "identity" and f.get("identity"):
                 run.identities[f["identity"]["name"]] += 1
+            elif f["decision"] == "unknown":
+                run.identities["unknown"] += 1
     for stage in STAGES:
         run.stage_ms[stage] = float(
             np.mean([d["timings_ms"].get(f"{stage}_ms", 0.0) for d in detections])
