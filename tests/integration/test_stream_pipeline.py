@@ -261,9 +261,7 @@ def test_one_camera_spreads_over_the_analyzers_and_is_tracked_in_order(
     assert owners[0]["analyzers"]["hamilton"] == dict(analyzers)
     assert owners[0]["tracker_restarts"] == 0  # its tracker never saw the sequence go back
     dump = read_all(kafka_bootstrap, cfg.topics.detections)
-    published = [
-        json.loads(r.value)["seq"] for r in sorted(dump.records, key=lambda r: r.offset)
-    ]
+    published = [json.loads(r.value)["seq"] for r in sorted(dump.records, key=lambda r: r.offset)]
     assert published == sorted(published) and len(set(published)) == len(published)
     assert LIN in {ev["identity"]["name"] for ev in out["identities"]}
 
