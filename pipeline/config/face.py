@@ -68,10 +68,10 @@ class QualityConfig(BaseModel):
         description="Minimum of the face box's width and height, in pixels (in dlib's box "
         "convention, whatever the detector).",
     )
-    # 10: 0.3% of LFW-dev photos fall below it; the motion-blurred and cross-faded faces
-    # that a video detector finds (YuNet finds faces HOG misses) measure 5-8.
     min_sharpness: float | None = Field(
-        10.0, description="Minimum variance of the Laplacian of the aligned grey chip."
+        5.0,
+        description="Minimum variance of the Laplacian of the aligned grey chip (the stream "
+        "applies stream.workers.min_sharpness instead when it is stricter).",
     )
     max_yaw: float | None = Field(
         0.45, description="Maximum |yaw proxy|: nose offset from the eye midline / eye distance."

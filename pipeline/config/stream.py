@@ -164,6 +164,16 @@ class WorkerConfig(Section):
     max_frame_pixels: PositiveInt = Field(
         4096 * 4096, description="Frames announcing more pixels go to the DLQ as 'too_large'."
     )
+    # 10: 0.3% of LFW-dev photos fall below it, while the motion-blurred and cross-faded
+    # faces that a video detector finds (YuNet finds faces HOG misses) measure 5-8. Stills
+    # keep face.quality.min_sharpness (5): a low-resolution crop enrolled on purpose is
+    # soft, and its owner chose it.
+    min_sharpness: float | None = Field(
+        10.0,
+        description="Quality gate on video frames: minimum sharpness of the aligned chip "
+        "(replaces face.quality.min_sharpness in the stream when stricter). None: the "
+        "face section's.",
+    )
     detector_fallbacks: bool = Field(
         False,
         description="Also run face.detector.fallbacks (dlib's CNN: ~2 s a frame on CPU) on "

@@ -75,11 +75,6 @@ class AnalyzeResult:
         return [f for f in self.faces if f.embedding is not None]
 
 
-def without_fallbacks(face: FaceConfig) -> FaceConfig:
-    """The CNN fallback costs ~2 s a frame on CPU: off for video unless asked for."""
-    return face.model_copy(update={"detector": face.detector.model_copy(update={"fallbacks": []})})
-
-
 @serve.deployment(name=DEPLOYMENT_NAME)
 class FrameAnalyzerDeployment:
     def __init__(
@@ -191,13 +186,7 @@ def analyzer_app(
     call_timeout_s: float,
 ) -> Any:
     """The bound analyzer application, with replicas or autoscaling and backpressure."""
-    options = replica_options(
-        num_cpus=cfg.num_cpus,
-        replicas=cfg.replicas,
-        autoscaling=cfg.autoscaling,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
-    )
+    options = replica_options(cfg)
     return FrameAnalyzerDeployment.options(**options).bind(
         face, embedder_app, search_app, call_timeout_s
     )

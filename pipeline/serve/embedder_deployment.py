@@ -140,14 +140,7 @@ def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig, version: str | 
 
     ``version`` (else ``models.version``) goes in ``user_config``: redeploying with
     another one only reconfigures the running replicas (the live swap's step 2)."""
-    options = replica_options(
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        replicas=cfg.replicas,
-        autoscaling=cfg.autoscaling,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
-    )
+    options = replica_options(cfg)
     if version or models.version:
         options["user_config"] = {"version": version or models.version}
     return EmbedderDeployment.options(**options).bind(cfg, models)

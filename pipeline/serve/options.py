@@ -5,31 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config.serve import AutoscalingConfig
+from pipeline.config.serve import (
+    AnalyzerServeConfig,
+    AutoscalingConfig,
+    EmbedderServeConfig,
+    SearchServeConfig,
+)
 
 
 def replica_options(
-    *,
-    num_cpus: float,
-    replicas: int,
-    autoscaling: AutoscalingConfig | None,
-    max_ongoing_requests: int,
-    max_queued_requests: int,
-    num_gpus: float = 0.0,
+    cfg: AnalyzerServeConfig | EmbedderServeConfig | SearchServeConfig,
 ) -> dict[str, Any]:
-    actor: dict[str, Any] = {"num_cpus": num_cpus}
+    """Options of a deployment from its section (the search has no autoscaling and only
+    the embedder asks for GPUs)."""
+    actor: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    num_gpus = getattr(cfg, "num_gpus", 0.0)
     if num_gpus:
         actor["num_gpus"] = num_gpus
+    autoscaling: AutoscalingConfig | None = getattr(cfg, "autoscaling", None)
     options: dict[str, Any] = {
         "ray_actor_options": actor,
-        "max_ongoing_requests": max_ongoing_requests,
-        "max_queued_requests": max_queued_requests,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
         # One access-log line per request is a file write per frame (three per frame on
         # the stream's path); the Prometheus metrics count the requests instead.
         "logging_config": {"enable_access_log": False},
     }
     if autoscaling is None:
-        options["num_replicas"] = replicas
+        options["num_replicas"] = cfg.replicas
         return options
     a = autoscaling
     options["num_replicas"] = "auto"

@@ -194,11 +194,5 @@ def search_app(
     gallery: GalleryConfig, face: FaceConfig, models: ModelsConfig, cfg: SearchServeConfig
 ) -> Any:
     """The bound search application (``gallery`` is a ``GalleryConfig`` with absolute paths)."""
-    options = replica_options(
-        num_cpus=cfg.num_cpus,
-        replicas=cfg.replicas,
-        autoscaling=None,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
-    )
+    options = replica_options(cfg)
     return GallerySearchDeployment.options(**options).bind(gallery, face, models, cfg)

@@ -31,10 +31,9 @@ from ray import serve
 
 from pipeline.config.face import FaceConfig
 from pipeline.config.settings import Settings
-from pipeline.config.stream import CameraConfig, StreamConfig
+from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
 from pipeline.gallery.people import enroll_people
 from pipeline.gallery.service import Gallery
-from pipeline.serve.analyzer import without_fallbacks
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
 from pipeline.stream.broker import LocalKafka
@@ -46,6 +45,19 @@ from pipeline.stream.worker import worker_actor_class
 
 log = logging.getLogger(__name__)
 ACTOR_CALL_TIMEOUT_S = 10.0
+
+
+def stream_face_config(face: FaceConfig, workers: WorkerConfig) -> FaceConfig:
+    """The face core's settings for video frames: no slow fallback detectors unless asked
+    for (dlib's CNN costs ~2 s a frame on CPU), and the stream's stricter sharpness."""
+    detector = face.detector
+    if not workers.detector_fallbacks:
+        detector = detector.model_copy(update={"fallbacks": []})
+    quality = face.quality
+    sharp = workers.min_sharpness
+    if sharp is not None and (quality.min_sharpness is None or sharp > quality.min_sharpness):
+        quality = quality.model_copy(update={"min_sharpness": sharp})
+    return face.model_copy(update={"detector": detector, "quality": quality})
 
 
 class StreamRunner:
@@ -121,8 +133,7 @@ class StreamRunner:
         self.live_file = announce(self.apps)
 
     def analyzer_face_config(self) -> FaceConfig:
-        face = self.settings.face
-        return face if self.cfg.workers.detector_fallbacks else without_fallbacks(face)
+        return stream_face_config(self.settings.face, self.cfg.workers)
 
     def deploy_search(self) -> None:
         """(Re)deploy the gallery search application (it opens the gallery)."""

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
+from pipeline.config.models import ModelsConfig
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
 
@@ -72,8 +73,12 @@ def png(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def open_gallery(data_dir: Path, store: ModelStore, **cfg: object) -> Gallery:
-    return Gallery(GalleryConfig(data_dir=data_dir, **cfg), store, FaceConfig())  # type: ignore[arg-type]
+def open_gallery(
+    data_dir: Path, store: ModelStore, face: FaceConfig | None = None, **cfg: object
+) -> Gallery:
+    gallery = GalleryConfig(data_dir=data_dir, **cfg)  # type: ignore[arg-type]
+    models = ModelsConfig(store=store.root)
+    return Gallery.from_settings(gallery, face or FaceConfig(), models, store=store)
 
 
 def gallery_fixture(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:

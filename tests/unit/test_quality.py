@@ -42,7 +42,7 @@ def test_every_check_reports_value_and_threshold() -> None:
     assert not rep.passed
     text = " | ".join(rep.reasons)
     assert "face too small: 20px < min_face_px 40" in text
-    assert "too blurred" in text and "min_sharpness 10" in text
+    assert "too blurred" in text and "min_sharpness 5" in text
     assert "head turned too far" in text
     assert "low detector score: -0.500 < min_detector_score 0" in text
 

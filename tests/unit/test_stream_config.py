@@ -97,3 +97,18 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_camera_defaults() -> None:
     cam = CameraConfig(id="c1", url="0")
     assert (cam.fps, cam.max_side, cam.loop, cam.realtime) == (5.0, 1280, False, True)
+
+
+def test_video_frames_are_gated_more_strictly_than_stills() -> None:
+    from pipeline.config.face import FaceConfig, QualityConfig
+    from pipeline.config.stream import WorkerConfig
+    from pipeline.stream.runner import stream_face_config
+
+    face = FaceConfig()
+    video = stream_face_config(face, WorkerConfig())
+    assert face.quality.min_sharpness == 5 and video.quality.min_sharpness == 10
+    assert face.detector.fallbacks and video.detector.fallbacks == []
+    strict = FaceConfig(quality=QualityConfig(min_sharpness=20))
+    assert stream_face_config(strict, WorkerConfig()).quality.min_sharpness == 20
+    kept = stream_face_config(face, WorkerConfig(detector_fallbacks=True, min_sharpness=None))
+    assert kept == face
