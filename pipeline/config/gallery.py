@@ -27,12 +27,28 @@ class GalleryConfig(BaseModel):
     )
     milvus_uri: str | None = Field(
         None,
-        description="Milvus Lite file (*.db) or a Milvus server URI (http://host:19530). "
-        "Default: <data_dir>/milvus.db.",
+        description="A Milvus server URI (http://host:19530), or a Milvus Lite file (*.db: "
+        "one process only, no shared state). None: the local Milvus server that facestream "
+        "starts on demand (data in <data_dir>/milvus, port gallery.local_milvus_port).",
     )
     milvus_token: SecretStr | None = Field(None, description="Milvus server credentials.")
-    blob_dir: Path | None = Field(
-        None, description="Where aligned face crops are stored. Default: <data_dir>/crops."
+    local_milvus_port: int = Field(
+        19530,
+        ge=1024,
+        le=65000,
+        description="Port of the local Milvus server (milvus_uri None); its internal "
+        "components use the ports just above it.",
+    )
+    catalogue_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the identity catalogue (identities, faces, crops): "
+        "sqlite:///path for one machine, postgresql+psycopg://user@host:5432/db for shared "
+        "deployments. None: sqlite:///<data_dir>/catalogue.sqlite3.",
+    )
+    catalogue_password: SecretStr | None = Field(
+        None,
+        description="Password of the catalogue database, kept out of catalogue_url so the "
+        "URL can live in a ConfigMap and the password in a Secret.",
     )
     collection_prefix: str = Field(
         "faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Collections: <prefix>_<ver>."
@@ -65,7 +81,7 @@ class GalleryConfig(BaseModel):
     host: str = Field("127.0.0.1", description="REST API bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
 
-    @field_validator("api_token", "milvus_token", mode="after")
+    @field_validator("api_token", "milvus_token", "catalogue_password", mode="after")
     @classmethod
     def _blank_is_unset(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is None or not v.get_secret_value().strip():
@@ -75,18 +91,30 @@ class GalleryConfig(BaseModel):
         return v
 
 
-def resolved_paths(cfg: GalleryConfig) -> tuple[Path, str, Path]:
-    """(data_dir, milvus_uri, blob_dir) with the defaults filled in and paths absolute."""
+def local_milvus_uri(cfg: GalleryConfig) -> str:
+    return f"http://127.0.0.1:{cfg.local_milvus_port}"
+
+
+def uses_local_milvus(cfg: GalleryConfig) -> bool:
+    """True when the gallery runs on the local Milvus server facestream manages."""
+    return cfg.milvus_uri is None
+
+
+def resolved_paths(cfg: GalleryConfig) -> tuple[Path, str, str]:
+    """(data_dir, milvus_uri, catalogue_url) with the defaults filled in, paths absolute."""
     data_dir = cfg.data_dir.expanduser().resolve()
-    uri = cfg.milvus_uri or str(data_dir / "milvus.db")
+    uri = cfg.milvus_uri or local_milvus_uri(cfg)
     if uri.endswith(".db"):
         uri = str(Path(uri).expanduser().resolve())
-    blob_dir = (cfg.blob_dir or data_dir / "crops").expanduser().resolve()
-    return data_dir, uri, blob_dir
+    url = cfg.catalogue_url or f"sqlite:///{data_dir / 'catalogue.sqlite3'}"
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{Path(url.removeprefix('sqlite:///')).expanduser().resolve()}"
+    return data_dir, uri, url
 
 
 def with_absolute_paths(cfg: GalleryConfig) -> GalleryConfig:
     """``cfg`` with its defaults filled in and paths absolute: for Serve replicas, which
-    may start in another working directory."""
-    data_dir, uri, blob_dir = resolved_paths(cfg)
-    return cfg.model_copy(update={"data_dir": data_dir, "milvus_uri": uri, "blob_dir": blob_dir})
+    may start in another working directory and must never start a server of their own
+    (the driver has already started the local Milvus server)."""
+    data_dir, uri, url = resolved_paths(cfg)
+    return cfg.model_copy(update={"data_dir": data_dir, "milvus_uri": uri, "catalogue_url": url})
