@@ -16,6 +16,8 @@ kafka-fetch:
 	@bash scripts/kafka.sh fetch
 
 # helm renders and lints the chart in the tests; built once with Go from the module proxy.
+# The KubeRay CRDs (the RayService/RayJob schemas the chart is validated against) come
+# from the same proxy, as files of the ray-operator Go module.
 tools:
 	@if [ ! -x $(TOOLS)/helm ] && ! command -v helm >/dev/null; then \
 	  if command -v go >/dev/null; then \
@@ -23,6 +25,9 @@ tools:
 	    GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
 	  else echo "[tools] no go: the chart tests will be skipped"; fi; \
 	fi
+	@if command -v go >/dev/null; then \
+	  bash scripts/kuberay-crds.sh >/dev/null || echo "[tools] KubeRay CRDs not fetched: their schema tests will be skipped"; \
+	else echo "[tools] no go: the KubeRay schema tests will be skipped"; fi
 
 k8s: tools
 	HELM=$(TOOLS)/helm bash scripts/render-k8s.sh
