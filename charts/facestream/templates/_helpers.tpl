@@ -13,35 +13,216 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end -}}
 
-{{- define "facestream.tokenSecret" -}}
-{{- if .Values.api.existingSecret -}}{{ .Values.api.existingSecret }}{{- else -}}{{ include "facestream.fullname" . }}-api{{- end -}}
+{{/* The chart's own Secret: every secret value given inline in the values. */}}
+{{- define "facestream.secretName" -}}
+{{ include "facestream.fullname" . }}-secrets
 {{- end -}}
 
-{{/* Environment shared by every facestream container. */}}
+{{/*
+Where each secret lives, as "name key" (existingSecret wins over an inline value), or ""
+when it is not configured at all. One definition, so the Secret, the env and the checks
+below never disagree.
+*/}}
+{{- define "facestream.ref.apiToken" -}}
+{{- if .Values.api.existingSecret -}}{{ .Values.api.existingSecret }} {{ .Values.api.existingSecretKey }}
+{{- else if .Values.api.token -}}{{ include "facestream.secretName" . }} api-token{{- end -}}
+{{- end -}}
+{{- define "facestream.ref.milvusToken" -}}
+{{- with .Values.gallery.milvus -}}
+{{- if .existingSecret -}}{{ .existingSecret }} {{ .existingSecretKey }}
+{{- else if .token -}}{{ include "facestream.secretName" $ }} milvus-token{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- define "facestream.ref.cataloguePassword" -}}
+{{- with .Values.gallery.catalogue -}}
+{{- if .existingSecret -}}{{ .existingSecret }} {{ .existingSecretKey }}
+{{- else if .password -}}{{ include "facestream.secretName" $ }} catalogue-password{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- define "facestream.ref.cameras" -}}
+{{- if .Values.camerasExistingSecret -}}{{ .Values.camerasExistingSecret }} cameras
+{{- else if .Values.cameras -}}{{ include "facestream.secretName" . }} cameras{{- end -}}
+{{- end -}}
+
+{{/* env entry NAME from the secret reference REF ("name key"). */}}
+{{- define "facestream.secretEnv" -}}
+{{- $ref := splitList " " .ref -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef: {name: {{ index $ref 0 }}, key: {{ index $ref 1 }}}
+{{- end -}}
+
+{{/*
+Checks that stop a render which would deploy pods that cannot share one gallery.
+*/}}
+{{- define "facestream.validate" -}}
+{{- if .Values.milvus }}
+{{- fail "values: `milvus.*` moved to `gallery.milvus.*` (uri, token, existingSecret)" }}
+{{- end }}
+{{- $uri := .Values.gallery.milvus.uri | default "" }}
+{{- if or (not $uri) (hasSuffix ".db" $uri) }}
+{{- fail "gallery.milvus.uri must name a Milvus server (http://host:19530): Milvus Lite (*.db) and the local server are one machine only, and every pod must reach the same gallery" }}
+{{- end }}
+{{- $url := .Values.gallery.catalogue.url | default "" }}
+{{- if or (not $url) (hasPrefix "sqlite" $url) }}
+{{- fail "gallery.catalogue.url must name a shared database (postgresql+psycopg://user@host:5432/db): SQLite is one machine only" }}
+{{- end }}
+{{- if regexMatch "://[^/@]*:[^/@]*@" $url }}
+{{- fail "gallery.catalogue.url holds a password: give the URL without it and the password as gallery.catalogue.password or gallery.catalogue.existingSecret (a Secret, not a ConfigMap)" }}
+{{- end }}
+{{- if and .Values.api.enabled (not (include "facestream.ref.apiToken" .)) }}
+{{- fail "api.token (16+ characters) or api.existingSecret is required: writes to the gallery need a bearer token" }}
+{{- end }}
+{{- if not (has .Values.models.persistence.accessMode (list "ReadWriteMany" "ReadWriteOnce")) }}
+{{- fail "models.persistence.accessMode must be ReadWriteMany or ReadWriteOnce" }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Environment shared by every facestream container: the settings file, the one gallery
+(Milvus server and catalogue database) and the model store every pod must agree on.
+*/}}
 {{- define "facestream.env" -}}
 - name: FACESTREAM_CONFIG
   value: /etc/facestream/facestream.toml
 - name: FACESTREAM_GALLERY__MILVUS_URI
-  value: {{ .Values.milvus.uri | quote }}
-{{- if .Values.milvus.tokenSecret }}
-- name: FACESTREAM_GALLERY__MILVUS_TOKEN
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.milvus.tokenSecret }}, key: token}
+  value: {{ .Values.gallery.milvus.uri | quote }}
+{{- with include "facestream.ref.milvusToken" . }}
+{{ include "facestream.secretEnv" (dict "name" "FACESTREAM_GALLERY__MILVUS_TOKEN" "ref" .) }}
 {{- end }}
+- name: FACESTREAM_GALLERY__CATALOGUE_URL
+  value: {{ .Values.gallery.catalogue.url | quote }}
+{{- with include "facestream.ref.cataloguePassword" . }}
+{{ include "facestream.secretEnv" (dict "name" "FACESTREAM_GALLERY__CATALOGUE_PASSWORD" "ref" .) }}
+{{- end }}
+- name: FACESTREAM_GALLERY__DATA_DIR
+  value: {{ .Values.gallery.dataDir | quote }}
+- name: FACESTREAM_MODELS__STORE
+  value: {{ .Values.models.store | quote }}
 - name: FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS
   value: {{ .Values.kafka.bootstrapServers | quote }}
 - name: FACESTREAM_STREAM__METRICS__PORT
   value: {{ .Values.metrics.port | quote }}
 {{- end -}}
 
-{{- define "facestream.configVolume" -}}
+{{/*
+Environment of the pipeline driver (`facestream run`). Every Ray node gets it: the driver
+runs in the supervisor replica, which Serve may place on the head or on any worker.
+*/}}
+{{- define "facestream.pipelineEnv" -}}
+{{ include "facestream.env" . }}
+{{- with include "facestream.ref.cameras" . }}
+{{ include "facestream.secretEnv" (dict "name" "FACESTREAM_STREAM__CAMERAS" "ref" .) }}
+{{- end }}
+- name: PYTHONPATH
+  value: /opt/facestream/rayservice
+- name: FACESTREAM_STREAM__ANALYZER__REPLICAS
+  value: {{ .Values.pipeline.analyzer.replicas | quote }}
+{{- with .Values.pipeline.analyzer.autoscaling }}
+{{- if .enabled }}
+- name: FACESTREAM_STREAM__ANALYZER__AUTOSCALING__MIN_REPLICAS
+  value: {{ .minReplicas | quote }}
+- name: FACESTREAM_STREAM__ANALYZER__AUTOSCALING__MAX_REPLICAS
+  value: {{ .maxReplicas | quote }}
+{{- end }}
+{{- end }}
+- name: FACESTREAM_STREAM__EMBEDDER__REPLICAS
+  value: {{ .Values.pipeline.embedder.replicas | quote }}
+{{- with .Values.pipeline.embedder.autoscaling }}
+{{- if .enabled }}
+- name: FACESTREAM_STREAM__EMBEDDER__AUTOSCALING__MIN_REPLICAS
+  value: {{ .minReplicas | quote }}
+- name: FACESTREAM_STREAM__EMBEDDER__AUTOSCALING__MAX_REPLICAS
+  value: {{ .maxReplicas | quote }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.pipeline.workerGroup.gpu) 0 }}
+- name: FACESTREAM_STREAM__EMBEDDER__BACKEND
+  value: tensorrt
+- name: FACESTREAM_STREAM__EMBEDDER__NUM_GPUS
+  value: "1"
+{{- end }}
+{{- end -}}
+
+{{- define "facestream.podSecurityContext" -}}
+{{ toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{- define "facestream.containerSecurityContext" -}}
+{{ toYaml .Values.containerSecurityContext }}
+{{- end -}}
+
+{{- define "facestream.modelsClaim" -}}
+{{- .Values.models.persistence.existingClaim | default (printf "%s-models" (include "facestream.fullname" .)) -}}
+{{- end -}}
+
+{{/*
+Seeds an empty model store with the image's baked default version, so the first pods
+find an active model. Safe when several pods start at once on a ReadWriteMany volume:
+each copies into its own temporary folder and renames entries into place only where
+absent (rename is atomic; `mv -T` never nests a folder into one that another pod just
+moved there), and ACTIVE comes last, because readers treat a store without it as empty.
+*/}}
+{{- define "facestream.seedModels" -}}
+- name: seed-models
+  image: {{ include "facestream.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  securityContext: {{- include "facestream.containerSecurityContext" . | nindent 4 }}
+  command:
+    - sh
+    - -ec
+    - |
+      store={{ .Values.models.store | quote }}; seed={{ .Values.models.seedFrom | quote }}
+      if [ -e "$store/ACTIVE" ]; then echo "model store $store: in use"; exit 0; fi
+      tmp="$store/.seed-$HOSTNAME"
+      rm -rf "$tmp"; mkdir -p "$tmp"; cp -R "$seed/." "$tmp/"
+      for entry in "$tmp"/* "$tmp"/.[!.]*; do
+        [ -e "$entry" ] || continue
+        name="$(basename "$entry")"
+        [ "$name" = ACTIVE ] || [ -e "$store/$name" ] || mv -T "$entry" "$store/$name" 2>/dev/null || true
+      done
+      [ -e "$store/ACTIVE" ] || mv -T "$tmp/ACTIVE" "$store/ACTIVE"
+      rm -rf "$tmp"
+      echo "model store $store: seeded with $(cat "$store/ACTIVE")"
+  volumeMounts:
+    - {name: models, mountPath: {{ .Values.models.store }}}
+{{- end -}}
+
+{{/* Volumes of every facestream pod: settings, model store, gallery scratch folder. */}}
+{{- define "facestream.volumes" -}}
 - name: config
   configMap:
     name: {{ include "facestream.fullname" . }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "facestream.modelsClaim" . }}
+# gallery.data_dir holds only a lock and scratch files now: the catalogue (and the stored
+# face crops) live in the database, the vectors in Milvus.
+- name: gallery-scratch
+  emptyDir: {}
 {{- end -}}
 
-{{- define "facestream.configMount" -}}
+{{- define "facestream.volumeMounts" -}}
 - name: config
   mountPath: /etc/facestream
+  readOnly: true
+- name: models
+  mountPath: {{ .Values.models.store }}
+- name: gallery-scratch
+  mountPath: {{ .Values.gallery.dataDir }}
+{{- end -}}
+
+{{/* The Ray pods of the RayService also mount the supervisor module (PYTHONPATH). */}}
+{{- define "facestream.rayVolumes" -}}
+{{ include "facestream.volumes" . }}
+- name: rayservice
+  configMap:
+    name: {{ include "facestream.fullname" . }}-rayservice
+{{- end -}}
+
+{{- define "facestream.rayVolumeMounts" -}}
+{{ include "facestream.volumeMounts" . }}
+- name: rayservice
+  mountPath: /opt/facestream/rayservice
   readOnly: true
 {{- end -}}
