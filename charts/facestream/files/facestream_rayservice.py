@@ -89,8 +89,10 @@ class PipelineSupervisor:
 def command_from_args(args: dict[str, Any]) -> list[str]:
     """The driver command from the serveConfigV2 ``args`` (a non-empty list of strings)."""
     command = args.get("command")
-    if not isinstance(command, list) or not command or not all(
-        isinstance(c, str) and c for c in command
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(c, str) and c for c in command)
     ):
         raise ValueError(f"args.command must be a non-empty list of strings, got {command!r}")
     return command
