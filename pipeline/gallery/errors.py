@@ -65,6 +65,14 @@ class GalleryBusy(GalleryError):
     http_status = 503
 
 
+class GalleryUnavailable(GalleryError):
+    """A store the gallery needs (Milvus, the catalogue database) cannot be reached. Not
+    the request's fault: retry later (the stream holds its frames back and retries)."""
+
+    code = "gallery_unavailable"
+    http_status = 503
+
+
 class ReembedError(GalleryError):
     code = "reembed_failed"
     http_status = 409

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.gallery.errors import GalleryBusy, GalleryError, ModelVersionMismatch
+from pipeline.gallery.index import VECTOR_FIELD, index_params, search_params
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 VERSION_PROPERTY = "facestream.model_version"
 DIM_PROPERTY = "facestream.dim"
 ID_MAX = 64
-VECTOR_FIELD = "embedding"
+
 OUTPUT_FIELDS = ["face_id", "identity_id", "model_version"]
 LOAD_ATTEMPTS = 6
 
@@ -53,27 +54,6 @@ class Hit:
     face_id: str
     identity_id: str
     similarity: float
-
-
-def _index_params(client: MilvusClient, index_type: str) -> Any:
-    params = client.prepare_index_params()
-    extra: dict[str, Any] = {}
-    if index_type == "IVF_FLAT":
-        extra = {"nlist": 256}
-    elif index_type == "HNSW":
-        extra = {"M": 16, "efConstruction": 200}
-    params.add_index(VECTOR_FIELD, index_type=index_type, metric_type="COSINE", params=extra)
-    return params
-
-
-def _search_params(index_type: str) -> dict[str, Any]:
-    # Generous probing: a missed enrolled face is a false "unknown", which costs more
-    # than the extra milliseconds (bench.py measures recall with these settings).
-    if index_type == "IVF_FLAT":
-        return {"params": {"nprobe": 32}}
-    if index_type == "HNSW":
-        return {"params": {"ef": 128}}
-    return {}
 
 
 def lite_lock_holder_busy(db_path: str) -> bool:
@@ -236,7 +216,7 @@ class VectorStore:
         self.client.create_collection(
             name,
             schema=schema,
-            index_params=_index_params(self.client, self.index_type),
+            index_params=index_params(self.client, self.index_type),
             consistency_level="Strong",  # a search right after an enrolment sees it
             properties={VERSION_PROPERTY: version, DIM_PROPERTY: str(dim)},
         )
@@ -348,7 +328,7 @@ class VectorStore:
             data=np.asarray(vectors, dtype=np.float32).tolist(),
             limit=limit,
             anns_field=VECTOR_FIELD,
-            search_params=_search_params(self.index_type),
+            search_params=search_params(self.index_type),
             output_fields=OUTPUT_FIELDS,
             group_by_field="identity_id",  # top-k people, not k faces of one person
         )

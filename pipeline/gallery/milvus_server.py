@@ -1,0 +1,278 @@
+"""The local Milvus server: the real Milvus standalone binary from the PyPI package
+``milvus``, one per data folder, shared by every facestream process on this machine.
+
+``facestream run``, ``facestream serve`` and the ``facestream gallery`` commands all
+attach to it, so a person enrolled from one shell is searched by the stream running in
+another (Milvus Lite serves one process per file and cannot do that).
+
+Lifetime: "last one out turns off the lights". The first process to attach starts the
+server as a detached supervisor (``python -m pipeline.gallery.milvus_server``); every
+attached process holds a shared lock on ``<dir>/users.lock`` while it uses it; on
+release a process that can take that lock exclusively is the last user and stops the
+server. A crashed user's lock is dropped by the kernel, so a server is never kept up
+for a dead process, and one whose last user crashed is reused by the next attach.
+
+Only the proxy port is fixed (``gallery.local_milvus_port``, the one clients dial); the
+server's internal ports (etcd, coordinators, metrics) are picked free by the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.gallery.errors import GalleryUnavailable
+
+START_TIMEOUT_S = 180.0
+# Milvus flushes its segments and closes etcd on SIGTERM; give it time before a SIGKILL.
+STOP_GRACE_S = 30.0
+STATE_FILE = "server.json"
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _alive(pid: int) -> bool:
+    # The starter never waits on the detached supervisor: reap it here when it is our
+    # child, or a finished supervisor would look alive (a zombie) until we exit.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _healthy(state: dict[str, int]) -> bool:
+    url = f"http://127.0.0.1:{state['metrics_port']}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return b"OK" in resp.read()
+    except OSError:
+        return False
+
+
+class LocalMilvus:
+    """The local Milvus server of ``root`` (its data, logs and state), on ``port``."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root.expanduser().resolve()
+        self.port = port
+        self._users_fd: int | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _state(self) -> dict[str, int] | None:
+        try:
+            state = json.loads((self.root / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("port") != self.port or not _alive(int(state["pid"])):
+            return None
+        return state
+
+    def running(self) -> bool:
+        state = self._state()
+        return state is not None and _healthy(state)
+
+    # -- attach / release -----------------------------------------------------------------
+
+    def attach(self, *, start: bool = True, log: object = None) -> str:
+        """Use the server (starting it when none runs and ``start``); its URI."""
+        if self._users_fd is not None:
+            return self.uri
+        self.root.mkdir(parents=True, exist_ok=True)
+        start_fd = os.open(self.root / "start.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(start_fd, fcntl.LOCK_EX)  # one starter at a time
+            users_fd = os.open(self.root / "users.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            # Blocks while a last user is stopping the server: we then start a new one.
+            fcntl.flock(users_fd, fcntl.LOCK_SH)
+            try:
+                if not self.running():
+                    if not start:
+                        raise GalleryUnavailable(
+                            f"no local Milvus server at {self.uri} (data {self.root})"
+                        )
+                    if callable(log):
+                        log(f"starting the local Milvus server ({self.uri}, data {self.root})")
+                    self._start()
+            except BaseException:
+                os.close(users_fd)
+                raise
+            self._users_fd = users_fd
+        finally:
+            fcntl.flock(start_fd, fcntl.LOCK_UN)
+            os.close(start_fd)
+        return self.uri
+
+    def release(self) -> bool:
+        """Stop using the server; stop it too when no other process uses it. True when
+        this call stopped it."""
+        fd, self._users_fd = self._users_fd, None
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # others still use it; the last of them stops it
+            self.stop()
+            return True
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> str:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if _port_open(self.port):
+            raise GalleryUnavailable(
+                f"port {self.port} is taken by another program, so the local Milvus server "
+                f"cannot listen there: set gallery.local_milvus_port, or point "
+                f"gallery.milvus_uri at that server if it is a Milvus"
+            )
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+        log_path = self.root / "supervisor.log"
+        argv = [sys.executable, "-m", __name__, "--data", str(self.root), "--port", str(self.port)]
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives its starter; stopped by the last user
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise GalleryUnavailable(
+                    f"the local Milvus server exited at start-up (code {proc.returncode}); "
+                    f"{log_path}:\n{tail}"
+                )
+            if self.running():
+                return
+            time.sleep(0.5)
+        self._signal_group(proc.pid, signal.SIGKILL)
+        raise GalleryUnavailable(
+            f"the local Milvus server did not answer within {START_TIMEOUT_S:.0f} s "
+            f"(logs: {self.root / 'logs'})"
+        )
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    def stop(self) -> None:
+        """Stop the server (the supervisor and the binary: one process group)."""
+        try:
+            state = json.loads((self.root / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        pid = int(state["pid"])
+        # The supervisor alone: it stops the binary; a second SIGTERM to the binary
+        # mid-shutdown makes it hang for tens of seconds.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._signal_group(pid, signal.SIGKILL)
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+
+
+def _supervise(root: Path, port: int) -> None:
+    """Run the binary in the foreground of this process group until SIGTERM."""
+    from milvus import MilvusServer, MilvusServerConfig
+
+    # The embedded etcd's peer port (2380) is not among the package's settings; a fixed
+    # port would allow one server per machine, so give etcd a config file of free ports.
+    etcd_client, etcd_peer, metrics_port = _free_ports(3)
+    etcd_conf = root / "configs" / "etcd-embed.yaml"
+    etcd_conf.parent.mkdir(parents=True, exist_ok=True)
+    peer = f"http://127.0.0.1:{etcd_peer}"
+    client = f"http://127.0.0.1:{etcd_client}"
+    etcd_conf.write_text(
+        f"name: default\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+        f"initial-cluster: default={peer}\nlisten-client-urls: {client}\n"
+        f"advertise-client-urls: {client}\n"
+    )
+    os.environ["ETCD_CONFIG_PATH"] = str(etcd_conf)  # Milvus reads settings from env too
+    config = MilvusServerConfig(data_dir=str(root), proxy_port=port, etcd_port=etcd_client)
+    server = MilvusServer(config, wait_for_started=True)
+    server.webservice_port = metrics_port  # its default 9091/9092 clash with Kafka's
+    stopping = False
+
+    def _term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    server.start()
+    (root / STATE_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "port": port, "metrics_port": server.webservice_port})
+    )
+    proc = server.server_proc
+    assert proc is not None
+    while not stopping and proc.poll() is None:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        # The package's own stop() kills after 1 s; a clean shutdown takes longer.
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    server.server_proc = None
+    server.stop()  # closes its log files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the local Milvus server (supervisor).")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    _supervise(args.data.resolve(), args.port)
+
+
+if __name__ == "__main__":
+    main()
