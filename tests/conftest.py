@@ -1,4 +1,5 @@
-"""Shared fixtures: real infrastructure (Kafka broker, Ray, Milvus Lite), no mocks.
+"""Shared fixtures: real infrastructure (Kafka broker, Ray, a Milvus server, Milvus Lite,
+PostgreSQL), no mocks.
 
 Expensive services are session-scoped and started only when a test asks for them, so a
 unit-only run never starts a JVM or Ray.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +100,92 @@ def ray_local() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[str]:
+    """URI of a real Milvus standalone server (PyPI ``milvus``), shared by the session,
+    started the way ``facestream`` starts its local one; stopped at the end."""
+    from pipeline.gallery.milvus_server import LocalMilvus
+    from pipeline.stream.broker import _free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="fs-milvus-", dir="/tmp"))
+    server = LocalMilvus(root / "milvus", _free_ports(1)[0])
+    try:
+        yield server.attach()
+    finally:
+        try:
+            server.release()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def milvus_space_settings(uri: str) -> dict[str, str]:
+    """Gallery settings of a private corner of a shared Milvus server: its own collection
+    prefix and alias, so tests sharing the server never see each other's collections."""
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    return {"milvus_uri": uri, "collection_prefix": tag, "alias": f"{tag}_active"}
+
+
+def drop_milvus_space(space: dict[str, str]) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(space["milvus_uri"])
+    try:
+        if space["alias"] in client.list_aliases().get("aliases", []):
+            client.drop_alias(space["alias"])
+        for name in client.list_collections():
+            if name.startswith(f"{space['collection_prefix']}_"):
+                client.drop_collection(name)
+    finally:
+        client.close()
+
+
+def gallery_env(space: dict[str, str]) -> dict[str, str]:
+    """The same settings as FACESTREAM_GALLERY__* environment variables."""
+    return {f"FACESTREAM_GALLERY__{k.upper()}": v for k, v in space.items()}
+
+
+@pytest.fixture
+def milvus_space(milvus_server: str) -> Iterator[dict[str, str]]:
+    """:func:`milvus_space_settings` on the session's server, dropped after the test."""
+    space = milvus_space_settings(milvus_server)
+    yield space
+    drop_milvus_space(space)
+
+
+@pytest.fixture(scope="module")
+def milvus_space_module(milvus_server: str) -> Iterator[dict[str, str]]:
+    space = milvus_space_settings(milvus_server)
+    yield space
+    drop_milvus_space(space)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[tuple[str, str, Path]]:
+    """(catalogue URL, password, server folder) of a real PostgreSQL from Debian's package,
+    started by scripts/postgres.sh as a non-root user in a temporary folder."""
+    from pipeline.stream.broker import _free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="fs-pg-", dir="/tmp"))
+    root.chmod(0o755)  # the server runs as the unprivileged "postgres" user
+    password = uuid.uuid4().hex
+    script = str(REPO_ROOT / "scripts" / "postgres.sh")
+    pg_dir = root / "pg"
+    res = subprocess.run(
+        ["bash", script, "start", str(pg_dir), str(_free_ports(1)[0]), password],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if res.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"PostgreSQL did not start: {res.stderr.strip()}")
+    try:
+        yield res.stdout.strip().splitlines()[-1], password, pg_dir
+    finally:
+        subprocess.run(["bash", script, "stop", str(pg_dir)], capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

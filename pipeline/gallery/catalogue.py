@@ -1,182 +1,318 @@
-"""The identity catalogue: identities and their enrolled faces, in SQLite.
+"""The identity catalogue: identities, their enrolled faces and the faces' aligned crops,
+in one SQL database that every process and pod shares (SQLAlchemy Core: SQLite on one
+machine, PostgreSQL for shared deployments; the schema is migrated by Alembic).
 
-Why SQLite beside the blob dir rather than Milvus:
+Why a database beside Milvus rather than Milvus alone:
 
 - The catalogue is independent of the model version. Milvus holds one collection per
   version and a re-embed builds a new one; names, external ids, metadata and the
-  face -> crop records must outlive every collection, and they are the input of a
-  re-embed.
-- Enrolment is all-or-nothing. SQLite gives a real transaction and a UNIQUE
-  constraint on external ids; Milvus has neither across rows.
+  faces' crops must outlive every collection, and they are the input of a re-embed.
+- Enrolment is all-or-nothing: a transaction and a UNIQUE constraint on external ids;
+  Milvus has neither across rows.
 - Milvus collections need a vector field; identities have none.
 
-The catalogue is the source of truth for who is enrolled. A vector row whose identity
-is not (yet) committed here is never reported by a search.
-Readers open their own connection per call, so with WAL they never see a
-write that is still in its transaction.
+Why the crops live in the database and not in files: every replica that re-embeds (a
+live promote runs in the stream's search deployment, on any node or pod) already
+reaches the database, so no volume has to be mounted read-write by every pod; a
+crop is written in the same transaction as its face row (no orphan file after a crash)
+and an erasure is one cascading DELETE. A crop is a lossless PNG of ~30 KB, so 100k
+faces are ~3 GB of ``bytea``, which PostgreSQL stores out of line (TOAST).
+
+The catalogue is the source of truth for who is enrolled: a vector row whose identity
+is not committed here is never reported by a search.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import sqlite3
+import os
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.gallery.errors import DuplicateExternalId, IdentityNotFound
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from pipeline.gallery.errors import (
+    DuplicateExternalId,
+    GalleryError,
+    GalleryUnavailable,
+    IdentityNotFound,
+)
 from pipeline.gallery.records import FaceRecord, Identity, IdentityDetail
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS identities (
-    identity_id TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    external_id TEXT UNIQUE,
-    metadata    TEXT NOT NULL DEFAULT '{}',
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    face_id          TEXT PRIMARY KEY,
-    identity_id      TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE,
-    crop             TEXT NOT NULL,
-    crop_sha256      TEXT NOT NULL,
-    template         TEXT NOT NULL,
-    source           TEXT NOT NULL,
-    crop_mode        TEXT NOT NULL,
-    quality          TEXT NOT NULL,
-    enrolled_version TEXT NOT NULL,
-    created_at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_by_identity ON faces(identity_id);
-"""
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant: the key of PostgreSQL's advisory locks that serialise gallery writes
+# and schema migrations across every process and pod.
+WRITE_LOCK_KEY = 0x46535F47414C  # "FS_GAL"
+MIGRATE_LOCK_KEY = WRITE_LOCK_KEY + 1
+
+metadata = sa.MetaData()
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("identity_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("external_id", sa.Text, unique=True),
+    sa.Column("metadata", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+faces = sa.Table(
+    "faces",
+    metadata,
+    sa.Column("face_id", sa.String(64), primary_key=True),
+    sa.Column(
+        "identity_id",
+        sa.String(64),
+        sa.ForeignKey("identities.identity_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("crop", sa.Text, nullable=False),
+    sa.Column("crop_sha256", sa.Text, nullable=False),
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("crop_mode", sa.Text, nullable=False),
+    sa.Column("quality", sa.Text, nullable=False),
+    sa.Column("enrolled_version", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+crops = sa.Table(
+    "crops",
+    metadata,
+    sa.Column(
+        "face_id",
+        sa.String(64),
+        sa.ForeignKey("faces.face_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("png", sa.LargeBinary, nullable=False),
+)
+
+_N_FACES = (
+    sa.select(sa.func.count())
+    .select_from(faces)
+    .where(faces.c.identity_id == identities.c.identity_id)
+    .scalar_subquery()
+    .label("n_faces")
+)
+_SELECT_IDENTITY = sa.select(identities, _N_FACES)
+
+
+def catalogue_url(url: str, password: str | None) -> URL:
+    parsed = make_url(url)
+    return parsed.set(password=password) if password else parsed
+
+
+def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
+    cur = dbapi_con.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")  # the cascades that make erasure complete
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    cur.close()
 
 
 class Catalogue:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._reader() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+    def __init__(self, url: str, password: str | None = None) -> None:
+        self.url = catalogue_url(url, password)
+        self.address = self.url.render_as_string(hide_password=True)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._lock_path: Path | None = None
+        if self.is_sqlite:
+            db = Path(self.url.database or "")
+            if not self.url.database or self.url.database == ":memory:":
+                raise GalleryError("the catalogue needs a database file or a server")
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_path = db.with_name(db.name + ".lock")
+            self.engine: Engine = sa.create_engine(self.url, connect_args={"timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            # pre_ping: a pooled connection that died with a database restart is replaced
+            # instead of failing the next request.
+            self.engine = sa.create_engine(
+                self.url, pool_pre_ping=True, pool_size=4, connect_args={"connect_timeout": 5}
+            )
+        self._thread_lock = threading.RLock()
+        self.migrate()
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA foreign_keys=ON")
-        return con
+    def close(self) -> None:
+        self.engine.dispose()
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
+    # -- availability ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _available(self) -> Iterator[None]:
+        """Database outages become ``GalleryUnavailable`` naming the address (no password)."""
         try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if self.is_sqlite and "locked" not in str(exc.orig):
+                raise GalleryError(f"catalogue {self.address}: {exc.orig}") from None
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise GalleryUnavailable(
+                f"the catalogue database at {self.address} is unavailable: {first}"
+            ) from None
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        with self._available(), self.engine.connect() as con:
             yield con
-        finally:
-            con.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed when the block ends, rolled back on any error."""
-        con = self._connect()
+        with self._available(), self.engine.begin() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _file_lock(self, suffix: str) -> Iterator[None]:
+        assert self._lock_path is not None
+        fd = os.open(str(self._lock_path) + suffix, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
-            con.close()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialise gallery writes across threads, processes and (PostgreSQL) pods, so a
+        re-embed never misses a concurrent enrolment."""
+        with self._thread_lock:
+            if self.is_sqlite:
+                with self._file_lock(""):
+                    yield
+                return
+            with self._available(), self.engine.connect() as con:
+                con.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": WRITE_LOCK_KEY})
+                con.commit()
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(sa.exc.DBAPIError):
+                        con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": WRITE_LOCK_KEY})
+                        con.commit()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent; concurrent starters of
+        many replicas take turns)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._available():
+            if self.is_sqlite:
+                with self._file_lock(".migrate"), self.engine.begin() as con:
+                    cfg.attributes["connection"] = con
+                    command.upgrade(cfg, "head")
+                return
+            with self.engine.begin() as con:
+                con.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
+                cfg.attributes["connection"] = con
+                command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self._reader() as con:
+            return MigrationContext.configure(con).get_current_revision()
 
     # -- writes (inside a transaction) -------------------------------------------------
 
     @staticmethod
     def add_identity(
-        con: sqlite3.Connection,
+        con: Connection,
         identity_id: str,
         name: str,
         external_id: str | None,
-        metadata: dict[str, Any],
+        meta: dict[str, Any],
     ) -> None:
         now = time.time()
         try:
-            con.execute(
-                "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?)",
-                (identity_id, name, external_id, json.dumps(metadata), now, now),
-            )
-        except sqlite3.IntegrityError as exc:
-            if "external_id" in str(exc):
+            with con.begin_nested():  # a duplicate must not abort the outer transaction
+                con.execute(
+                    identities.insert().values(
+                        identity_id=identity_id,
+                        name=name,
+                        external_id=external_id,
+                        metadata=json.dumps(meta),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            if "external_id" in str(exc.orig):
                 raise DuplicateExternalId(
                     f"external id {external_id!r} is already enrolled"
                 ) from None
             raise
 
     @staticmethod
-    def add_face(con: sqlite3.Connection, face: FaceRecord) -> None:
+    def add_face(con: Connection, face: FaceRecord, png: bytes) -> None:
+        """The face row and its crop, in the caller's transaction."""
+        row = face.model_dump()
+        row["quality"] = json.dumps(face.quality)
+        con.execute(faces.insert().values(**row))
+        con.execute(crops.insert().values(face_id=face.face_id, png=png))
         con.execute(
-            "INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                face.face_id,
-                face.identity_id,
-                face.crop,
-                face.crop_sha256,
-                face.template,
-                face.source,
-                face.crop_mode,
-                json.dumps(face.quality),
-                face.enrolled_version,
-                face.created_at,
-            ),
-        )
-        con.execute(
-            "UPDATE identities SET updated_at = ? WHERE identity_id = ?",
-            (time.time(), face.identity_id),
+            identities.update()
+            .where(identities.c.identity_id == face.identity_id)
+            .values(updated_at=time.time())
         )
 
     def rename(self, identity_id: str, name: str) -> Identity:
         with self.transaction() as con:
-            cur = con.execute(
-                "UPDATE identities SET name = ?, updated_at = ? WHERE identity_id = ?",
-                (name, time.time(), identity_id),
+            res = con.execute(
+                identities.update()
+                .where(identities.c.identity_id == identity_id)
+                .values(name=name, updated_at=time.time())
             )
-            if cur.rowcount == 0:
+            if res.rowcount == 0:
                 raise IdentityNotFound(f"no identity {identity_id!r}")
         return self.get(identity_id)
 
     @staticmethod
-    def delete_identity(con: sqlite3.Connection, identity_id: str) -> None:
-        con.execute("DELETE FROM faces WHERE identity_id = ?", (identity_id,))
-        con.execute("DELETE FROM identities WHERE identity_id = ?", (identity_id,))
+    def delete_identity(con: Connection, identity_id: str) -> None:
+        # Explicit rather than relying on the cascade alone: SQLite enforces foreign
+        # keys only on connections that turned them on.
+        face_ids = sa.select(faces.c.face_id).where(faces.c.identity_id == identity_id)
+        con.execute(crops.delete().where(crops.c.face_id.in_(face_ids)))
+        con.execute(faces.delete().where(faces.c.identity_id == identity_id))
+        con.execute(identities.delete().where(identities.c.identity_id == identity_id))
 
     # -- reads --------------------------------------------------------------------------
 
     @staticmethod
-    def _identity(row: sqlite3.Row) -> Identity:
+    def _identity(row: sa.Row[Any]) -> Identity:
+        m = row._mapping
         return Identity(
-            identity_id=row["identity_id"],
-            name=row["name"],
-            external_id=row["external_id"],
-            metadata=json.loads(row["metadata"]),
-            n_faces=row["n_faces"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
+            identity_id=m["identity_id"],
+            name=m["name"],
+            external_id=m["external_id"],
+            metadata=json.loads(m["metadata"]),
+            n_faces=m["n_faces"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
         )
 
     @staticmethod
-    def _face(row: sqlite3.Row) -> FaceRecord:
-        return FaceRecord(**{**dict(row), "quality": json.loads(row["quality"])})
-
-    _SELECT = (
-        "SELECT i.*, (SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.identity_id) "
-        "AS n_faces FROM identities i"
-    )
+    def _face(row: sa.Row[Any]) -> FaceRecord:
+        m = dict(row._mapping)
+        return FaceRecord(**{**m, "quality": json.loads(m["quality"])})
 
     def get(self, identity_id: str) -> Identity:
         with self._reader() as con:
-            row = con.execute(f"{self._SELECT} WHERE identity_id = ?", (identity_id,)).fetchone()
+            row = con.execute(
+                _SELECT_IDENTITY.where(identities.c.identity_id == identity_id)
+            ).first()
         if row is None:
             raise IdentityNotFound(f"no identity {identity_id!r}")
         return self._identity(row)
@@ -185,45 +321,54 @@ class Catalogue:
         """The committed identities among ``identity_ids`` (others are simply absent)."""
         if not identity_ids:
             return {}
-        marks = ",".join("?" * len(identity_ids))
         with self._reader() as con:
             rows = con.execute(
-                f"{self._SELECT} WHERE identity_id IN ({marks})", identity_ids
-            ).fetchall()
-        return {r["identity_id"]: self._identity(r) for r in rows}
+                _SELECT_IDENTITY.where(identities.c.identity_id.in_(identity_ids))
+            ).all()
+        return {r._mapping["identity_id"]: self._identity(r) for r in rows}
 
     def detail(self, identity_id: str) -> IdentityDetail:
         ident = self.get(identity_id)
         return IdentityDetail(**ident.model_dump(), faces=self.faces(identity_id))
 
     def faces(self, identity_id: str | None = None) -> list[FaceRecord]:
+        query = sa.select(faces).order_by(faces.c.created_at, faces.c.face_id)
+        if identity_id is not None:
+            query = query.where(faces.c.identity_id == identity_id)
         with self._reader() as con:
-            if identity_id is None:
-                rows = con.execute("SELECT * FROM faces ORDER BY created_at, face_id").fetchall()
-            else:
-                rows = con.execute(
-                    "SELECT * FROM faces WHERE identity_id = ? ORDER BY created_at, face_id",
-                    (identity_id,),
-                ).fetchall()
+            rows = con.execute(query).all()
         return [self._face(r) for r in rows]
+
+    def crop_png(self, face_id: str) -> bytes:
+        with self._reader() as con:
+            png = con.execute(sa.select(crops.c.png).where(crops.c.face_id == face_id)).scalar()
+        if png is None:
+            raise GalleryError(f"stored crop of face {face_id} missing from {self.address}")
+        return bytes(png)
+
+    def crop_count(self, identity_id: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(crops)
+        if identity_id is not None:
+            query = query.join(faces, faces.c.face_id == crops.c.face_id).where(
+                faces.c.identity_id == identity_id
+            )
+        with self._reader() as con:
+            return int(con.execute(query).scalar() or 0)
 
     def list(
         self, limit: int = 100, offset: int = 0, name_contains: str | None = None
     ) -> list[Identity]:
-        where, args = "", []
+        query = _SELECT_IDENTITY
         if name_contains:
-            where = " WHERE i.name LIKE ? ESCAPE '\\'"
             esc = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            args.append(f"%{esc}%")
+            query = query.where(identities.c.name.ilike(f"%{esc}%", escape="\\"))
+        query = query.order_by(identities.c.created_at, identities.c.identity_id)
         with self._reader() as con:
-            rows = con.execute(
-                f"{self._SELECT}{where} ORDER BY i.created_at, i.identity_id LIMIT ? OFFSET ?",
-                [*args, limit, offset],
-            ).fetchall()
+            rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
 
     def counts(self) -> tuple[int, int]:
         with self._reader() as con:
-            n_id = con.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-            n_faces = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-        return int(n_id), int(n_faces)
+            n_id = con.execute(sa.select(sa.func.count()).select_from(identities)).scalar()
+            n_faces = con.execute(sa.select(sa.func.count()).select_from(faces)).scalar()
+        return int(n_id or 0), int(n_faces or 0)

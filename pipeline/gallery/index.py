@@ -1,11 +1,13 @@
 """Vector index of the face collections and how searches probe it.
 
-The parameters are chosen by measurement (``facestream bench search``): recall@1 against
-exact search must stay at least 0.99, since a missed enrolled face is a false "unknown".
+The parameters are chosen by measurement (``facestream bench search``; results and the
+reasoning in ``pipeline/gallery/INDEX.md``): recall@1 against exact search must stay at
+least 0.99, since a missed enrolled face is a false "unknown".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,23 +15,42 @@ if TYPE_CHECKING:
 
 VECTOR_FIELD = "embedding"
 
+# Build parameters per index type (FLAT and AUTOINDEX take none).
+BUILD_PARAMS: dict[str, dict[str, int]] = {
+    "IVF_FLAT": {"nlist": 256},
+    "HNSW": {"M": 16, "efConstruction": 200},
+}
+# Search parameters per index type. Generous probing: a missed enrolled face is a false
+# "unknown", which costs more than the extra milliseconds.
+SEARCH_PARAMS: dict[str, dict[str, int]] = {
+    "IVF_FLAT": {"nprobe": 32},
+    "HNSW": {"ef": 128},
+}
+# Which parameter names belong to the search (the rest are build parameters).
+SEARCH_KEYS = frozenset({"ef", "nprobe"})
 
-def index_params(client: MilvusClient, index_type: str) -> Any:
+
+def index_params(
+    client: MilvusClient, index_type: str, overrides: Mapping[str, int] | None = None
+) -> Any:
+    """Index of the vector field; ``overrides`` replace build parameters (the bench)."""
     params = client.prepare_index_params()
-    extra: dict[str, Any] = {}
-    if index_type == "IVF_FLAT":
-        extra = {"nlist": 256}
-    elif index_type == "HNSW":
-        extra = {"M": 16, "efConstruction": 200}
+    extra: dict[str, Any] = {**BUILD_PARAMS.get(index_type, {}), **(overrides or {})}
     params.add_index(VECTOR_FIELD, index_type=index_type, metric_type="COSINE", params=extra)
     return params
 
 
-def search_params(index_type: str) -> dict[str, Any]:
-    # Generous probing: a missed enrolled face is a false "unknown", which costs more
-    # than the extra milliseconds (bench.py measures recall with these settings).
-    if index_type == "IVF_FLAT":
-        return {"params": {"nprobe": 32}}
-    if index_type == "HNSW":
-        return {"params": {"ef": 128}}
-    return {}
+def search_params(
+    index_type: str, overrides: Mapping[str, int] | None = None, *, limit: int | None = None
+) -> dict[str, Any]:
+    """Search parameters of ``index_type``; ``overrides`` replace them (the bench).
+
+    HNSW refuses a search whose ``limit`` exceeds ``ef``: given the limit, ``ef`` is
+    raised to it.
+    """
+    extra: dict[str, Any] = {**SEARCH_PARAMS.get(index_type, {}), **(overrides or {})}
+    if not extra:
+        return {}
+    if index_type == "HNSW" and limit is not None:
+        extra["ef"] = max(int(extra["ef"]), limit)
+    return {"params": extra}

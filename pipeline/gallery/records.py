@@ -13,7 +13,7 @@ class FaceRecord(BaseModel):
 
     face_id: str
     identity_id: str
-    crop: str = Field(description="Path of the stored aligned crop, relative to the blob dir.")
+    crop: str = Field(description="Where the stored aligned crop is: the catalogue crops table.")
     crop_sha256: str
     template: str = Field(description="Digest of the alignment template the crop was cut with.")
     source: str = Field(description="Name of the image the face came from.")
@@ -126,6 +126,7 @@ class CollectionInfo(BaseModel):
 
 class GalleryStatus(BaseModel):
     milvus_uri: str
+    catalogue: str = Field(description="The catalogue database (its URL, without password).")
     alias: str
     active_collection: str | None
     active_version: str | None

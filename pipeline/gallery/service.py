@@ -1,21 +1,24 @@
 """The gallery: enrol, remove, rename, list, search and re-embed identities.
 
-It ties together the identity catalogue (SQLite, ``catalogue.py``), the stored aligned
-crops (``blobs.py``) and the versioned Milvus collections (``vectors.py``), and runs
-photos through the face core of the model version that the active collection holds.
-The CLI and the REST API are thin layers over this class.
+It ties together the identity catalogue with the faces' aligned crops (a SQL database
+shared by every process, ``catalogue.py``) and the versioned Milvus collections
+(``vectors.py``, on a Milvus server shared the same way), and runs photos through the
+face core of the model version that the active collection holds. The CLI, the REST API
+and the stream's search deployment are thin layers over this class; any number of
+them, in any process or pod, see the same people.
 
 Consistency rules:
 
-- Writes (enrol, remove, rename, re-embed) are serialised by a thread lock and a file
-  lock in the data dir, so a re-embed never misses a concurrent enrolment.
+- Writes (enrol, remove, rename, re-embed) are serialised by the catalogue's write lock
+  (a PostgreSQL advisory lock, or a file lock beside a SQLite catalogue), so a re-embed
+  never misses a concurrent enrolment, whichever process runs it.
 - Enrolment is all-or-nothing: every image is analysed before anything is written;
-  then the catalogue transaction is opened, crops written and vectors inserted, and
-  the transaction commits last. Any failure deletes the inserted rows by face id and
-  the written crops, and rolls the transaction back.
+  then the catalogue transaction is opened, face rows and crops added and vectors
+  inserted, and the transaction commits last. Any failure deletes the inserted vector
+  rows by face id and rolls the transaction back (crops included).
 - Removal deletes the vectors from every version's collection first (from then on no
-  search can find the person), then the crops, then the catalogue rows; a failure
-  part-way leaves the identity listed, so the removal can simply be retried.
+  search can find the person), then the catalogue rows and crops in one transaction;
+  a failure part-way leaves the identity listed, so the removal can simply be retried.
 - A request uses one (model version, collection) pair from start to end: the alias is
   resolved once and the embedder of that collection's version embeds the probe.
 """
@@ -23,20 +26,19 @@ Consistency rules:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from pipeline.config.face import FaceConfig, PickPolicy
-from pipeline.config.gallery import CropMode, GalleryConfig, resolved_paths
+from pipeline.config.gallery import CropMode, GalleryConfig, resolved_paths, uses_local_milvus
 from pipeline.config.models import ModelsConfig
 from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
@@ -44,7 +46,7 @@ from pipeline.face.errors import FaceError, MultipleFacesError
 from pipeline.face.image_io import decode_image
 from pipeline.face.manifest import Threshold
 from pipeline.face.records import Face
-from pipeline.gallery.blobs import CropStore
+from pipeline.gallery.blobs import decode_crop, encode_crop
 from pipeline.gallery.catalogue import Catalogue
 from pipeline.gallery.errors import (
     EnrollmentRejected,
@@ -56,6 +58,7 @@ from pipeline.gallery.errors import (
     ReembedError,
 )
 from pipeline.gallery.faces import find_faces
+from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.records import (
     Candidate,
     CollectionInfo,
@@ -77,6 +80,12 @@ from pipeline.models.store import ModelStore
 
 ImageInput = tuple[str, bytes | np.ndarray]
 REEMBED_BATCH = 64
+log = logging.getLogger(__name__)
+
+
+def crop_ref(face_id: str) -> str:
+    """Where a face's crop is: its row of the catalogue's ``crops`` table."""
+    return f"catalogue:crops/{face_id}"
 
 
 def template_digest(template: AlignmentTemplate) -> str:
@@ -112,10 +121,19 @@ class Gallery:
         self.default_version = default_version
         self.batch_size = batch_size
         self.intra_op_threads = intra_op_threads
-        self.data_dir, self.milvus_uri, blob_dir = resolved_paths(config)
+        self.data_dir, self.milvus_uri, url = resolved_paths(config)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.catalogue = Catalogue(self.data_dir / "catalogue.sqlite3")
-        self.crops = CropStore(blob_dir)
+        password = config.catalogue_password
+        self.catalogue = Catalogue(url, password.get_secret_value() if password else None)
+        self.local_milvus: LocalMilvus | None = None
+        if uses_local_milvus(config):
+            # Started when no other facestream process runs it; stopped by its last user.
+            self.local_milvus = LocalMilvus(self.data_dir / "milvus", config.local_milvus_port)
+            try:
+                self.local_milvus.attach(log=log.info)
+            except BaseException:
+                self.catalogue.close()
+                raise
         token = config.milvus_token.get_secret_value() if config.milvus_token else None
         self.vectors = VectorStore(
             self.milvus_uri,
@@ -126,7 +144,6 @@ class Gallery:
         )
         self._pipelines: dict[str, FacePipeline] = {}
         self._pipeline_lock = threading.Lock()
-        self._write_lock = threading.RLock()
 
     @classmethod
     def from_settings(
@@ -152,6 +169,10 @@ class Gallery:
 
     def close(self) -> None:
         self.vectors.close()
+        self.catalogue.close()
+        if self.local_milvus is not None:
+            self.local_milvus.release()
+            self.local_milvus = None
 
     def __enter__(self) -> Gallery:
         return self
@@ -193,16 +214,8 @@ class Gallery:
                 )
             return self._pipelines[version]
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        with self._write_lock:
-            fd = os.open(self.data_dir / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # another process's write finishes first
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return self.catalogue.write_lock()
 
     # -- images ---------------------------------------------------------------------------
 
@@ -289,7 +302,6 @@ class Gallery:
             assert pipe.embedder is not None
             template = template_digest(pipe.embedder.manifest.alignment)
             face_ids = [uuid.uuid4().hex for _ in faces]
-            written: list[str] = []
             inserted = False
             try:
                 with self.catalogue.transaction() as con:
@@ -300,12 +312,11 @@ class Gallery:
                         )
                     rows = []
                     for fid, (img_name, face) in zip(face_ids, faces, strict=True):
-                        rel, sha = self.crops.put(ident_id, fid, face.chip)
-                        written.append(rel)
+                        png, sha = encode_crop(face.chip, fid)
                         rec = FaceRecord(
                             face_id=fid,
                             identity_id=ident_id,
-                            crop=rel,
+                            crop=crop_ref(fid),
                             crop_sha256=sha,
                             template=template,
                             source=img_name,
@@ -314,7 +325,7 @@ class Gallery:
                             enrolled_version=version,
                             created_at=time.time(),
                         )
-                        self.catalogue.add_face(con, rec)
+                        self.catalogue.add_face(con, rec, png)
                         rows.append(rec.model_dump())
                     vecs = np.stack([f.embedding for _, f in faces])
                     self.vectors.insert(snap.collection, version, rows, vecs)
@@ -322,11 +333,6 @@ class Gallery:
             except BaseException:
                 if inserted:
                     self.vectors.delete_faces(snap.collection, face_ids)
-                for rel in written:
-                    self.crops.delete(rel)
-                if existing is None:
-                    with contextlib.suppress(OSError):
-                        (self.crops.root / ident_id).rmdir()
                 raise
             reports = [
                 ImageReport(
@@ -365,14 +371,15 @@ class Gallery:
             faces = self.catalogue.faces(identity_id)
             self.catalogue.get(identity_id)  # IdentityNotFound before anything is touched
             rows = self.vectors.delete_identity(identity_id)
-            n_crops = self.crops.delete_identity(identity_id)
+            n_crops = self.catalogue.crop_count(identity_id)
             with self.catalogue.transaction() as con:
                 self.catalogue.delete_identity(con, identity_id)
             left = {c: self.vectors.count(c, identity_id) for c in self.vectors.collections()}
-            if any(left.values()) or self.crops.files_of(identity_id):
+            crops_left = self.catalogue.crop_count(identity_id)
+            if any(left.values()) or crops_left:
                 raise GalleryError(
                     f"removal of {identity_id} incomplete: rows left {left}, crops left "
-                    f"{[str(p) for p in self.crops.files_of(identity_id)]}"
+                    f"{crops_left}"
                 )
             return RemoveResult(
                 identity_id=identity_id,
@@ -598,7 +605,14 @@ class Gallery:
             try:
                 for i in range(0, len(faces), REEMBED_BATCH):
                     batch = faces[i : i + REEMBED_BATCH]
-                    chips = np.stack([self.crops.get(f.crop, f.crop_sha256) for f in batch])
+                    chips = np.stack(
+                        [
+                            decode_crop(
+                                self.catalogue.crop_png(f.face_id), f.crop_sha256, f.face_id
+                            )
+                            for f in batch
+                        ]
+                    )
                     vecs = pipe.embedder.embed(chips)
                     self.vectors.insert(name, to_version, [f.model_dump() for f in batch], vecs)
                 n = self.vectors.count(name)
@@ -644,6 +658,7 @@ class Gallery:
         ]
         return GalleryStatus(
             milvus_uri=self.milvus_uri,
+            catalogue=self.catalogue.address,
             alias=self.config.alias,
             active_collection=snap.collection if snap else None,
             active_version=snap.version if snap else None,

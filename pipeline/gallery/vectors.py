@@ -15,19 +15,28 @@ every hit's row version is checked again after: any difference raises
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from urllib.parse import urlparse
 
 import numpy as np
 
-from pipeline.gallery.errors import GalleryBusy, GalleryError, ModelVersionMismatch
+from pipeline.gallery.errors import (
+    GalleryBusy,
+    GalleryError,
+    GalleryUnavailable,
+    ModelVersionMismatch,
+)
 from pipeline.gallery.index import VECTOR_FIELD, index_params, search_params
 
 if TYPE_CHECKING:
@@ -39,6 +48,9 @@ ID_MAX = 64
 
 OUTPUT_FIELDS = ["face_id", "identity_id", "model_version"]
 LOAD_ATTEMPTS = 6
+# Faces fetched per person asked for (see VectorStore.search), and Milvus's top-k cap.
+FACES_PER_PERSON_FETCHED = 8
+MAX_TOPK = 16384
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,46 @@ class Hit:
     face_id: str
     identity_id: str
     similarity: float
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(uri: str) -> bool:
+    url = urlparse(uri)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 19530), 2):
+            return True
+    except OSError:
+        return False
+
+
+def _milvus_call(fn: Callable[P, R]) -> Callable[P, R]:
+    """A Milvus server that cannot be reached becomes ``GalleryUnavailable`` naming its
+    address (the stream then holds its frames back and retries); other errors pass."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        from pymilvus.exceptions import MilvusException
+
+        store = args[0]
+        assert isinstance(store, VectorStore)
+        try:
+            return fn(*args, **kwargs)
+        except (MilvusException, ConnectionError) as exc:
+            if store.is_lite:
+                raise
+            text = str(exc).lower()
+            if "not loaded" in text:
+                store._loaded.clear()  # a restarted server: load again on the next call
+            if "not loaded" in text or not _reachable(store.uri) or "unavailable" in text:
+                raise GalleryUnavailable(
+                    f"the Milvus server at {store.uri} is unavailable: {str(exc)[:200]}"
+                ) from None
+            raise
+
+    return call
 
 
 def lite_lock_holder_busy(db_path: str) -> bool:
@@ -104,6 +156,7 @@ class VectorStore:
                 self._client = self._open()
             return self._client
 
+    @_milvus_call
     def _open(self) -> MilvusClient:
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
@@ -123,6 +176,10 @@ class VectorStore:
                     f"the Milvus Lite database {self.uri} is open in another process (is "
                     "`facestream serve` running? Milvus Lite serves one process: use the "
                     "REST API, or point gallery.milvus_uri at a Milvus server)"
+                ) from None
+            if not self.is_lite:
+                raise GalleryUnavailable(
+                    f"cannot reach the Milvus server at {self.uri}: {exc.message}"
                 ) from None
             raise GalleryError(f"cannot open Milvus at {self.uri}: {exc}") from None
         finally:
@@ -165,6 +222,7 @@ class VectorStore:
     def collection_name(self, version: str) -> str:
         return f"{self.prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', version)}"
 
+    @_milvus_call
     def version_of(self, collection: str) -> str:
         """The model version a collection was created for (from its properties)."""
         if collection in self._versions:
@@ -179,6 +237,7 @@ class VectorStore:
         self._versions[desc["collection_name"]] = version
         return version
 
+    @_milvus_call
     def collections(self) -> dict[str, str]:
         """Every facestream collection -> its model version."""
         out = {}
@@ -190,6 +249,7 @@ class VectorStore:
                     continue  # not one of ours
         return out
 
+    @_milvus_call
     def active(self) -> Snapshot | None:
         """The collection the alias points at, or None before the first enrolment."""
         # list_aliases first: describe_alias logs an RPC error when the alias is absent.
@@ -198,6 +258,7 @@ class VectorStore:
         coll = self.client.describe_alias(self.alias)["collection_name"]
         return Snapshot(coll, self.version_of(coll))
 
+    @_milvus_call
     def create(self, version: str, dim: int, *, replace: bool = False) -> str:
         from pymilvus import DataType, MilvusClient
 
@@ -223,11 +284,13 @@ class VectorStore:
         self._versions[name] = version
         return name
 
+    @_milvus_call
     def drop(self, collection: str) -> None:
         self.client.drop_collection(collection)
         self._versions.pop(collection, None)
         self._loaded.discard(collection)
 
+    @_milvus_call
     def flip(self, collection: str) -> None:
         """Point the alias at ``collection`` in one atomic step."""
         if self.active() is None:
@@ -235,6 +298,7 @@ class VectorStore:
         else:
             self.client.alter_alias(collection, self.alias)
 
+    @_milvus_call
     def count(self, collection: str, identity_id: str | None = None) -> int:
         expr = f'identity_id == "{identity_id}"' if identity_id else 'face_id != ""'
         self._ensure_loaded(collection)
@@ -243,6 +307,7 @@ class VectorStore:
 
     # -- rows ---------------------------------------------------------------------------
 
+    @_milvus_call
     def insert(
         self,
         collection: str,
@@ -272,11 +337,13 @@ class VectorStore:
         if data:
             self.client.insert(collection, data)
 
+    @_milvus_call
     def delete_faces(self, collection: str, face_ids: list[str]) -> None:
         if face_ids:
             self._ensure_loaded(collection)
             self.client.delete(collection, ids=face_ids)
 
+    @_milvus_call
     def delete_identity(self, identity_id: str) -> dict[str, int]:
         """Delete the identity's rows from every version's collection; rows deleted each."""
         _check_id(identity_id)
@@ -287,6 +354,7 @@ class VectorStore:
             deleted[coll] = before
         return deleted
 
+    @_milvus_call
     def identity_vectors(self, snap: Snapshot, identity_id: str) -> np.ndarray:
         _check_id(identity_id)
         self._ensure_loaded(snap.collection)
@@ -305,6 +373,7 @@ class VectorStore:
             return np.zeros((0, 0), dtype=np.float32)
         return np.asarray([r[VECTOR_FIELD] for r in rows], dtype=np.float32)
 
+    @_milvus_call
     def search(
         self, snap: Snapshot, vectors: np.ndarray, model_version: str, limit: int
     ) -> list[list[Hit]]:
@@ -323,25 +392,33 @@ class VectorStore:
         if len(vectors) == 0:
             return []
         self._ensure_loaded(snap.collection)
+        # Top-k people, not k faces of one person. Grouped search (group_by_field) came
+        # with Milvus 2.4; the server the PyPI package ships (2.3) silently ignores it,
+        # so fetch several faces per wanted person and keep each person's best face here.
         res = self.client.search(
             snap.collection,
             data=np.asarray(vectors, dtype=np.float32).tolist(),
-            limit=limit,
+            limit=min(limit * FACES_PER_PERSON_FETCHED, MAX_TOPK),
             anns_field=VECTOR_FIELD,
             search_params=search_params(self.index_type),
             output_fields=OUTPUT_FIELDS,
-            group_by_field="identity_id",  # top-k people, not k faces of one person
         )
         out = []
         for hits in res:
-            row_hits = []
-            for h in hits:
+            row_hits: list[Hit] = []
+            seen: set[str] = set()
+            for h in hits:  # best first
+                if len(row_hits) == limit:
+                    break
                 ent = h["entity"]
                 if ent["model_version"] != model_version:
                     raise ModelVersionMismatch(
                         f"row {ent.get('face_id')} of collection {snap.collection} was made by "
                         f"model {ent['model_version']}, the probe by {model_version}"
                     )
+                if ent["identity_id"] in seen:
+                    continue
+                seen.add(ent["identity_id"])
                 row_hits.append(
                     Hit(
                         face_id=str(h.get("face_id", ent.get("face_id"))),

@@ -3,7 +3,6 @@ test_api.py): a model store with two real model versions, LFW people, tight crop
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -74,16 +73,16 @@ def png(rgb: np.ndarray) -> bytes:
 
 
 def open_gallery(
-    data_dir: Path, store: ModelStore, face: FaceConfig | None = None, **cfg: object
+    data_dir: Path,
+    store: ModelStore,
+    face: FaceConfig | None = None,
+    *,
+    space: dict[str, str] | None = None,
+    **cfg: object,
 ) -> Gallery:
-    gallery = GalleryConfig(data_dir=data_dir, **cfg)  # type: ignore[arg-type]
+    """A gallery in ``data_dir`` (its SQLite catalogue) on the Milvus server corner
+    ``space`` (tests/conftest.py ``milvus_space``), or on a Milvus Lite file there."""
+    vectors = space or {"milvus_uri": str(data_dir / "milvus.db")}
+    gallery = GalleryConfig(data_dir=data_dir, **vectors, **cfg)  # type: ignore[arg-type]
     models = ModelsConfig(store=store.root)
     return Gallery.from_settings(gallery, face or FaceConfig(), models, store=store)
-
-
-def gallery_fixture(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:
-    g = open_gallery(tmp_path / "gallery", store)
-    try:
-        yield g
-    finally:
-        g.close()

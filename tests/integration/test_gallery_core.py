@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.config.face import DetectorConfig, FaceConfig
 from pipeline.face.errors import ModelError
+from pipeline.gallery.blobs import decode_crop
 from pipeline.gallery.errors import (
     DuplicateExternalId,
     EnrollmentRejected,
@@ -55,8 +56,8 @@ def lfw(shared_dir: Path) -> Path:
 
 
 @pytest.fixture
-def gallery(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:
-    g = open_gallery(tmp_path / "gallery", store)
+def gallery(tmp_path: Path, store: ModelStore, milvus_space: dict[str, str]) -> Iterator[Gallery]:
+    g = open_gallery(tmp_path / "gallery", store, space=milvus_space)
     yield g
     g.close()
 
@@ -131,7 +132,7 @@ def test_enrolment_is_all_or_nothing_and_says_why_each_image_failed(
     # nothing was written anywhere
     assert gallery.list() == []
     assert gallery.catalogue.counts() == (0, 0)
-    assert not any(p.is_file() for p in gallery.crops.root.rglob("*"))
+    assert gallery.catalogue.crop_count() == 0
     snap = gallery.active()
     assert snap is None or gallery.vectors.count(snap.collection) == 0
 
@@ -154,11 +155,13 @@ def test_quality_gate_rejects_a_tiny_face_with_the_measured_reason(
 
 
 @pytest.fixture
-def hog_gallery(tmp_path: Path, store: ModelStore) -> Iterator[Gallery]:
+def hog_gallery(
+    tmp_path: Path, store: ModelStore, milvus_space: dict[str, str]
+) -> Iterator[Gallery]:
     """A gallery on dlib's HOG detector with the CNN fallback (the default before YuNet):
     the scene detectors that miss the tight crops below."""
     face = FaceConfig(detector=DetectorConfig(backend="dlib_hog", fallbacks=["dlib_cnn"]))
-    g = open_gallery(tmp_path / "gallery", store, face)
+    g = open_gallery(tmp_path / "gallery", store, face, space=milvus_space)
     yield g
     g.close()
 
@@ -209,8 +212,7 @@ def test_remove_erases_every_version_and_the_crops(
     _, v_flip, v_plain = versions
     ids = enrol_people(gallery, lfw, ENROLLED[:2])
     gone, kept = ids[ENROLLED[0]], ids[ENROLLED[1]]
-    crop_files = gallery.crops.files_of(gone)
-    assert len(crop_files) == 2 and all(p.is_file() for p in crop_files)
+    assert gallery.catalogue.crop_count(gone) == 2
     gallery.reembed(v_plain)  # now the person has rows in two collections
     colls = gallery.vectors.collections()
     assert sorted(colls.values()) == sorted([v_flip, v_plain])
@@ -220,8 +222,8 @@ def test_remove_erases_every_version_and_the_crops(
     assert res.faces_removed == 2 and res.crops_deleted == 2
     assert res.rows_deleted == {c: 2 for c in colls}
     assert all(gallery.vectors.count(c, gone) == 0 for c in colls)
-    assert not any(p.exists() for p in crop_files)
-    assert not (gallery.crops.root / gone).exists()
+    assert gallery.catalogue.crop_count(gone) == 0
+    assert gallery.catalogue.crop_count(kept) == 2
     with pytest.raises(IdentityNotFound):
         gallery.show(gone)
     with pytest.raises(IdentityNotFound):
@@ -267,7 +269,9 @@ def test_reembed_builds_the_new_collection_flips_the_alias_and_searches_follow(
     # the rows are exactly the new model's embedding of the stored (lossless) crops
     plain = store.load_embedder(v_plain)
     for face in gallery.catalogue.faces():
-        stored = gallery.crops.get(face.crop, face.crop_sha256)
+        stored = decode_crop(
+            gallery.catalogue.crop_png(face.face_id), face.crop_sha256, face.face_id
+        )
         row = gallery.vectors.client.query(
             after.collection, ids=[face.face_id], output_fields=["embedding", "model_version"]
         )[0]
@@ -349,7 +353,7 @@ def test_identity_records_rename_list_show_external_ids(gallery: Gallery, lfw: P
     assert detail.metadata == {"team": "blue"} and detail.external_id == "emp-42"
     assert [f.source for f in detail.faces] == [p.name for p in photos(lfw, person)[:2]]
     assert all(f.enrolled_version == res.model_version for f in detail.faces)
-    assert all((gallery.crops.root / f.crop).is_file() for f in detail.faces)
+    assert all(gallery.catalogue.crop_png(f.face_id) for f in detail.faces)
     renamed = gallery.rename(ident.identity_id, "Abdullah Gül")
     assert renamed.name == "Abdullah Gül"
     assert [i.name for i in gallery.list(name_contains="Gül")] == ["Abdullah Gül"]
@@ -365,30 +369,33 @@ def test_identity_records_rename_list_show_external_ids(gallery: Gallery, lfw: P
 
 
 def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) -> None:
+    import sqlalchemy as sa
+
     person = ENROLLED[0]
     res = gallery.enroll(as_input(photos(lfw, person)[:1]), name=person, pick="center")
     ident = res.identity.identity_id
     snap = gallery.active()
     assert snap is not None
-    # Put a plain file where the identity's crop folder is: the next crop write fails
-    # for real (mkdir/open on a non-directory), after the face was analysed and embedded.
-    folder = gallery.crops.root / ident
-    saved = {p.name: p.read_bytes() for p in folder.iterdir()}
-    for p in folder.iterdir():
-        p.unlink()
-    folder.rmdir()
-    folder.write_bytes(b"in the way")
-    with pytest.raises(OSError):
+    # A real database failure on the second crop of a two-photo enrolment, after both
+    # faces were analysed and embedded and the first face row and crop were written.
+    with gallery.catalogue.engine.begin() as con:
+        con.execute(
+            sa.text(
+                "CREATE TRIGGER crops_full BEFORE INSERT ON crops "
+                "WHEN (SELECT COUNT(*) FROM crops) >= 2 "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        )
+    with pytest.raises(sa.exc.IntegrityError, match="disk is full"):
         gallery.enroll(as_input(photos(lfw, person)[1:3]), identity_id=ident, pick="center")
     assert gallery.show(ident).n_faces == 1
+    assert gallery.catalogue.crop_count(ident) == 1
     assert gallery.vectors.count(snap.collection, ident) == 1
-    assert folder.read_bytes() == b"in the way"
-    folder.unlink()
-    folder.mkdir()
-    for name, data in saved.items():
-        (folder / name).write_bytes(data)
+    with gallery.catalogue.engine.begin() as con:
+        con.execute(sa.text("DROP TRIGGER crops_full"))
     more = gallery.enroll(as_input(photos(lfw, person)[1:3]), identity_id=ident, pick="center")
     assert more.identity.n_faces == 3 and gallery.vectors.count(snap.collection, ident) == 3
+    assert gallery.catalogue.crop_count(ident) == 3
 
 
 def test_searches_in_flight_during_a_flip_never_mix_versions(
