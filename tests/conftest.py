@@ -23,6 +23,7 @@ from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.embed import Embedder
 from pipeline.models.store import ModelStore
+from tests.stores import drop_milvus_space, milvus_space_settings
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -118,32 +119,6 @@ def milvus_server() -> Iterator[str]:
             server.release()
         finally:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def milvus_space_settings(uri: str) -> dict[str, str]:
-    """Gallery settings of a private corner of a shared Milvus server: its own collection
-    prefix and alias, so tests sharing the server never see each other's collections."""
-    tag = f"t{uuid.uuid4().hex[:10]}"
-    return {"milvus_uri": uri, "collection_prefix": tag, "alias": f"{tag}_active"}
-
-
-def drop_milvus_space(space: dict[str, str]) -> None:
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(space["milvus_uri"])
-    try:
-        if space["alias"] in client.list_aliases().get("aliases", []):
-            client.drop_alias(space["alias"])
-        for name in client.list_collections():
-            if name.startswith(f"{space['collection_prefix']}_"):
-                client.drop_collection(name)
-    finally:
-        client.close()
-
-
-def gallery_env(space: dict[str, str]) -> dict[str, str]:
-    """The same settings as FACESTREAM_GALLERY__* environment variables."""
-    return {f"FACESTREAM_GALLERY__{k.upper()}": v for k, v in space.items()}
 
 
 @pytest.fixture

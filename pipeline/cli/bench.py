@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,6 +17,9 @@ from pipeline.cli.common import (
     parse_people,
     state,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 bench_app = typer.Typer(help="Speed benchmarks (print tables; no pass/fail).", no_args_is_help=True)
 
@@ -176,8 +179,134 @@ def bench_stream(
     )
 
 
+def _ratio(value: float, base: float | None) -> str:
+    if base is None or not base or value != value or base != base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def bench_search(
+    rows: Annotated[int, typer.Option(help="Faces in the gallery (128-d, 4 per person).")] = (
+        100_000
+    ),
+    probes: Annotated[int, typer.Option(help="Probe faces searched per pass.")] = 500,
+    top_k: Annotated[int, typer.Option(help="People returned per probe (group_by).")] = 5,
+    lite: Annotated[bool, typer.Option("--lite/--no-lite", help="Also measure Milvus Lite.")] = (
+        True
+    ),
+    server: Annotated[
+        bool, typer.Option("--server/--no-server", help="Measure the local Milvus server.")
+    ] = True,
+    index: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--index",
+            help="Index variant, repeatable: TYPE or TYPE:key=value,... (e.g. "
+            "HNSW:M=32,efConstruction=200,ef=64). Default: FLAT, IVF_FLAT and HNSW with "
+            "the parameters of pipeline/gallery/index.py.",
+        ),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed passes; medians are reported.")] = 3,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    ] = None,
+) -> None:
+    """Gallery search on a throwaway local Milvus server vs Milvus Lite: insert and index
+    time, single-probe p50/p99, batch-64 latency, recall@1/@10 against exact search."""
+    import tempfile
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.gallery import bench
+
+    if rows < 1 or probes < 1 or top_k < 1 or repeats < 1:
+        raise typer.BadParameter("--rows, --probes, --top-k and --repeats must be positive")
+    if not (server or lite):
+        raise typer.BadParameter("nothing to measure: pass --server or --lite")
+    try:
+        variants = [bench.Variant.parse(s) for s in index or ()] or list(bench.DEFAULT_VARIANTS)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--index") from None
+    with (
+        tempfile.TemporaryDirectory(prefix="fs-bench-search-") as tmp,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as progress,
+    ):
+        tasks: dict[str, TaskID] = {}
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                for t in tasks.values():
+                    progress.update(t, visible=False)
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        results = bench.run(
+            Path(tmp),
+            rows=rows,
+            probes=probes,
+            top_k=top_k,
+            variants=variants,
+            server=server,
+            lite=lite,
+            repeats=repeats,
+            progress=report,
+            log=lambda msg: progress.console.print(msg, highlight=False),
+        )
+    base = bench.lite_of(results)
+    v = bench.versions()
+    table = Table(
+        title=f"Gallery search, {rows} faces x {bench.DIM}-d COSINE, top-{top_k} people "
+        f"(group_by identity), {probes} probes, median of {repeats} passes; milvus "
+        f"{v['milvus']}, milvus-lite {v['milvus-lite']}, pymilvus {v['pymilvus']}"
+    )
+    cols = (
+        "store",
+        "index",
+        "insert+index s",
+        "p50 ms",
+        "p99 ms",
+        f"batch-{bench.BATCH_PROBES} ms",
+        "recall@1",
+        "recall@10",
+        "group_by",
+        "p99 vs Lite",
+        "batch vs Lite",
+    )
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("store", "index", "group_by") else "right")
+    for r in results:
+        if r.error:
+            table.add_row(r.store, r.label, f"[red]{r.error}[/red]", *[""] * (len(cols) - 3))
+            continue
+        lite_row = base.get(r.label)
+        table.add_row(
+            r.store,
+            r.label,
+            f"{r.build_s:.1f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.batch_ms:.1f}",
+            f"{r.recall_at_1:.3f}",
+            f"{r.recall_at_10:.3f}",
+            {True: "honoured", False: "[red]IGNORED[/red]", None: "?"}[r.group_by],
+            _ratio(r.p99_ms, lite_row.p99_ms if lite_row else None),
+            _ratio(r.batch_ms, lite_row.batch_ms if lite_row else None),
+        )
+    out.print(table)
+    if json_path is not None:
+        bench.write_json(json_path, results, rows=rows, probes=probes, top_k=top_k, repeats=repeats)
+        err.print(f"wrote {json_path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` group to ``app``."""
     bench_app.command("embed")(cli_errors(bench_embed))
     bench_app.command("stream")(cli_errors(bench_stream))
+    bench_app.command("search")(cli_errors(bench_search))
     app.add_typer(bench_app, name="bench")

@@ -202,7 +202,9 @@ def run_openset(
     embeddings = embed_paths(pipe, paths, cache, on_progress=on_progress)
     scratch = Path(tempfile.mkdtemp(prefix="fs-openset-"))
     try:
-        with gallery_factory(GalleryConfig(data_dir=scratch)) as gallery:
+        # A throw-away Milvus Lite file: one process, nothing to share or start.
+        scratch_cfg = GalleryConfig(data_dir=scratch, milvus_uri=str(scratch / "milvus.db"))
+        with gallery_factory(scratch_cfg) as gallery:
             return evaluate_openset(pipe, gallery, splits, embeddings)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -30,11 +30,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from pipeline.config.face import FaceConfig
-from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig, with_absolute_paths
+from pipeline.config.gallery import (
+    CropMode,
+    EnrollPick,
+    GalleryConfig,
+    uses_local_milvus,
+    with_absolute_paths,
+)
 from pipeline.config.models import ModelsConfig
 from pipeline.errors import FacestreamError
 from pipeline.face.errors import ImageError, ImageTooLargeError, NoFaceError
 from pipeline.gallery.errors import GalleryError
+from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.records import (
     EnrollResult,
     GalleryStatus,
@@ -361,6 +368,12 @@ def run_blocking(
         with socket.socket() as s:
             s.bind((config.host, 0))
             config = config.model_copy(update={"port": s.getsockname()[1]})
+    local = None
+    if uses_local_milvus(config):
+        # Held while we serve, so the server outlives a `facestream run` that started it.
+        data_dir = config.data_dir.expanduser().resolve()
+        local = LocalMilvus(data_dir / "milvus", config.local_milvus_port)
+        config = config.model_copy(update={"milvus_uri": local.attach(log=log.info)})
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False)
@@ -378,3 +391,5 @@ def run_blocking(
         serve.shutdown()
         if started:
             ray.shutdown()
+        if local is not None:
+            local.release()

@@ -30,8 +30,10 @@ import ray
 from ray import serve
 
 from pipeline.config.face import FaceConfig
+from pipeline.config.gallery import uses_local_milvus
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
+from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.people import enroll_people
 from pipeline.gallery.service import Gallery
 from pipeline.serve.apps import ServeApps
@@ -76,6 +78,7 @@ class StreamRunner:
         self.kafka_data_dir = kafka_data_dir
         self.local_kafka_port = local_kafka_port
         self.broker: LocalKafka | None = None
+        self.local_milvus: LocalMilvus | None = None
         self.started_ray = False
         self.apps = ServeApps(cfg.embedder, cfg.search, settings.models, cfg.analyzer)
         self.live_file: Path | None = None
@@ -91,6 +94,7 @@ class StreamRunner:
     def start(self, enroll: dict[str, Path] | None = None, *, ingest: bool = True) -> StreamRunner:
         try:
             self._start_kafka()
+            self._start_milvus()
             if self.cfg.kafka.create_topics:
                 ensure_topics(self.cfg)
             self._enroll(enroll or {})
@@ -116,6 +120,22 @@ class StreamRunner:
             update={"kafka": self.cfg.kafka.model_copy(update={"bootstrap_servers": bootstrap})}
         )
         self.notes.append(f"local Kafka broker at {bootstrap}")
+
+    def _start_milvus(self) -> None:
+        """Attach to (or start) the local Milvus server when no server is configured. The
+        gallery settings then name it, so the Serve replicas connect without attaching;
+        `facestream gallery ...` and `facestream serve` attach to the same server."""
+        g = self.settings.gallery
+        if not uses_local_milvus(g):
+            return
+        self.local_milvus = LocalMilvus(
+            g.data_dir.expanduser().resolve() / "milvus", g.local_milvus_port
+        )
+        uri = self.local_milvus.attach(log=log.info)
+        self.settings = self.settings.model_copy(
+            update={"gallery": g.model_copy(update={"milvus_uri": uri})}
+        )
+        self.notes.append(f"local Milvus server at {uri}")
 
     def _enroll(self, people: dict[str, Path]) -> None:
         if not people:
@@ -290,6 +310,9 @@ class StreamRunner:
         if self.started_ray and running:
             ray.shutdown()
             self.started_ray = False
+        if self.local_milvus is not None:
+            self.local_milvus.release()  # stops it unless another process still uses it
+            self.local_milvus = None
         if self.broker is not None:
             try:
                 self.broker.stop()

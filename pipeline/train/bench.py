@@ -42,8 +42,9 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
     from pipeline.config.face import FaceConfig
     from pipeline.config.gallery import GalleryConfig
     from pipeline.config.models import ModelsConfig
+    from pipeline.gallery.blobs import encode_crop
     from pipeline.gallery.records import FaceRecord
-    from pipeline.gallery.service import Gallery, template_digest
+    from pipeline.gallery.service import Gallery, crop_ref, template_digest
     from pipeline.models.store import ModelStore
 
     store = ModelStore(store_root)
@@ -53,7 +54,11 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
     try:
         models = ModelsConfig(store=store.root)
         g = Gallery.from_settings(
-            GalleryConfig(data_dir=scratch), FaceConfig(), models, store=store
+            # A throw-away Milvus Lite file: one process, nothing to share or start.
+            GalleryConfig(data_dir=scratch, milvus_uri=str(scratch / "milvus.db")),
+            FaceConfig(),
+            models,
+            store=store,
         )
         manifest = store.manifest(src)
         coll = g.vectors.create(src, manifest.embedding_dim)
@@ -70,11 +75,11 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
                         ident = uuid.uuid4().hex
                         g.catalogue.add_identity(con, ident, f"person {i // per_id}", None, {})
                     fid = uuid.uuid4().hex
-                    rel, sha = g.crops.put(ident, fid, chips[i % len(chips)])
+                    png, sha = encode_crop(chips[i % len(chips)], fid)
                     rec = FaceRecord(
                         face_id=fid,
                         identity_id=ident,
-                        crop=rel,
+                        crop=crop_ref(fid),
                         crop_sha256=sha,
                         template=template,
                         source="bench",
@@ -83,7 +88,7 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
                         enrolled_version=src,
                         created_at=time.time(),
                     )
-                    g.catalogue.add_face(con, rec)
+                    g.catalogue.add_face(con, rec, png)
                     rows.append(rec.model_dump())
             vecs = rng.standard_normal((len(rows), manifest.embedding_dim)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)

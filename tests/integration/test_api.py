@@ -15,7 +15,9 @@ from pydantic import SecretStr
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
+from pipeline.gallery.catalogue import Catalogue
 from tests.gallery.support import lfw_root, photos, two_version_store
+from tests.stores import postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -26,7 +28,7 @@ A, B = "Abdullah_Gul", "Abel_Pacheco"
 class Served:
     url: str
     token: str
-    data_dir: Path
+    catalogue: Catalogue
     client: httpx.Client
 
     @property
@@ -47,7 +49,11 @@ def lfw(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def served(
-    ray_local: None, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    ray_local: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    lfw: Path,
+    milvus_space_module: dict[str, str],
+    postgres_url: tuple[str, str, Path],
 ) -> Iterator[Served]:
     from ray import serve
 
@@ -56,8 +62,16 @@ def served(
     store, _, _ = two_version_store(tmp_path_factory)
     token = f"tok-{uuid.uuid4().hex}"
     data_dir = tmp_path_factory.mktemp("api-gallery")
+    # The shared-deployment stores: a Milvus server and a PostgreSQL catalogue.
+    db_url, db_password = postgres_database(postgres_url, "api_test")
     cfg = GalleryConfig(
-        data_dir=data_dir, api_token=SecretStr(token), host="127.0.0.1", port=free_port()
+        data_dir=data_dir,
+        api_token=SecretStr(token),
+        host="127.0.0.1",
+        port=free_port(),
+        catalogue_url=db_url,
+        catalogue_password=SecretStr(db_password),
+        **milvus_space_module,  # type: ignore[arg-type]
     )
     # Serve's HTTP options only apply when Serve starts: stop an instance another module
     # left running (for example with its proxy disabled) so ours listens on our port.
@@ -65,7 +79,7 @@ def served(
     url = deploy(cfg, FaceConfig(), ModelsConfig(store=store.root))
     try:
         with httpx.Client(base_url=url, timeout=120.0) as client:
-            yield Served(url, token, data_dir, client)
+            yield Served(url, token, Catalogue(db_url, db_password), client)
     finally:
         serve.shutdown()
 
@@ -147,13 +161,12 @@ def test_enrol_search_verify_remove(served: Served, lfw: Path) -> None:
     listed = {i["identity_id"]: i["name"] for i in c.get("/identities").json()}
     assert listed[b["identity_id"]] == "Abel P."
     shown = c.get(f"/identities/{a['identity_id']}").json()
-    crops = [served.data_dir / "crops" / f["crop"] for f in shown["faces"]]
-    assert len(crops) == 2 and all(p.is_file() for p in crops)
+    assert len(shown["faces"]) == 2
+    assert served.catalogue.crop_count(a["identity_id"]) == 2  # in PostgreSQL
 
     r = c.delete(f"/identities/{a['identity_id']}", headers=served.auth)
     assert r.status_code == 200 and r.json()["faces_removed"] == 2
-    assert not any(p.exists() for p in crops)
-    assert not (served.data_dir / "crops" / a["identity_id"]).exists()
+    assert served.catalogue.crop_count(a["identity_id"]) == 0
     res = c.post("/search", files=one(photos(lfw, A)[2])).json()
     ids = {cand["identity_id"] for f in res["faces"] for cand in f["candidates"]}
     assert a["identity_id"] not in ids

@@ -16,7 +16,10 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.evaluation.embcache import identity_folders
+from pipeline.gallery.catalogue import Catalogue
+from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
+from pipeline.stream.broker import _free_ports
 from tests.gallery.support import lfw_root, photos, two_version_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
@@ -54,10 +57,31 @@ def test_gallery_commands_end_to_end(
     tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
 ) -> None:
     store, v_flip, v_plain = versions
+    port = _free_ports(1)[0]
     env = {
         "FACESTREAM_MODELS__STORE": str(store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
+        # The defaults otherwise: the local Milvus server, a SQLite catalogue in data_dir.
+        "FACESTREAM_GALLERY__LOCAL_MILVUS_PORT": str(port),
     }
+    local = LocalMilvus(tmp_path / "g" / "milvus", port)
+    # No server runs: a command starts the local one, and stops it when it exits.
+    code, out, err = cli(env, "gallery", "status", "--json")
+    assert code == 0, err
+    assert json.loads(out)["milvus_uri"] == f"http://127.0.0.1:{port}"
+    assert not local.running()
+    # One held by another process (as `facestream run` holds it) is shared, not restarted.
+    local.attach()
+    try:
+        _cli_session(env, tmp_path, lfw, store, v_flip, v_plain)
+    finally:
+        assert local.release()  # the last user stops it
+
+
+def _cli_session(
+    env: dict[str, str], tmp_path: Path, lfw: Path, store: ModelStore, v_flip: str, v_plain: str
+) -> None:
+    catalogue = Catalogue(f"sqlite:///{tmp_path / 'g' / 'catalogue.sqlite3'}")
     imgs = [str(p) for p in photos(lfw, PERSON)]
     code, out, err = cli(
         env, "gallery", "enroll", *imgs[:2], "--name", PERSON, "--pick", "center",
@@ -67,8 +91,7 @@ def test_gallery_commands_end_to_end(
     enrolled = json.loads(out)
     ident = enrolled["identity"]["identity_id"]
     assert enrolled["identity"]["metadata"] == {"site": "north"}
-    assert (tmp_path / "g" / "milvus.db").is_dir()  # the default Milvus Lite file
-    assert len(list((tmp_path / "g" / "crops" / ident).glob("*.png"))) == 2
+    assert catalogue.crop_count(ident) == 2
 
     blank = tmp_path / "blank.png"
     blank.write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -103,7 +126,7 @@ def test_gallery_commands_end_to_end(
 
     code, out, _ = cli(env, "gallery", "remove", ident, "--json")
     assert code == 0 and sum(json.loads(out)["rows_deleted"].values()) == 4
-    assert not (tmp_path / "g" / "crops" / ident).exists()
+    assert catalogue.crop_count(ident) == 0
     code, out, _ = cli(env, "gallery", "search", imgs[2], "--json")
     assert all(f["decision"] != "identity" for f in json.loads(out)["faces"])
     code, _, err = cli(env, "gallery", "show", ident)

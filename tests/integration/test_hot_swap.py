@@ -35,6 +35,7 @@ from pipeline.serve.live import LIVE_DIR
 from pipeline.serve.swap import Cutover, ServeSwap
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.runner import StreamRunner
+from tests.stores import gallery_env
 from tests.stream_support import LIN, clip_media, stream_cfg
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
@@ -51,7 +52,7 @@ def media(shared_dir: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def two_versions(
-    tmp_path: Path, model_store: ModelStore, ray_local: None
+    tmp_path: Path, model_store: ModelStore, ray_local: None, milvus_space: dict[str, str]
 ) -> Iterator[tuple[ModelStore, str, str, Settings]]:
     """A copy of the session store (its ACTIVE changes here) plus a second version."""
     from pipeline.models.bootstrap import bootstrap_default
@@ -63,6 +64,8 @@ def two_versions(
     assert new != old and store.active_version() == old
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FACESTREAM_MODELS__STORE", str(store.root))
+        for key, value in gallery_env(milvus_space).items():
+            mp.setenv(key, value)  # the session's Milvus server, a private corner of it
         mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "gallery"))
         yield store, old, new, Settings(models=ModelsConfig(store=store.root))
 

@@ -36,6 +36,7 @@ from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
 from pipeline.stream.ingest import camera_partition
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.schemas import load_schema
+from tests.stores import gallery_env
 from tests.stream_support import LIN, OBAMA, clip_media, stream_cfg
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
@@ -50,13 +51,18 @@ def media(shared_dir: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def stream_env(
-    tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, ray_local: None
+    tmp_path_factory: pytest.TempPathFactory,
+    model_store: ModelStore,
+    ray_local: None,
+    milvus_space_module: dict[str, str],
 ) -> Iterator[Settings]:
     """Settings on the test's model store, the gallery in a temporary folder."""
     gallery_dir = tmp_path_factory.mktemp("gallery")
     with pytest.MonkeyPatch.context() as mp:
         # The CLI reads its settings from the environment.
         mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
+        for key, value in gallery_env(milvus_space_module).items():
+            mp.setenv(key, value)  # the session's Milvus server, a private corner of it
         mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
         yield Settings(models=ModelsConfig(store=model_store.root))
 
