@@ -207,6 +207,13 @@ def bench_search(
         ),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed passes; medians are reported.")] = 3,
+    consistency: Annotated[
+        str,
+        typer.Option(
+            help="Consistency level of the searches: Strong (what the gallery does), "
+            "Bounded, Session or Eventually."
+        ),
+    ] = "Strong",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results as JSON here.")
     ] = None,
@@ -221,6 +228,8 @@ def bench_search(
 
     if rows < 1 or probes < 1 or top_k < 1 or repeats < 1:
         raise typer.BadParameter("--rows, --probes, --top-k and --repeats must be positive")
+    if consistency not in ("Strong", "Bounded", "Session", "Eventually"):
+        raise typer.BadParameter(f"unknown consistency level {consistency!r}")
     if not (server or lite):
         raise typer.BadParameter("nothing to measure: pass --server or --lite")
     try:
@@ -255,6 +264,7 @@ def bench_search(
             server=server,
             lite=lite,
             repeats=repeats,
+            consistency=consistency,
             progress=report,
             log=lambda msg: progress.console.print(msg, highlight=False),
         )
@@ -262,7 +272,8 @@ def bench_search(
     v = bench.versions()
     table = Table(
         title=f"Gallery search, {rows} faces x {bench.DIM}-d COSINE, top-{top_k} people "
-        f"(group_by identity), {probes} probes, median of {repeats} passes; milvus "
+        f"(group_by identity), {consistency} consistency, {probes} probes, median of "
+        f"{repeats} passes; milvus "
         f"{v['milvus']}, milvus-lite {v['milvus-lite']}, pymilvus {v['pymilvus']}"
     )
     cols = (

@@ -129,6 +129,7 @@ class Result:
     recall_at_1: float = float("nan")
     recall_at_10: float = float("nan")
     group_by: bool | None = None  # None: could not tell (top_k 1) or not measured
+    consistency: str = "Strong"
     error: str | None = None
 
     @property
@@ -277,6 +278,12 @@ def _measure(
     repeats: int,
     result: Result,
 ) -> None:
+    # The search's consistency level: Strong (the gallery's) makes the server wait for
+    # its time tick before every search; the weaker levels show what that wait costs.
+    level: dict[str, Any] = (
+        {} if result.consistency == "Strong" else {"consistency_level": result.consistency}
+    )
+
     def search(vectors: np.ndarray, limit: int, grouped: bool = True) -> list[Any]:
         extra: dict[str, Any] = {"group_by_field": "identity_id"} if grouped else {}
         return client.search(
@@ -287,6 +294,7 @@ def _measure(
             search_params=search_params(variant.index_type, variant.search, limit=limit),
             output_fields=OUTPUT_FIELDS,
             **extra,
+            **level,
         )
 
     probes = gallery.probes
@@ -344,6 +352,7 @@ def bench_store(
     top_k: int,
     repeats: int,
     progress: Progress,
+    consistency: str = "Strong",
 ) -> list[Result]:
     """Every variant on one store: one collection per set of build parameters."""
     version = str(client.get_server_version())
@@ -355,7 +364,10 @@ def bench_store(
     for n, group in enumerate(groups.values()):
         name = f"bench_search_{n}"
         first = group[0]
-        made = [Result(store, version, v.index_type, v.params, rows) for v in group]
+        made = [
+            Result(store, version, v.index_type, v.params, rows, consistency=consistency)
+            for v in group
+        ]
         results.extend(made)
         try:
             _create(client, name, first, gallery.vectors.shape[1])
@@ -437,6 +449,7 @@ def run(
     server: bool = True,
     lite: bool = True,
     repeats: int = 3,
+    consistency: str = "Strong",
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[Result]:
@@ -460,6 +473,7 @@ def run(
                 top_k=top_k,
                 repeats=repeats,
                 progress=report,
+                consistency=consistency,
             )
     return results
 
