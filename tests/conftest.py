@@ -28,6 +28,8 @@ from tests.stores import drop_milvus_space, milvus_space_settings
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
+    from pipeline.gallery.milvus_server import LocalMilvus
+
 # Ray reads this when it is imported; local test clusters must not require a token.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
@@ -104,21 +106,28 @@ def ray_local() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def milvus_server() -> Iterator[str]:
-    """URI of a real Milvus standalone server (PyPI ``milvus``), shared by the session,
-    started the way ``facestream`` starts its local one; stopped at the end."""
+def milvus_local() -> Iterator[LocalMilvus]:
+    """A real Milvus standalone server (PyPI ``milvus``) shared by the session, started
+    the way ``facestream`` starts its local one; stopped at the end."""
     from pipeline.gallery.milvus_server import LocalMilvus
     from pipeline.stream.broker import _free_ports
 
     root = Path(tempfile.mkdtemp(prefix="fs-milvus-", dir="/tmp"))
     server = LocalMilvus(root / "milvus", _free_ports(1)[0])
     try:
-        yield server.attach()
+        server.attach()
+        yield server
     finally:
         try:
             server.release()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(milvus_local: LocalMilvus) -> str:
+    """URI of :func:`milvus_local`."""
+    return milvus_local.uri
 
 
 @pytest.fixture

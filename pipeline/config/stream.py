@@ -187,6 +187,11 @@ class WorkerConfig(Section):
     max_restarts: int = Field(
         -1, ge=-1, description="Ray restarts of a crashed worker actor (-1: always)."
     )
+    spread: bool = Field(
+        True,
+        description="Place the worker actors on as many Ray nodes as possible (SPREAD), so "
+        "a node's loss takes only its share of the partitions; False packs them.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat(self) -> WorkerConfig:

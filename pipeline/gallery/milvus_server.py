@@ -195,6 +195,12 @@ class LocalMilvus:
             f"(logs: {self.root / 'logs'})"
         )
 
+    def restart(self) -> None:
+        """Stop and start the server in place; attached processes stay attached (their
+        clients reconnect). For operations and fault tests."""
+        self.stop()
+        self._start()
+
     @staticmethod
     def _signal_group(pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -235,7 +241,22 @@ def _supervise(root: Path, port: int) -> None:
         f"advertise-client-urls: {client}\n"
     )
     os.environ["ETCD_CONFIG_PATH"] = str(etcd_conf)  # Milvus reads settings from env too
-    config = MilvusServerConfig(data_dir=str(root), proxy_port=port, etcd_port=etcd_client)
+
+    class _Config(MilvusServerConfig):  # type: ignore[misc]
+        def try_bind_port(self, port: int) -> socket.socket | None:
+            # The package probes ports without SO_REUSEADDR, so a server restarted on its
+            # port fails for a minute (TIME_WAIT of the old connections); Milvus itself
+            # binds with SO_REUSEADDR.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                return None
+            return sock
+
+    config = _Config(data_dir=str(root), proxy_port=port, etcd_port=etcd_client)
     server = MilvusServer(config, wait_for_started=True)
     server.webservice_port = metrics_port  # its default 9091/9092 clash with Kafka's
     stopping = False

@@ -46,6 +46,7 @@ class Summary:
     latency_p95_ms: float | None = None
     workers_alive: int = 0
     workers: int = 0
+    worker_nodes: list[str] = field(default_factory=list)  # Ray nodes the workers run on
     ingest_states: dict[str, str] = field(default_factory=dict)
     model_version: str | None = None
 

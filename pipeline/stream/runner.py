@@ -237,6 +237,7 @@ class StreamRunner:
         ws = self.worker_stats()
         s.workers = len(ws)
         s.workers_alive = sum(1 for w in ws if w is not None)
+        s.worker_nodes = sorted({str(w["node"]) for w in ws if w is not None and w.get("node")})
         if self._lag is None:
             self._lag = LagProbe(self.cfg)
         s.lag = self._lag()

@@ -26,6 +26,7 @@ the offsets. Only then does it poll again:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -94,6 +95,7 @@ class WorkerStats:
     assignment: list[tuple[str, int]] = field(default_factory=list)
     model_version: str | None = None
     last_error: str | None = None
+    node: str | None = None  # the Ray node the actor runs on
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class WorkerStats:
             "commit_failures": self.commit_failures,
             "cameras": dict(self.cameras),
             "analyzers": {c: dict(n) for c, n in self.analyzers.items()},
+            "node": self.node,
             "tracker_restarts": self.tracker_restarts,
             "assignment": list(self.assignment),
             "model_version": self.model_version,
@@ -141,6 +144,10 @@ class RecognitionWorker:
             min(limits.max_bytes, w.max_frame_bytes),
         )
         self.stats = WorkerStats(worker_id)
+        with contextlib.suppress(Exception):  # outside Ray (unit tests) there is no node
+            import ray
+
+            self.stats.node = ray.get_runtime_context().get_node_id()
         self._stop = threading.Event()
         self._names: OrderedDict[str, IdentityRef] = OrderedDict()
         self.tracker = Tracker(cfg.tracker)
@@ -536,4 +543,5 @@ def worker_actor_class(cfg: StreamConfig) -> Any:
         max_restarts=cfg.workers.max_restarts,
         # A restarted worker replays from the last commit; stale calls are not retried.
         max_task_retries=0,
+        scheduling_strategy="SPREAD" if cfg.workers.spread else "DEFAULT",
     )(RecognitionWorker)

@@ -190,9 +190,7 @@ def test_a_worse_candidate_is_refused_with_the_numbers(
 
 
 @pytest.fixture
-def gallery(
-    tmp_path: Path, store: ModelStore, milvus_space: dict[str, str]
-) -> Iterator[Gallery]:
+def gallery(tmp_path: Path, store: ModelStore, milvus_space: dict[str, str]) -> Iterator[Gallery]:
     cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]
     g = Gallery(cfg, store, FaceConfig())
     yield g

@@ -1,0 +1,420 @@
+"""The gallery is shared state: a two-node Ray cluster runs ``facestream run``, the REST
+API runs in a separate process (its own Ray), ``facestream gallery`` runs in a third,
+and all of them see the same people through one Milvus server and one PostgreSQL
+catalogue. Every part is real and started by the repo's own scripts and fixtures.
+
+While a clip streams in a loop:
+- a person enrolled through the REST API is identified in the identities topic;
+- after their removal no identification of them is published for a frame captured later;
+- a person enrolled with the CLI is identified too;
+- PostgreSQL and then the Milvus server restart mid-stream: the workers hold the frames
+  back (the consumer group's lag grows while they are down), recover by themselves, and
+  the frame accounting shows nothing lost and nothing in the DLQ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.gallery.milvus_server import LocalMilvus
+from pipeline.models.store import ModelStore
+from pipeline.stream.audit import frame_id, read_all
+from pipeline.stream.broker import _free_ports
+from tests.stores import gallery_env, postgres_database
+from tests.stream_support import LIN, clip_media, stream_cfg
+
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+
+RAY = str(Path(sys.executable).with_name("ray"))
+FACESTREAM = str(Path(sys.executable).with_name("facestream"))
+REPO = Path(__file__).resolve().parents[2]
+# Generous guards against a hang; every wait below ends on an event, not on a timer.
+START_S = 600.0
+EVENT_S = 240.0
+TOKEN = "two-node-test-token-0123456789"
+
+
+# -- a two-node Ray cluster on this machine --------------------------------------------
+
+
+def _ray_processes(temp_dir: str) -> list[int]:
+    """Pids of the cluster's processes: every Ray process names its session folder."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if temp_dir.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return pids
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for pid in _ray_processes(temp_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while _ray_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _ray_start(temp_dir: str, *args: str) -> None:
+    agent, grpc, metrics, env_agent = _free_ports(4)
+    cmd = [
+        RAY, "start", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={env_agent}", "--object-store-memory=200000000", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """Address of a head node and a second node (``ray start --address``), each with its
+    own resources; all their processes are stopped afterwards (``ray stop`` would also
+    stop every other Ray on the machine)."""
+    temp_dir = tempfile.mkdtemp(prefix="fs-rc-", dir="/tmp")  # short: Ray's unix sockets
+    port, client = _free_ports(2)
+    try:
+        _ray_start(
+            temp_dir, "--head", f"--port={port}", f"--ray-client-server-port={client}",
+            "--include-dashboard=false", '--resources={"head_node": 1}',
+        )  # fmt: skip
+        _ray_start(temp_dir, f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}')
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop_cluster(temp_dir)
+        assert not _ray_processes(temp_dir), "Ray processes left behind"
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# -- watching the output topics ----------------------------------------------------------
+
+
+class TopicWatch:
+    """Collects the events of some topics in a background consumer, with their arrival."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        from kafka import KafkaConsumer
+
+        self.events: list[tuple[str, float, dict[str, Any]]] = []
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None, consumer_timeout_ms=500,
+        )  # fmt: skip
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for rec in self._consumer.poll(timeout_ms=300).values():
+                with self._cv:
+                    for r in rec:
+                        self.events.append((r.topic, time.time(), json.loads(r.value)))
+                    self._cv.notify_all()
+
+    def wait_for(
+        self, what: str, pred: Callable[[str, float, dict[str, Any]], bool], timeout: float
+    ) -> tuple[str, float, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for item in self.events:
+                    if pred(*item):
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no event within {timeout:.0f}s: {what}")
+                self._cv.wait(min(left, 1.0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close()
+
+
+def _lag(bootstrap: str, group: str, topic: str) -> int:
+    """Frames of ``topic`` not yet committed by the consumer group."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = {
+            tp: meta.offset for tp, meta in admin.list_consumer_group_offsets(group).items()
+        }
+        parts = [tp for tp in consumer.end_offsets(list(committed)) if tp.topic == topic]
+        ends = consumer.end_offsets(parts)
+        return sum(max(0, ends[tp] - max(committed.get(tp, 0), 0)) for tp in parts)
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def _wait_until(what: str, cond: Callable[[], bool], timeout: float = EVENT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.5)
+
+
+def _is_identity(ident_id: str) -> Callable[[str, float, dict[str, Any]], bool]:
+    def pred(topic: str, _: float, ev: dict[str, Any]) -> bool:
+        return topic.endswith(".identities") and ev["identity"]["identity_id"] == ident_id
+
+    return pred
+
+
+# -- the test ------------------------------------------------------------------------------
+
+
+def _stream_toml(cfg: Any, clip: Path, path: Path) -> Path:
+    t, k = cfg.topics, cfg.kafka
+    path.write_text(
+        f'[stream.kafka]\nbootstrap_servers = "{k.bootstrap_servers}"\n'
+        f'group_id = "{k.group_id}"\n[stream.topics]\n'
+        + "".join(
+            f'{name} = "{getattr(t, name)}"\n'
+            for name in ("frames", "detections", "identities", "dlq")
+        )
+        + "[stream.workers]\ncount = 2\nnum_cpus = 0.3\nsession_timeout_ms = 8000\n"
+        "spread = true\nretry_backoff_s = 0.5\n"
+        f'[stream.analyzer]\napp_name = "{cfg.analyzer.app_name}"\nnum_cpus = 0.3\n'
+        f'[stream.embedder]\napp_name = "{cfg.embedder.app_name}"\nnum_cpus = 0.3\n'
+        f'[stream.search]\napp_name = "{cfg.search.app_name}"\nnum_cpus = 0.1\n'
+        "[stream.ingest]\nnum_cpus = 0.05\n"
+        f'[[stream.cameras]]\nid = "stage"\nurl = "{clip}"\nfps = 5\nloop = true\n'
+        "realtime = true\n"
+    )
+    return path
+
+
+def test_two_nodes_share_one_gallery_through_restarts(
+    ray_cluster: str,
+    kafka_bootstrap: str,
+    model_store: ModelStore,
+    milvus_local: LocalMilvus,
+    milvus_space_module: dict[str, str],
+    postgres_url: tuple[str, str, Path],
+    shared_dir: Path,
+    tmp_path: Path,
+) -> None:
+    media = clip_media(shared_dir)
+    db_url, db_password = postgres_database(postgres_url, "two_node")
+    api_port = _free_ports(1)[0]
+    settings_env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "FACESTREAM_MODELS__STORE": str(model_store.root),
+        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "gallery"),
+        "FACESTREAM_GALLERY__CATALOGUE_URL": db_url,
+        "FACESTREAM_GALLERY__CATALOGUE_PASSWORD": db_password,
+        "FACESTREAM_GALLERY__API_TOKEN": TOKEN,
+        **gallery_env(milvus_space_module),
+    }
+    settings_env.pop("RAY_ADDRESS", None)
+    cfg = stream_cfg(kafka_bootstrap, "d")
+    toml = _stream_toml(cfg, media["clip"], tmp_path / "stream.toml")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    watch = TopicWatch(kafka_bootstrap, [cfg.topics.identities, cfg.topics.detections])
+    run_out = (tmp_path / "run.json").open("w")
+    run_log = (logs / "run.log").open("w")
+    api_log = (logs / "api.log").open("w")
+    run = subprocess.Popen(
+        [FACESTREAM, "run", "--stream-config", str(toml), "--json"],
+        env={**settings_env, "RAY_ADDRESS": ray_cluster},  # the two-node cluster
+        stdout=run_out, stderr=run_log, cwd=tmp_path,
+    )  # fmt: skip
+    api = subprocess.Popen(
+        [FACESTREAM, "serve", "--port", str(api_port)],
+        env=settings_env,  # a Ray of its own: a separate process, same stores
+        stdout=api_log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120.0)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def log_tail() -> str:
+        run_log.flush()
+        api_log.flush()
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs.iterdir()
+        )
+
+    try:
+        # The stream is up: frames are analysed on the cluster.
+        watch.wait_for(
+            "first detection event",
+            lambda topic, _, ev: topic == cfg.topics.detections,
+            START_S,
+        )
+
+        def api_up() -> bool:
+            assert api.poll() is None, log_tail()
+            with contextlib.suppress(httpx.HTTPError):
+                return http.get("/healthz").status_code == 200
+            return False
+
+        _wait_until("the REST API answers", api_up, START_S)
+
+        # 1. Enrol through the REST API: identified by the running stream.
+        with media[LIN].open("rb") as f:
+            r = http.post(
+                "/identities",
+                files=[("images", (media[LIN].name, f.read(), "image/png"))],
+                data={"name": LIN},
+                headers=auth,
+            )
+        assert r.status_code == 201, r.text
+        lin = r.json()["identity"]["identity_id"]
+        enrolled_at = time.time()
+        _, seen_at, ev = watch.wait_for(
+            "identification after REST enrolment", _is_identity(lin), EVENT_S
+        )
+        latency_s = seen_at - enrolled_at
+        print(f"REST enrolment -> identities topic: {latency_s:.1f} s")
+        assert ev["identity"]["name"] == LIN
+
+        # 2. Remove through the REST API: no later frame identifies them.
+        r = http.delete(f"/identities/{lin}", headers=auth)
+        assert r.status_code == 200, r.text
+        removed_ms = int(time.time() * 1000)
+        # Wait for frames captured after the removal to be processed (detections of them).
+        for n in range(1, 11):
+            watch.wait_for(
+                f"{n} detections captured after the removal",
+                lambda topic, _, ev, n=n: (
+                    topic == cfg.topics.detections
+                    and ev["capture_ts_ms"] > removed_ms
+                    and sum(
+                        1
+                        for t, _, e in watch.events
+                        if t == cfg.topics.detections and e["capture_ts_ms"] > removed_ms
+                    )
+                    >= n
+                ),
+                EVENT_S,
+            )
+        late = [
+            e
+            for t, _, e in list(watch.events)
+            if t == cfg.topics.identities
+            and e["identity"]["identity_id"] == lin
+            and e["capture_ts_ms"] > removed_ms
+        ]
+        assert not late, late
+
+        # 3. Enrol with the CLI from another process: identified as well.
+        res = subprocess.run(
+            [FACESTREAM, "gallery", "enroll", str(media[LIN]), "--name", f"{LIN} (cli)",
+             "--pick", "largest", "--json"],
+            env=settings_env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        lin2 = json.loads(res.stdout)["identity"]["identity_id"]
+        watch.wait_for("identification after CLI enrolment", _is_identity(lin2), EVENT_S)
+
+        # 4. PostgreSQL goes away mid-stream: frames are held back, then caught up.
+        _, _, pg_dir = postgres_url
+        pg = str(REPO / "scripts" / "postgres.sh")
+        group, frames = cfg.kafka.group_id, cfg.topics.frames
+        subprocess.run(["bash", pg, "stop", str(pg_dir)], check=True, timeout=120)
+        try:
+            _wait_until(
+                "frames held back while PostgreSQL is down",
+                lambda: _lag(kafka_bootstrap, group, frames) >= 10,
+            )
+        finally:
+            port = db_url.rsplit(":", 1)[1].split("/")[0]
+            subprocess.run(
+                ["bash", pg, "start", str(pg_dir), port, postgres_url[1]],
+                check=True, timeout=300, capture_output=True,
+            )  # fmt: skip
+        _wait_until("caught up after PostgreSQL", lambda: _lag(kafka_bootstrap, group, frames) < 5)
+
+        # 5. The Milvus server restarts mid-stream: the same.
+        milvus_local.stop()
+        try:
+            _wait_until(
+                "frames held back while Milvus is down",
+                lambda: _lag(kafka_bootstrap, group, frames) >= 10,
+            )
+        finally:
+            milvus_local.restart()
+        _wait_until("caught up after Milvus", lambda: _lag(kafka_bootstrap, group, frames) < 5)
+        back_ms = int(time.time() * 1000)
+        watch.wait_for(
+            "identification after the restarts",
+            lambda topic, _, ev: _is_identity(lin2)(topic, _, ev) and ev["capture_ts_ms"] > back_ms,
+            EVENT_S,
+        )
+    finally:
+        for proc in (run, api):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in (run, api):
+            try:
+                proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        http.close()
+        watch.close()
+        run_out.close()
+        run_log.close()
+        api_log.close()
+    assert run.returncode == 0, log_tail()
+    summary = json.loads((tmp_path / "run.json").read_text().strip().splitlines()[-1])
+
+    # The workers ran on both nodes (Ray's SPREAD placement, stream.workers.spread).
+    print("worker nodes:", summary["worker_nodes"], "processed:", summary["processed"])
+    assert len(summary["worker_nodes"]) == 2, summary
+    # Frame accounting: every frame the group committed is in the detections exactly
+    # once (none lost, none in the DLQ); frames after the committed offsets are still in
+    # Kafka for the next run, not lost.
+    committed = _committed(kafka_bootstrap, cfg.kafka.group_id)
+    frames_in = read_all(kafka_bootstrap, cfg.topics.frames).records
+    consumed = {frame_id(r) for r in frames_in if r.offset < committed.get(r.partition, 0)}
+    detected = [str(d["event_id"]) for d in read_all(kafka_bootstrap, cfg.topics.detections).json()]
+    dlq = read_all(kafka_bootstrap, cfg.topics.dlq).records
+    assert consumed, "no frame was committed"
+    assert not dlq, [r.value[:200] for r in dlq]
+    lost = consumed - set(detected)
+    assert not lost, sorted(lost)[:10]
+    print(f"frames: {len(frames_in)} produced, {len(consumed)} committed, 0 lost, 0 in the DLQ")
+
+
+def _committed(bootstrap: str, group: str) -> dict[int, int]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {
+            tp.partition: m.offset for tp, m in admin.list_consumer_group_offsets(group).items()
+        }
+    finally:
+        admin.close()
