@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup run demo test lint kafka-fetch tools k8s eval-lfw bench bench-stream
+.PHONY: setup run demo test lint kafka-fetch tools postgres k8s eval-lfw bench bench-stream
 
 setup:
 	@bash scripts/setup.sh
@@ -44,7 +44,11 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check pipeline tests
 
-test: setup kafka-fetch tools lint
+# The tests' PostgreSQL: Debian's package (installed with apt when absent, as root).
+postgres:
+	@bash scripts/postgres.sh install
+
+test: setup kafka-fetch tools postgres lint
 	$(BIN)/python -m pytest -q -rs
 
 eval-lfw: setup
