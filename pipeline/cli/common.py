@@ -122,7 +122,12 @@ def open_gallery(config: GalleryConfig | None = None, version: str | None = None
 
     s = state.settings
     return Gallery.from_settings(
-        config or s.gallery, s.face, s.models, store=model_store(), version=version
+        config or s.gallery,
+        s.face,
+        s.models,
+        store=model_store(),
+        version=version,
+        notify=lambda msg: err.print(msg, highlight=False),  # e.g. starting local Milvus
     )
 
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.gallery.errors import GalleryUnavailable
@@ -106,7 +107,7 @@ class LocalMilvus:
 
     # -- attach / release -----------------------------------------------------------------
 
-    def attach(self, *, start: bool = True, log: object = None) -> str:
+    def attach(self, *, start: bool = True, log: Callable[[str], None] | None = None) -> str:
         """Use the server (starting it when none runs and ``start``); its URI."""
         if self._users_fd is not None:
             return self.uri
@@ -123,7 +124,7 @@ class LocalMilvus:
                         raise GalleryUnavailable(
                             f"no local Milvus server at {self.uri} (data {self.root})"
                         )
-                    if callable(log):
+                    if log is not None:
                         log(f"starting the local Milvus server ({self.uri}, data {self.root})")
                     self._start()
             except BaseException:
@@ -190,9 +191,11 @@ class LocalMilvus:
                 return
             time.sleep(0.5)
         self._signal_group(proc.pid, signal.SIGKILL)
+        logs = self.root / "logs" / "milvus-stdout.log"
+        tail = logs.read_text(errors="replace")[-1500:] if logs.is_file() else ""
         raise GalleryUnavailable(
             f"the local Milvus server did not answer within {START_TIMEOUT_S:.0f} s "
-            f"(logs: {self.root / 'logs'})"
+            f"(logs: {self.root / 'logs'}):\n{tail}"
         )
 
     def restart(self) -> None:

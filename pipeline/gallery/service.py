@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,6 +114,7 @@ class Gallery:
         default_version: str | None = None,
         batch_size: int = 32,
         intra_op_threads: int = 0,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -130,7 +131,7 @@ class Gallery:
             # Started when no other facestream process runs it; stopped by its last user.
             self.local_milvus = LocalMilvus(self.data_dir / "milvus", config.local_milvus_port)
             try:
-                self.local_milvus.attach(log=log.info)
+                self.local_milvus.attach(log=notify or log.info)
             except BaseException:
                 self.catalogue.close()
                 raise
@@ -154,6 +155,7 @@ class Gallery:
         *,
         store: ModelStore | None = None,
         version: str | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> Gallery:
         """The gallery of the settings' sections: every process (CLI, REST replicas, the
         stream's search deployment, promotion) builds it this one way. ``version``
@@ -165,6 +167,7 @@ class Gallery:
             default_version=version or models.version,
             batch_size=models.batch_size,
             intra_op_threads=models.intra_op_threads,
+            notify=notify,
         )
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
 from pipeline.stream.audit import frame_id, read_all
 from pipeline.stream.broker import _free_ports
+from pipeline.stream.monitor import LagProbe
 from tests.stores import gallery_env, postgres_database
 from tests.stream_support import LIN, clip_media, stream_cfg
 
@@ -154,24 +155,6 @@ class TopicWatch:
         self._stop.set()
         self._thread.join(timeout=10)
         self._consumer.close()
-
-
-def _lag(bootstrap: str, group: str, topic: str) -> int:
-    """Frames of ``topic`` not yet committed by the consumer group."""
-    from kafka import KafkaAdminClient, KafkaConsumer
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        committed = {
-            tp: meta.offset for tp, meta in admin.list_consumer_group_offsets(group).items()
-        }
-        parts = [tp for tp in consumer.end_offsets(list(committed)) if tp.topic == topic]
-        ends = consumer.end_offsets(parts)
-        return sum(max(0, ends[tp] - max(committed.get(tp, 0), 0)) for tp in parts)
-    finally:
-        admin.close()
-        consumer.close()
 
 
 def _wait_until(what: str, cond: Callable[[], bool], timeout: float = EVENT_S) -> None:
@@ -341,12 +324,17 @@ def test_two_nodes_share_one_gallery_through_restarts(
         # 4. PostgreSQL goes away mid-stream: frames are held back, then caught up.
         _, _, pg_dir = postgres_url
         pg = str(REPO / "scripts" / "postgres.sh")
-        group, frames = cfg.kafka.group_id, cfg.topics.frames
+        probe = LagProbe(cfg)  # frames the recognition group has not committed yet
+
+        def lag() -> int:
+            n = probe()
+            return -1 if n is None else n
+
         subprocess.run(["bash", pg, "stop", str(pg_dir)], check=True, timeout=120)
         try:
             _wait_until(
                 "frames held back while PostgreSQL is down",
-                lambda: _lag(kafka_bootstrap, group, frames) >= 10,
+                lambda: lag() >= 10,
             )
         finally:
             port = db_url.rsplit(":", 1)[1].split("/")[0]
@@ -354,18 +342,19 @@ def test_two_nodes_share_one_gallery_through_restarts(
                 ["bash", pg, "start", str(pg_dir), port, postgres_url[1]],
                 check=True, timeout=300, capture_output=True,
             )  # fmt: skip
-        _wait_until("caught up after PostgreSQL", lambda: _lag(kafka_bootstrap, group, frames) < 5)
+        _wait_until("caught up after PostgreSQL", lambda: 0 <= lag() < 5)
 
         # 5. The Milvus server restarts mid-stream: the same.
         milvus_local.stop()
         try:
             _wait_until(
                 "frames held back while Milvus is down",
-                lambda: _lag(kafka_bootstrap, group, frames) >= 10,
+                lambda: lag() >= 10,
             )
         finally:
             milvus_local.restart()
-        _wait_until("caught up after Milvus", lambda: _lag(kafka_bootstrap, group, frames) < 5)
+        _wait_until("caught up after Milvus", lambda: 0 <= lag() < 5)
+        probe.close()
         back_ms = int(time.time() * 1000)
         watch.wait_for(
             "identification after the restarts",
@@ -396,8 +385,8 @@ def test_two_nodes_share_one_gallery_through_restarts(
     # Frame accounting: every frame the group committed is in the detections exactly
     # once (none lost, none in the DLQ); frames after the committed offsets are still in
     # Kafka for the next run, not lost.
-    committed = _committed(kafka_bootstrap, cfg.kafka.group_id)
     frames_in = read_all(kafka_bootstrap, cfg.topics.frames).records
+    committed = _committed(cfg)
     consumed = {frame_id(r) for r in frames_in if r.offset < committed.get(r.partition, 0)}
     detected = [str(d["event_id"]) for d in read_all(kafka_bootstrap, cfg.topics.detections).json()]
     dlq = read_all(kafka_bootstrap, cfg.topics.dlq).records
@@ -408,13 +397,17 @@ def test_two_nodes_share_one_gallery_through_restarts(
     print(f"frames: {len(frames_in)} produced, {len(consumed)} committed, 0 lost, 0 in the DLQ")
 
 
-def _committed(bootstrap: str, group: str) -> dict[int, int]:
-    from kafka import KafkaAdminClient
+def _committed(cfg: Any) -> dict[int, int]:
+    """The recognition group's committed offset per partition of the frames topic."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka.bootstrap_servers)
+    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers)
     try:
-        return {
-            tp.partition: m.offset for tp, m in admin.list_consumer_group_offsets(group).items()
-        }
+        parts = consumer.partitions_for_topic(cfg.topics.frames) or set()
+        tps = [TopicPartition(cfg.topics.frames, p) for p in sorted(parts)]
+        got = admin.list_group_offsets({cfg.kafka.group_id: tps}).get(cfg.kafka.group_id, {})
+        return {tp.partition: m.offset for tp, m in got.items() if m is not None}
     finally:
         admin.close()
+        consumer.close()
