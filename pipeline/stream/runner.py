@@ -138,11 +138,14 @@ class StreamRunner:
         self.notes.append(f"local Milvus server at {uri}")
 
     def _enroll(self, people: dict[str, Path]) -> None:
-        if not people:
-            return
+        """Enrol ``people``; with nobody to enrol, still reach both gallery stores, so a
+        Milvus or database that is down fails the start-up with one line naming it."""
         s = self.settings
         with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
-            self.notes += enroll_people(gallery, people)
+            gallery.active()
+            gallery.catalogue.counts()
+            if people:
+                self.notes += enroll_people(gallery, people)
 
     def _deploy(self) -> None:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles

@@ -330,11 +330,12 @@ def test_two_nodes_share_one_gallery_through_restarts(
             n = probe()
             return -1 if n is None else n
 
+        lag0 = lag()
         subprocess.run(["bash", pg, "stop", str(pg_dir)], check=True, timeout=120)
         try:
             _wait_until(
                 "frames held back while PostgreSQL is down",
-                lambda: lag() >= 10,
+                lambda: lag() >= lag0 + 10,
             )
         finally:
             port = db_url.rsplit(":", 1)[1].split("/")[0]
@@ -342,18 +343,19 @@ def test_two_nodes_share_one_gallery_through_restarts(
                 ["bash", pg, "start", str(pg_dir), port, postgres_url[1]],
                 check=True, timeout=300, capture_output=True,
             )  # fmt: skip
-        _wait_until("caught up after PostgreSQL", lambda: 0 <= lag() < 5)
+        _wait_until("the frames held back are processed", _backlog_cleared(cfg))
 
         # 5. The Milvus server restarts mid-stream: the same.
+        lag0 = lag()
         milvus_local.stop()
         try:
             _wait_until(
                 "frames held back while Milvus is down",
-                lambda: lag() >= 10,
+                lambda: lag() >= lag0 + 10,
             )
         finally:
             milvus_local.restart()
-        _wait_until("caught up after Milvus", lambda: 0 <= lag() < 5)
+        _wait_until("the frames held back are processed", _backlog_cleared(cfg))
         probe.close()
         back_ms = int(time.time() * 1000)
         watch.wait_for(
@@ -395,6 +397,31 @@ def test_two_nodes_share_one_gallery_through_restarts(
     lost = consumed - set(detected)
     assert not lost, sorted(lost)[:10]
     print(f"frames: {len(frames_in)} produced, {len(consumed)} committed, 0 lost, 0 in the DLQ")
+
+
+def _frame_ends(cfg: Any) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers)
+    try:
+        parts = consumer.partitions_for_topic(cfg.topics.frames) or set()
+        ends = consumer.end_offsets([TopicPartition(cfg.topics.frames, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        consumer.close()
+
+
+def _backlog_cleared(cfg: Any) -> Callable[[], bool]:
+    """True once the group has committed every frame that was in the topic when this was
+    made: the backlog of an outage is worked off, whether or not the pipeline runs faster
+    than the camera (on a busy 2-core machine it may not)."""
+    ends = _frame_ends(cfg)
+
+    def cleared() -> bool:
+        done = _committed(cfg)
+        return all(done.get(p, -1) >= end for p, end in ends.items())
+
+    return cleared
 
 
 def _committed(cfg: Any) -> dict[int, int]:

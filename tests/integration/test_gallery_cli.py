@@ -241,3 +241,37 @@ def test_serve_refuses_to_start_without_an_api_token(
     code, _, err = cli(env, "serve", "--port", "0")
     assert code == 2 and "at least 16 characters" in err
     assert "short" not in err  # not even a rejected token is printed
+
+
+def test_stores_down_at_start_up_are_one_line_errors_naming_the_address(
+    tmp_path: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    port = _free_ports(1)[0]  # nothing listens there
+    base = {
+        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
+    }
+    code, _, err = cli(
+        {**base, "FACESTREAM_GALLERY__MILVUS_URI": f"http://127.0.0.1:{port}"}, "gallery", "status"
+    )
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert f"Milvus server at http://127.0.0.1:{port}" in err
+
+    password = "s3cret-password"
+    code, _, err = cli(
+        {
+            **base,
+            "FACESTREAM_GALLERY__MILVUS_URI": str(tmp_path / "lite.db"),
+            "FACESTREAM_GALLERY__CATALOGUE_URL": f"postgresql+psycopg://fs@127.0.0.1:{port}/fs",
+            "FACESTREAM_GALLERY__CATALOGUE_PASSWORD": password,
+        },
+        "gallery",
+        "status",
+    )
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert f"catalogue database at postgresql+psycopg://fs:***@127.0.0.1:{port}/fs" in err
+    assert password not in err
