@@ -210,10 +210,10 @@ def bench_search(
     consistency: Annotated[
         str,
         typer.Option(
-            help="Consistency level of the searches: Strong (what the gallery does), "
-            "Bounded, Session or Eventually."
+            help="Consistency level of the searches: Session (what the gallery does), "
+            "Strong, Bounded or Eventually."
         ),
-    ] = "Strong",
+    ] = "Session",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results as JSON here.")
     ] = None,

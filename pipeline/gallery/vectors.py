@@ -278,7 +278,11 @@ class VectorStore:
             name,
             schema=schema,
             index_params=index_params(self.client, self.index_type),
-            consistency_level="Strong",  # a search right after an enrolment sees it
+            # Session: a process reads its own writes (an enrolment, then a search in the
+            # same API replica), and other processes see them within the server's time
+            # tick. Strong would make every server search wait for that tick (~200 ms;
+            # INDEX.md). Counts that check a write ask for Strong themselves.
+            consistency_level="Session",
             properties={VERSION_PROPERTY: version, DIM_PROPERTY: str(dim)},
         )
         self._versions[name] = version
@@ -302,7 +306,9 @@ class VectorStore:
     def count(self, collection: str, identity_id: str | None = None) -> int:
         expr = f'identity_id == "{identity_id}"' if identity_id else 'face_id != ""'
         self._ensure_loaded(collection)
-        res = self.client.query(collection, filter=expr, output_fields=["count(*)"])
+        res = self.client.query(
+            collection, filter=expr, output_fields=["count(*)"], consistency_level="Strong"
+        )
         return int(res[0]["count(*)"]) if res else 0
 
     # -- rows ---------------------------------------------------------------------------
@@ -362,6 +368,7 @@ class VectorStore:
             snap.collection,
             filter=f'identity_id == "{identity_id}"',
             output_fields=[VECTOR_FIELD, "model_version"],
+            consistency_level="Strong",  # verify against every enrolled face
         )
         for r in rows:
             if r["model_version"] != snap.version:
@@ -395,12 +402,13 @@ class VectorStore:
         # Top-k people, not k faces of one person. Grouped search (group_by_field) came
         # with Milvus 2.4; the server the PyPI package ships (2.3) silently ignores it,
         # so fetch several faces per wanted person and keep each person's best face here.
+        fetch = min(limit * FACES_PER_PERSON_FETCHED, MAX_TOPK)
         res = self.client.search(
             snap.collection,
             data=np.asarray(vectors, dtype=np.float32).tolist(),
-            limit=min(limit * FACES_PER_PERSON_FETCHED, MAX_TOPK),
+            limit=fetch,
             anns_field=VECTOR_FIELD,
-            search_params=search_params(self.index_type),
+            search_params=search_params(self.index_type, limit=fetch),
             output_fields=OUTPUT_FIELDS,
         )
         out = []
