@@ -22,8 +22,8 @@ class GalleryConfig(BaseModel):
 
     data_dir: Path = Field(
         DEFAULT_DATA_DIR,
-        description="Folder of the identity catalogue (SQLite), the write lock and, by "
-        "default, the Milvus Lite file and the crop blobs.",
+        description="Folder of the default SQLite catalogue and its write lock, and of the "
+        "local Milvus server's data (<data_dir>/milvus).",
     )
     milvus_uri: str | None = Field(
         None,

@@ -67,7 +67,7 @@ class SearchServeConfig(Section):
     app_name: str = Field("facestream-search", min_length=1)
     replicas: PositiveInt = Field(
         1,
-        description="Milvus Lite serves one process: keep 1 unless gallery.milvus_uri is a server.",
+        description="Keep 1 with a Milvus Lite file (one process); any number on a server.",
     )
     num_cpus: float = Field(0.2, ge=0)
     top_k: PositiveInt = Field(3, le=100, description="Candidates kept per face.")

@@ -11,8 +11,9 @@ The token is a ``SecretStr`` end to end: it is compared in constant time and nev
 formatted into a message or a log line.
 
 Expected failures map to 4xx answers ``{"error": code, "detail": message}``; only bugs
-give a 500. With Milvus Lite one replica owns the database file (Milvus Lite allows one
-process); point ``gallery.milvus_uri`` at a Milvus server to run several replicas.
+give a 500; a Milvus server or catalogue database that cannot be reached is a 503. With
+the default stores (a Milvus server, a shared catalogue) replicas can be added freely;
+with a Milvus Lite file (``gallery.milvus_uri = "*.db"``) one replica owns it.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the routes' Annotated

@@ -14,9 +14,10 @@ builds the new version's collection from the stored crops without moving the ali
 search is counted by (vectors' version, searched collection's version) in :meth:`stats`;
 a pair of two different versions would be a bug, and the tests assert there is none.
 
-Why a deployment instead of a gallery per worker: Milvus Lite (the embedded default)
-serves one process per database file. With a Milvus server (``gallery.milvus_uri``)
-raise ``stream.search.replicas`` to scale the search out.
+Why a deployment instead of a gallery per worker: concurrent requests merge into one
+Milvus call per batch, and the model swap has one place to build and flip collections.
+Every replica reaches the same Milvus server and catalogue, so raise
+``stream.search.replicas`` to scale the search out.
 """
 
 from __future__ import annotations
