@@ -110,10 +110,10 @@ def milvus_local() -> Iterator[LocalMilvus]:
     """A real Milvus standalone server (PyPI ``milvus``) shared by the session, started
     the way ``facestream`` starts its local one; stopped at the end."""
     from pipeline.gallery.milvus_server import LocalMilvus
-    from pipeline.stream.broker import _free_ports
+    from pipeline.procs import free_ports
 
     root = Path(tempfile.mkdtemp(prefix="fs-milvus-", dir="/tmp"))
-    server = LocalMilvus(root / "milvus", _free_ports(1)[0])
+    server = LocalMilvus(root / "milvus", free_ports(1)[0])
     try:
         server.attach()
         yield server
@@ -149,7 +149,7 @@ def milvus_space_module(milvus_server: str) -> Iterator[dict[str, str]]:
 def postgres_url() -> Iterator[tuple[str, str, Path]]:
     """(catalogue URL, password, server folder) of a real PostgreSQL from Debian's package,
     started by scripts/postgres.sh as a non-root user in a temporary folder."""
-    from pipeline.stream.broker import _free_ports
+    from pipeline.procs import free_ports
 
     root = Path(tempfile.mkdtemp(prefix="fs-pg-", dir="/tmp"))
     root.chmod(0o755)  # the server runs as the unprivileged "postgres" user
@@ -157,7 +157,7 @@ def postgres_url() -> Iterator[tuple[str, str, Path]]:
     script = str(REPO_ROOT / "scripts" / "postgres.sh")
     pg_dir = root / "pg"
     res = subprocess.run(
-        ["bash", script, "start", str(pg_dir), str(_free_ports(1)[0]), password],
+        ["bash", script, "start", str(pg_dir), str(free_ports(1)[0]), password],
         capture_output=True,
         text=True,
         timeout=600,

@@ -190,7 +190,7 @@ def bench_search(
         100_000
     ),
     probes: Annotated[int, typer.Option(help="Probe faces searched per pass.")] = 500,
-    top_k: Annotated[int, typer.Option(help="People returned per probe (group_by).")] = 5,
+    top_k: Annotated[int, typer.Option(help="People returned per probe.")] = 5,
     lite: Annotated[bool, typer.Option("--lite/--no-lite", help="Also measure Milvus Lite.")] = (
         True
     ),

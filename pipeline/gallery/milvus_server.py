@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.gallery.errors import GalleryUnavailable
+from pipeline.procs import free_ports, pid_alive
 
 START_TIMEOUT_S = 180.0
 # Milvus flushes its segments and closes etcd on SIGTERM; give it time before a SIGKILL.
@@ -44,31 +45,6 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _alive(pid: int) -> bool:
-    # The starter never waits on the detached supervisor: reap it here when it is our
-    # child, or a finished supervisor would look alive (a zombie) until we exit.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _healthy(state: dict[str, int]) -> bool:
@@ -97,7 +73,7 @@ class LocalMilvus:
             state = json.loads((self.root / STATE_FILE).read_text())
         except (OSError, ValueError):
             return None
-        if state.get("port") != self.port or not _alive(int(state["pid"])):
+        if state.get("port") != self.port or not pid_alive(int(state["pid"])):
             return None
         return state
 
@@ -221,7 +197,7 @@ class LocalMilvus:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S + 5
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         self._signal_group(pid, signal.SIGKILL)
         (self.root / STATE_FILE).unlink(missing_ok=True)
@@ -233,7 +209,7 @@ def _supervise(root: Path, port: int) -> None:
 
     # The embedded etcd's peer port (2380) is not among the package's settings; a fixed
     # port would allow one server per machine, so give etcd a config file of free ports.
-    etcd_client, etcd_peer, metrics_port = _free_ports(3)
+    etcd_client, etcd_peer, metrics_port = free_ports(3)
     etcd_conf = root / "configs" / "etcd-embed.yaml"
     etcd_conf.parent.mkdir(parents=True, exist_ok=True)
     peer = f"http://127.0.0.1:{etcd_peer}"

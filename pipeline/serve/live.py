@@ -19,6 +19,7 @@ import ray
 
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
+from pipeline.procs import pid_alive
 from pipeline.serve.apps import ServeApps
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,6 @@ def announce(apps: ServeApps) -> Path | None:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
     """The running pipelines announced for the store (stale files of dead ones skipped)."""
     folder = Path(store_root).resolve() / LIVE_DIR
@@ -73,7 +64,7 @@ def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(data.get("pid", -1))):
+        if pid_alive(int(data.get("pid", -1))):
             out.append(data)
     return out
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
+
+from pipeline.procs import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,6 @@ STOP_TIMEOUT_S = 60.0
 
 class KafkaError(RuntimeError):
     """The embedded broker could not be fetched, started or stopped."""
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct TCP ports on 127.0.0.1 that are free right now (not reserved)."""
-    # All sockets stay bound until every port is read, so the ports differ.
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 class LocalKafka:
@@ -116,7 +104,7 @@ class LocalKafka:
         self.fetch()
 
         port, controller_port = self._requested_port, self._requested_controller_port
-        free = [p for p in _free_ports(3) if p not in (port, controller_port)]
+        free = [p for p in free_ports(3) if p not in (port, controller_port)]
         self.port = port or free.pop()
         self.controller_port = controller_port or free.pop()
         if self.port == self.controller_port:

@@ -32,8 +32,8 @@ import pytest
 
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
+from pipeline.procs import free_ports
 from pipeline.stream.audit import frame_id, read_all
-from pipeline.stream.broker import _free_ports
 from pipeline.stream.monitor import LagProbe
 from tests.stores import gallery_env, postgres_database
 from tests.stream_support import LIN, clip_media, stream_cfg
@@ -75,7 +75,7 @@ def _stop_cluster(temp_dir: str) -> None:
 
 
 def _ray_start(temp_dir: str, *args: str) -> None:
-    agent, grpc, metrics, env_agent = _free_ports(4)
+    agent, grpc, metrics, env_agent = free_ports(4)
     cmd = [
         RAY, "start", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
         f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}",
@@ -94,7 +94,7 @@ def ray_cluster() -> Iterator[str]:
     own resources; all their processes are stopped afterwards (``ray stop`` would also
     stop every other Ray on the machine)."""
     temp_dir = tempfile.mkdtemp(prefix="fs-rc-", dir="/tmp")  # short: Ray's unix sockets
-    port, client = _free_ports(2)
+    port, client = free_ports(2)
     try:
         _ray_start(
             temp_dir, "--head", f"--port={port}", f"--ray-client-server-port={client}",
@@ -211,7 +211,7 @@ def test_two_nodes_share_one_gallery_through_restarts(
 ) -> None:
     media = clip_media(shared_dir)
     db_url, db_password = postgres_database(postgres_url, "two_node")
-    api_port = _free_ports(1)[0]
+    api_port = free_ports(1)[0]
     settings_env = {
         **os.environ,
         "RAY_AUTH_MODE": "disabled",

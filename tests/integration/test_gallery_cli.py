@@ -19,7 +19,7 @@ from pipeline.evaluation.embcache import identity_folders
 from pipeline.gallery.catalogue import Catalogue
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
-from pipeline.stream.broker import _free_ports
+from pipeline.procs import free_ports
 from tests.gallery.support import lfw_root, photos, two_version_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
@@ -57,7 +57,7 @@ def test_gallery_commands_end_to_end(
     tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
 ) -> None:
     store, v_flip, v_plain = versions
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {
         "FACESTREAM_MODELS__STORE": str(store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
@@ -246,7 +246,7 @@ def test_serve_refuses_to_start_without_an_api_token(
 def test_stores_down_at_start_up_are_one_line_errors_naming_the_address(
     tmp_path: Path, versions: tuple[ModelStore, str, str]
 ) -> None:
-    port = _free_ports(1)[0]  # nothing listens there
+    port = free_ports(1)[0]  # nothing listens there
     base = {
         "FACESTREAM_MODELS__STORE": str(versions[0].root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),

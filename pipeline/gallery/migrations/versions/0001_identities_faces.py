@@ -6,6 +6,8 @@ Revision ID: 0001
 Revises:
 """
 
+# The schema is restated here, not imported from catalogue.py: a migration must keep
+# building what it built the day it was written, whatever the tables become later.
 from __future__ import annotations
 
 import sqlalchemy as sa

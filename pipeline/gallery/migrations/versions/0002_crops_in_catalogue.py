@@ -9,6 +9,8 @@ Revision ID: 0002
 Revises: 0001
 """
 
+# The schema is restated here, not imported from catalogue.py: a migration must keep
+# building what it built the day it was written, whatever the tables become later.
 from __future__ import annotations
 
 import hashlib
