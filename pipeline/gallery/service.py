@@ -440,10 +440,14 @@ class Gallery:
         if not 1 <= k <= 100:
             raise GalleryError(f"top_k must be in 1..100, got {k}")
         hits = self.vectors.search(snap, np.atleast_2d(vectors), model_version, limit=k + 2)
-        return snap, thr, [self._candidates(h, thr.value, k) for h in hits]
+        # One catalogue query for the whole batch (a stream worker's poll is many probes).
+        known = self.catalogue.find(sorted({h.identity_id for row in hits for h in row}))
+        return snap, thr, [self._candidates(h, known, thr.value, k) for h in hits]
 
-    def _candidates(self, hits: list[Hit], thr: float, k: int) -> list[Candidate]:
-        known = self.catalogue.find(sorted({h.identity_id for h in hits}))
+    @staticmethod
+    def _candidates(
+        hits: list[Hit], known: dict[str, Identity], thr: float, k: int
+    ) -> list[Candidate]:
         out = []
         for h in hits:
             ident = known.get(h.identity_id)
