@@ -272,7 +272,7 @@ def bench_search(
     v = bench.versions()
     table = Table(
         title=f"Gallery search, {rows} faces x {bench.DIM}-d COSINE, top-{top_k} people "
-        f"(group_by identity), {consistency} consistency, {probes} probes, median of "
+        f"(best face per person), {consistency} consistency, {probes} probes, median of "
         f"{repeats} passes; milvus "
         f"{v['milvus']}, milvus-lite {v['milvus-lite']}, pymilvus {v['pymilvus']}"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from pipeline.gallery.service import Gallery
     from pipeline.models.store import ModelStore
 
-out = Console()
+# Tables piped to a file or a CI log keep their columns (Rich assumes 80 off a terminal).
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
