@@ -20,11 +20,13 @@ BUILD_PARAMS: dict[str, dict[str, int]] = {
     "IVF_FLAT": {"nlist": 256},
     "HNSW": {"M": 16, "efConstruction": 200},
 }
-# Search parameters per index type. HNSW ef=64: the smallest that kept recall@1 at 1.000
-# at 100k faces (ef=32: 0.994); IVF_FLAT misses faces even at nprobe=32 (INDEX.md).
+# Search parameters per index type. HNSW ef=96: at 100k faces recall@1 was 1.000 from
+# ef=64 when 5 faces were asked for, but the gallery now fetches 56 (its own grouping by
+# person) and ef=64 then missed 2 of 300 probes once; 96 keeps a margin over the fetch
+# at no measurable cost (INDEX.md). IVF_FLAT misses faces even at nprobe=32.
 SEARCH_PARAMS: dict[str, dict[str, int]] = {
     "IVF_FLAT": {"nprobe": 32},
-    "HNSW": {"ef": 64},
+    "HNSW": {"ef": 96},
 }
 # Which parameter names belong to the search (the rest are build parameters).
 SEARCH_KEYS = frozenset({"ef", "nprobe"})
