@@ -58,9 +58,9 @@ class GalleryConfig(BaseModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="The Milvus alias that points at the active model version's collection.",
     )
-    # HNSW (M 16, efConstruction 200, ef 96): on the Milvus server at 100k faces, p99 10 ms,
-    # 15 ms for a batch of 64 and recall@1 1.000 of exact search; FLAT took 41 ms / 257 ms
-    # and IVF_FLAT missed 5% of the true best faces (`facestream bench search`,
+    # HNSW (M 16, efConstruction 200, ef 96): on the Milvus server at 100k faces, p99 6-12
+    # ms, 34 ms for a batch of 64 and recall@1 1.000 of exact search; FLAT took 28-41 ms /
+    # 250 ms and IVF_FLAT missed 5% of the true best faces (`facestream bench search`,
     # pipeline/gallery/INDEX.md).
     index_type: IndexType = Field("HNSW", description="Vector index of new collections.")
     top_k: PositiveInt = Field(5, le=100, description="Candidates returned per face.")
