@@ -296,6 +296,48 @@ def status(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@gallery_app.command("server")
+@cli_errors
+def server(
+    check: Annotated[
+        bool, typer.Option("--status", help="Only say whether it runs, and exit.")
+    ] = False,
+) -> None:
+    """Keep the local Milvus server up until Ctrl-C (or SIGTERM).
+
+    Every facestream process starts the local server when it needs it and the last one
+    to exit stops it (about 10 s each time); holding it here keeps it warm for a series
+    of gallery commands. On exit it stops unless `facestream run` or `serve` still uses
+    it. Not for a gallery on a Milvus server of its own (gallery.milvus_uri).
+    """
+    import signal
+    import threading
+
+    from pipeline.config.gallery import uses_local_milvus
+    from pipeline.gallery.milvus_server import LocalMilvus
+
+    cfg = gallery_config()
+    if not uses_local_milvus(cfg):
+        raise typer.BadParameter(
+            f"gallery.milvus_uri is {cfg.milvus_uri}: no local Milvus server to run"
+        )
+    local = LocalMilvus(cfg.data_dir.expanduser().resolve() / "milvus", cfg.local_milvus_port)
+    if check:
+        state_ = "running" if local.running() else "not running"
+        out.print(f"local Milvus server {local.uri} (data {local.root}): {state_}", highlight=False)
+        raise typer.Exit(0 if local.running() else 1)
+    uri = local.attach(log=lambda msg: err.print(msg, highlight=False))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"local Milvus server {uri} (data {local.root}); Ctrl-C to let go", highlight=False)
+    try:
+        stop.wait()
+    finally:
+        stopped = local.release()
+        err.print("stopped" if stopped else "still used by another process: left running")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``gallery`` group to ``app``."""
     app.add_typer(gallery_app, name="gallery")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
 from tests.gallery.support import lfw_root, photos, two_version_store
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -275,3 +279,39 @@ def test_stores_down_at_start_up_are_one_line_errors_naming_the_address(
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert f"catalogue database at postgresql+psycopg://fs:***@127.0.0.1:{port}/fs" in err
     assert password not in err
+
+
+def test_gallery_server_holds_the_local_server_until_interrupted(
+    tmp_path: Path, versions: tuple[ModelStore, str, str]
+) -> None:
+    port = free_ports(1)[0]
+    env = {
+        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
+        "FACESTREAM_GALLERY__LOCAL_MILVUS_PORT": str(port),
+    }
+    code, out, _ = cli(env, "gallery", "server", "--status")
+    assert code == 1 and "not running" in out
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from pipeline.cli import app; app()", "gallery", "server"],
+        env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    local = LocalMilvus(tmp_path / "g" / "milvus", port)
+    try:
+        deadline = time.monotonic() + 300  # a guard: the wait ends when the server answers
+        while not local.running():
+            assert holder.poll() is None, holder.communicate()
+            assert time.monotonic() < deadline, "the local Milvus server never answered"
+            time.sleep(0.5)
+        code, out, _ = cli(env, "gallery", "server", "--status")
+        assert code == 0 and f"127.0.0.1:{port}" in out and ": running" in out
+        code, out, err = cli(env, "gallery", "status", "--json")  # attaches, leaves it up
+        assert code == 0, err
+        assert local.running()
+    finally:
+        holder.send_signal(signal.SIGINT)
+        _, rest = holder.communicate(timeout=120)
+    assert holder.returncode == 0, rest
+    assert "stopped" in rest
+    assert not local.running()
