@@ -639,6 +639,21 @@ class Gallery:
                 seconds=round(time.perf_counter() - t0, 3),
             )
 
+    def restore_vectors(self) -> ReembedResult | None:
+        """Rebuild the serving version's collection from the catalogue's crops when the
+        catalogue holds faces but the vector store has no active collection: a Milvus
+        whose data was lost, a gallery moved to another Milvus, or one from before the
+        Milvus server was the default (its vectors were in a Milvus Lite file). Without
+        this, every enrolled person would be searched as unknown. None: nothing to do."""
+        if self.active() is not None or self.catalogue.counts()[1] == 0:
+            return None
+        try:
+            return self.reembed(self.serving_version())
+        except ReembedError:
+            if self.active() is not None:  # another process restored it meanwhile
+                return None
+            raise
+
     def flip(self, version: str) -> str:
         """Point the alias at ``version``'s existing collection (nothing is re-embedded);
         the collection's name. Raises ``ReembedError`` when there is none."""

@@ -375,6 +375,15 @@ def run_blocking(
         data_dir = config.data_dir.expanduser().resolve()
         local = LocalMilvus(data_dir / "milvus", config.local_milvus_port)
         config = config.model_copy(update={"milvus_uri": local.attach(log=log.info)})
+    with Gallery.from_settings(config, face, models) as gallery:  # both stores reachable
+        restored = gallery.restore_vectors()
+        if restored is not None:
+            log.warning(
+                "rebuilt %s from the catalogue's %d stored crops (the vector store had no "
+                "active collection)",
+                restored.collection,
+                restored.faces,
+            )
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False)

@@ -138,12 +138,17 @@ class StreamRunner:
         self.notes.append(f"local Milvus server at {uri}")
 
     def _enroll(self, people: dict[str, Path]) -> None:
-        """Enrol ``people``; with nobody to enrol, still reach both gallery stores, so a
-        Milvus or database that is down fails the start-up with one line naming it."""
+        """Enrol ``people``. Either way reach both gallery stores first, so a Milvus or
+        database that is down fails the start-up with one line naming it, and restore
+        the vectors of a catalogue whose vector store is empty."""
         s = self.settings
         with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
-            gallery.active()
-            gallery.catalogue.counts()
+            restored = gallery.restore_vectors()
+            if restored is not None:
+                self.notes.append(
+                    f"rebuilt {restored.collection} from the catalogue's {restored.faces} "
+                    "stored crops (the vector store had no active collection)"
+                )
             if people:
                 self.notes += enroll_people(gallery, people)
 

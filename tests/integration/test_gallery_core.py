@@ -33,6 +33,7 @@ from tests.gallery.support import (
     tight_crop,
     two_version_store,
 )
+from tests.stores import drop_milvus_space, milvus_space_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -436,3 +437,28 @@ def test_searches_in_flight_during_a_flip_never_mix_versions(
         face = res.faces[0]
         assert face.identity is not None and face.identity.identity_id == ids[ENROLLED[0]]
     assert final.model_version == v_plain
+
+
+def test_a_catalogue_whose_vector_store_is_empty_gets_its_vectors_back(
+    tmp_path: Path,
+    store: ModelStore,
+    lfw: Path,
+    milvus_space: dict[str, str],
+    milvus_server: str,
+) -> None:
+    with open_gallery(tmp_path / "gallery", store, space=milvus_space) as g:
+        ids = enrol_people(g, lfw, ENROLLED[:2])
+        assert g.restore_vectors() is None  # nothing missing
+    # The same catalogue on a Milvus without its collections (data lost, another server,
+    # or a gallery from the Milvus Lite days).
+    empty = milvus_space_settings(milvus_server)
+    try:
+        with open_gallery(tmp_path / "gallery", store, space=empty) as g:
+            assert g.active() is None
+            restored = g.restore_vectors()
+            assert restored is not None and restored.faces == 4 and restored.identities == 2
+            for person in ENROLLED[:2]:
+                _, face = best(g, photos(lfw, person)[2])
+                assert face.identity is not None and face.identity.identity_id == ids[person]
+    finally:
+        drop_milvus_space(empty)
