@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 # Ray reads this when it is imported; local test clusters must not require a token.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Serve kills an HTTP proxy that is not ready within 5 s (health checks: 10 s); on a busy
+# 2-core machine a starting proxy can take longer, and the API tests then fail at
+# set-up. Processes the tests start inherit these.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -360,6 +360,10 @@ def run_blocking(
     import signal
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Serve kills an HTTP proxy that is not ready within 5 s; on a busy small machine a
+    # starting proxy can need longer, and `serve` would then die at start-up.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     import ray
     from ray import serve
 
