@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup run demo test lint kafka-fetch tools postgres k8s eval-lfw bench bench-stream
+.PHONY: setup run demo test lint kafka-fetch tools postgres browser k8s eval-lfw bench bench-stream
 
 setup:
 	@bash scripts/setup.sh
@@ -48,7 +48,11 @@ lint: setup
 postgres:
 	@bash scripts/postgres.sh install
 
-test: setup kafka-fetch tools postgres lint
+# The web UI's browser tests: Debian's chromium and chromium-driver (apt, as root, when absent).
+browser:
+	@bash scripts/chromium.sh install || echo "[browser] no Chromium: the browser tests will be skipped"
+
+test: setup kafka-fetch tools postgres browser lint
 	$(BIN)/python -m pytest -q -rs
 
 eval-lfw: setup

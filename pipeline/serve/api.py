@@ -18,7 +18,6 @@ with a Milvus Lite file (``gallery.milvus_uri = "*.db"``) one replica owns it.
 
 # No `from __future__ import annotations`: FastAPI must resolve the routes' Annotated
 # parameters, which refer to names local to create_app.
-import hmac
 import json
 import logging
 import threading
@@ -53,6 +52,8 @@ from pipeline.gallery.records import (
     VerifyResult,
 )
 from pipeline.gallery.service import Gallery
+from pipeline.serve.web import auth as web_auth
+from pipeline.serve.web import web_router
 
 log = logging.getLogger("facestream.api")
 APP_NAME = "facestream"
@@ -92,16 +93,11 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
     compute = threading.Lock()
     max_bytes = gallery.face_config.limits.max_bytes
 
-    def check_token(creds: HTTPAuthorizationCredentials | None) -> None:
+    def check_token(creds: HTTPAuthorizationCredentials | None, request: Request) -> None:
+        # The bearer header, or the session cookie of a browser signed in to the web UI
+        # (an HMAC of the token; a write by cookie also needs its X-CSRF-Token header).
+        ok = web_auth.authorised(config.api_token, creds, request)
         expected = config.api_token
-        ok = (
-            expected is not None
-            and creds is not None
-            and creds.scheme.lower() == "bearer"
-            and hmac.compare_digest(
-                creds.credentials.encode(), expected.get_secret_value().encode()
-            )
-        )
         if not ok:
             raise HTTPException(
                 status_code=401,
@@ -112,15 +108,17 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
             )
 
     def writer(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        check_token(creds)
+        check_token(creds, request)
 
     def reader(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if config.auth_reads:
-            check_token(creds)
+            check_token(creds, request)
 
     @app.exception_handler(FacestreamError)
     async def _facestream_error(request: Request, exc: FacestreamError) -> JSONResponse:
@@ -294,6 +292,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
             )
         )
 
+    app.include_router(web_router(gallery, config, review=lambda: None, run=run))
     return app
 
 
