@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationInfo, field_validator
 
+from pipeline.config.review import ReviewConfig
+
 IndexType = Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"]
 CropMode = Literal["auto", "scene", "tight"]
 EnrollPick = Literal["error", "largest", "center"]
@@ -81,6 +83,10 @@ class GalleryConfig(BaseModel):
     auth_reads: bool = Field(False, description="Require the token for searches and reads too.")
     host: str = Field("127.0.0.1", description="REST API bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
+    review: ReviewConfig = Field(
+        default_factory=ReviewConfig,
+        description="Unknown faces kept for review, event crops and feedback.",
+    )
 
     @field_validator("api_token", "milvus_token", "catalogue_password", mode="after")
     @classmethod

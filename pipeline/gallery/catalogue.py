@@ -283,6 +283,9 @@ class Catalogue:
     def delete_identity(con: Connection, identity_id: str) -> None:
         # Explicit rather than relying on the cascade alone: SQLite enforces foreign
         # keys only on connections that turned them on.
+        from pipeline.gallery.review_store import delete_identity_rows
+
+        delete_identity_rows(con, identity_id)
         face_ids = sa.select(faces.c.face_id).where(faces.c.identity_id == identity_id)
         con.execute(crops.delete().where(crops.c.face_id.in_(face_ids)))
         con.execute(faces.delete().where(faces.c.identity_id == identity_id))

@@ -38,8 +38,24 @@ class IdentityDetail(Identity):
 
 
 class ThresholdInfo(BaseModel):
+    """The threshold a decision used, and why that value."""
+
     value: float = Field(description="Cosine similarity at or above which a match is accepted.")
+    kind: Literal["open_set", "pair", "request"] = Field(
+        "pair",
+        description="'open_set': from the model's open-set curve at the gallery's size (the "
+        "target is the stranger false-accept rate); 'pair': the per-comparison threshold "
+        "(the target is the FAR of one comparison); 'request': set by the request.",
+    )
     target_far: float | None = Field(description="False-accept rate it was calibrated for.")
+    gallery_size: int | None = Field(
+        None, description="Enrolled faces the open-set threshold was derived for."
+    )
+    extrapolated: bool = Field(
+        False,
+        description="True when the gallery is larger than the calibration data could "
+        "measure: the curve's last threshold holds, its target is not guaranteed.",
+    )
     provenance: str = Field(description="Where the value came from.")
     overridden: bool = Field(False, description="True when the request set the value.")
 
@@ -51,7 +67,13 @@ class Candidate(BaseModel):
     face_id: str = Field(description="The enrolled face that matched best.")
     similarity: float
     decision: Literal["identity", "unknown"] = Field(
-        description="'identity' when similarity >= threshold, else 'unknown'."
+        description="'identity' when similarity >= threshold (and not excluded), else "
+        "'unknown'."
+    )
+    excluded: bool = Field(
+        False,
+        description="True when 'not this person' feedback on a face like this one "
+        "turned the match into 'unknown'.",
     )
 
 

@@ -75,7 +75,9 @@ from pipeline.gallery.records import (
     ThresholdInfo,
     VerifyResult,
 )
+from pipeline.gallery.review_store import exclusion_vectors
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
+from pipeline.models.bootstrap import upgrade_default_threshold
 from pipeline.models.store import ModelStore
 
 ImageInput = tuple[str, bytes | np.ndarray]
@@ -94,14 +96,47 @@ def template_digest(template: AlignmentTemplate) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def threshold_info(thr: Threshold, override: float | None) -> ThresholdInfo:
+def threshold_info(
+    thr: Threshold, override: float | None, gallery_faces: int | None = None
+) -> ThresholdInfo:
+    """The threshold of a decision: the request's, else, for a 1:N search of a gallery of
+    ``gallery_faces`` faces, the open-set curve's at that size, else the per-comparison
+    one (1:1 verification passes no size: one comparison is what that value is for)."""
     if override is not None:
         if not -1.0 <= override <= 1.0:
             raise GalleryError(f"threshold must be a cosine in [-1, 1], got {override}")
         return ThresholdInfo(
-            value=override, target_far=None, provenance="set by the request", overridden=True
+            value=override,
+            kind="request",
+            target_far=None,
+            gallery_size=gallery_faces,
+            provenance="set by the request",
+            overridden=True,
         )
-    return ThresholdInfo(value=thr.value, target_far=thr.target_far, provenance=thr.provenance)
+    curve = thr.open_set
+    if curve is not None and gallery_faces is not None:
+        value, extrapolated = curve.at(gallery_faces)
+        why = (
+            f"open-set curve at {gallery_faces} enrolled faces (stranger FAR <= "
+            f"{curve.target_far:g} at {100 * curve.confidence:g}% confidence"
+        )
+        if extrapolated:
+            why += f"; beyond the {curve.measured_up_to} faces calibration measured: extrapolated"
+        return ThresholdInfo(
+            value=value,
+            kind="open_set",
+            target_far=curve.target_far,
+            gallery_size=gallery_faces,
+            extrapolated=extrapolated,
+            provenance=f"{why}); {curve.provenance}",
+        )
+    return ThresholdInfo(
+        value=thr.value,
+        kind="pair",
+        target_far=thr.target_far,
+        gallery_size=gallery_faces,
+        provenance=thr.provenance,
+    )
 
 
 class Gallery:
@@ -407,9 +442,34 @@ class Gallery:
     def show(self, identity_id: str) -> IdentityDetail:
         return self.catalogue.detail(identity_id)
 
+    # How long a count of the enrolled faces is reused: the stream searches many times a
+    # second, and a gallery changes size by enrolments and removals, far less often.
+    FACE_COUNT_TTL_S = 1.0
+    _face_count: tuple[float, int] | None = None
+
     def threshold(self, version: str) -> Threshold:
         # Read every time: `facestream calibrate` may update the manifest while we serve.
-        return self.store.manifest(version).threshold
+        thr = self.store.manifest(version).threshold
+        if thr.open_set is None:
+            # A default model built before it shipped calibrated gets its curve in place.
+            thr = upgrade_default_threshold(self.store, version, thr)
+        return thr
+
+    def gallery_faces(self) -> int:
+        """Enrolled faces (each has one vector in the active collection), counted at most
+        once per ``FACE_COUNT_TTL_S``."""
+        now = time.monotonic()
+        cached = self._face_count
+        if cached is not None and now - cached[0] < self.FACE_COUNT_TTL_S:
+            return cached[1]
+        n = self.catalogue.counts()[1]
+        self._face_count = (now, n)
+        return n
+
+    def search_threshold(self, version: str, override: float | None = None) -> ThresholdInfo:
+        """The 1:N threshold: the request's, else derived from the gallery's current size."""
+        faces = None if override is not None else self.gallery_faces()
+        return threshold_info(self.threshold(version), override, faces)
 
     def _snapshot(self) -> Snapshot:
         snap = self.active()
@@ -435,14 +495,38 @@ class Gallery:
             snap = self._snapshot()
         else:
             snap = Snapshot(collection, self.vectors.version_of(collection))
-        thr = threshold_info(self.threshold(snap.version), threshold)
+        thr = self.search_threshold(snap.version, threshold)
         k = top_k or self.config.top_k
         if not 1 <= k <= 100:
             raise GalleryError(f"top_k must be in 1..100, got {k}")
         hits = self.vectors.search(snap, np.atleast_2d(vectors), model_version, limit=k + 2)
         # One catalogue query for the whole batch (a stream worker's poll is many probes).
         known = self.catalogue.find(sorted({h.identity_id for row in hits for h in row}))
-        return snap, thr, [self._candidates(h, known, thr.value, k) for h in hits]
+        cands = [self._candidates(h, known, thr.value, k) for h in hits]
+        self._apply_exclusions(np.atleast_2d(vectors), model_version, cands)
+        return snap, thr, cands
+
+    def _apply_exclusions(
+        self, vectors: np.ndarray, version: str, cands: list[list[Candidate]]
+    ) -> None:
+        """"Not this person" feedback: a probe at least as similar to a face reported as
+        not being X as to X's own best face is not matched to X (the face, and faces
+        like it, stop matching at once; X's own photos still do)."""
+        named = sorted({c.identity_id for row in cands for c in row if c.decision == "identity"})
+        if not named:
+            return
+        with self.catalogue._reader() as con:
+            excluded = exclusion_vectors(con, named, version)
+        for probe, row in zip(vectors, cands, strict=True):
+            for c in row:
+                ex = excluded.get(c.identity_id)
+                if (
+                    c.decision == "identity"
+                    and ex is not None
+                    and float(np.max(ex @ probe)) >= c.similarity
+                ):
+                    c.decision = "unknown"
+                    c.excluded = True
 
     @staticmethod
     def _candidates(
@@ -484,7 +568,7 @@ class Gallery:
         faces = find_faces(pipe, image, mode=crop_mode or self.config.crop_mode, pick=pick)
         usable = [f for f in faces if f.quality.passed or not gate]
         pipe.embed_faces(usable)
-        thr = threshold_info(self.threshold(snap.version), threshold)
+        thr = self.search_threshold(snap.version, threshold)
         results = []
         cands: list[list[Candidate]] = []
         if usable:
