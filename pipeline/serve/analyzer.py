@@ -66,6 +66,7 @@ class AnalyzeResult:
     model_version: str | None = None
     collection: str | None = None
     threshold: float | None = None
+    threshold_info: dict[str, Any] | None = None  # why that threshold (target, gallery size)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     rejected: tuple[str, str] | None = None  # (reason, detail): dead-letter the frame
     failed: tuple[str, str] | None = None  # (stage, detail): retry the batch
@@ -133,6 +134,10 @@ class FrameAnalyzerDeployment:
         if gated:
             await self._embed_and_search(gated, digest, out)
         for f in faces:
+            if f.embedding is not None:
+                # The worker keeps the crops of event and unknown faces for review: a
+                # JPEG of the aligned chip (~5 KB) instead of its pixels (~70 KB).
+                f.extras["chip_jpeg"] = encode_jpeg(f.chip)
             # The worker needs boxes, landmarks, quality and vectors, not the pixels: a
             # small answer stays inline instead of going through Ray's object store.
             f.chip = np.empty((0, 0, 3), dtype=np.uint8)
@@ -175,7 +180,16 @@ class FrameAnalyzerDeployment:
         out.model_version = res.model_version
         out.collection = res.collection
         out.threshold = res.threshold
+        info = getattr(res, "threshold_info", None)
+        out.threshold_info = info.model_dump() if hasattr(info, "model_dump") else info
         out.candidates = res.candidates
+
+
+def encode_jpeg(chip: np.ndarray, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(chip, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    return data.tobytes() if ok else b""
 
 
 def analyzer_app(

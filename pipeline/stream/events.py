@@ -29,6 +29,7 @@ from pipeline.stream.schemas import (
     IdentityRef,
     Quality,
     SourceRef,
+    ThresholdRef,
 )
 from pipeline.stream.tracker import TrackResult
 
@@ -107,6 +108,7 @@ def detection_event(
     collection: str | None,
     threshold: float | None,
     worker: str,
+    threshold_detail: ThresholdRef | None = None,
     timings_ms: dict[str, float],
     analyzer: str | None = None,
     published_ts_ms: int | None = None,
@@ -129,6 +131,7 @@ def detection_event(
         model_version=model_version,
         collection=collection,
         threshold=threshold,
+        threshold_detail=threshold_detail,
         faces=faces,
         worker=worker,
         analyzer=analyzer,
@@ -145,6 +148,8 @@ def identity_event(
     *,
     model_version: str,
     collection: str,
+    threshold: ThresholdRef | None = None,
+    crop_id: str | None = None,
     published_ts_ms: int | None = None,
 ) -> IdentityEvent:
     assert track.announcement is not None
@@ -163,6 +168,8 @@ def identity_event(
         model_version=model_version,
         collection=collection,
         box=face.box,
+        threshold=threshold,
+        crop_id=crop_id,
         track_started_ts_ms=track.track_started_ts_ms,
         capture_ts_ms=frame.capture_ts_ms,
         published_ts_ms=published,

@@ -5,7 +5,9 @@ Start-up order, each stage its own process or actor pool:
 1. Kafka: the given bootstrap servers, else a local single-node broker
    (``scripts/kafka.sh`` through ``LocalKafka``); the four topics are created if missing.
 2. The gallery: people given with ``--enroll`` are enrolled (skipped when a person of
-   that name is already there), then the gallery is handed to its search deployment.
+   that name is already there; one with an unusable photo is reported and left out, or,
+   strict, undoes the others and fails the start-up), then the gallery is handed to its
+   search deployment.
 3. Ray (local unless already initialised) and Ray Serve with two applications: the
    batched embedder and the gallery search.
 4. ``workers.count`` recognition actors in one consumer group.
@@ -23,8 +25,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from ray import serve
@@ -33,8 +36,8 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import uses_local_milvus
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
+from pipeline.gallery.errors import EnrollmentRejected, GalleryError
 from pipeline.gallery.milvus_server import LocalMilvus
-from pipeline.gallery.people import enroll_people
 from pipeline.gallery.service import Gallery
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
@@ -60,6 +63,64 @@ def stream_face_config(face: FaceConfig, workers: WorkerConfig) -> FaceConfig:
     if sharp is not None and (quality.min_sharpness is None or sharp > quality.min_sharpness):
         quality = quality.model_copy(update={"min_sharpness": sharp})
     return face.model_copy(update={"detector": detector, "quality": quality})
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What ``--enroll NAME=IMAGE`` made of one person."""
+
+    name: str
+    image: Path
+    status: Literal["enrolled", "already enrolled", "not enrolled"]
+    detail: str  # the identity id and model, or why the photo was not usable
+    identity_id: str | None = None
+
+
+class EnrolmentAborted(GalleryError):
+    """Strict enrolment met an unusable photo; the people it had enrolled were removed."""
+
+    code = "enrolment_aborted"
+
+
+def _rejection(exc: EnrollmentRejected | OSError) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read the photo: {exc.strerror or exc}"
+    return "; ".join(f"{v.image}: {', '.join(v.reasons)}" for v in exc.verdicts if not v.accepted)
+
+
+def enroll_each(gallery: Gallery, people: dict[str, Path], *, strict: bool) -> list[Enrolment]:
+    """Enrol each NAME=IMAGE (its largest face) unless an identity of that name exists.
+
+    A photo the gallery rejects (no face, quality gate) leaves that person out and the
+    others go on; ``strict``, it removes the people this call enrolled and raises
+    :class:`EnrolmentAborted`. Only rejected photos are per person: a gallery that
+    cannot be reached fails the whole call either way."""
+    done: list[Enrolment] = []
+    for name, path in people.items():
+        existing = [i for i in gallery.list(limit=100, name_contains=name) if i.name == name]
+        if existing:
+            ident = existing[0].identity_id
+            done.append(Enrolment(name, path, "already enrolled", ident, ident))
+            continue
+        try:
+            # Like `facestream demo`: the largest face of the photo (a still from a scene
+            # may show others in the background).
+            res = gallery.enroll([(path.name, path.read_bytes())], name=name, pick="largest")
+        except (EnrollmentRejected, OSError) as exc:
+            if strict:
+                new = [e.identity_id for e in done if e.status == "enrolled" and e.identity_id]
+                for ident in new:
+                    gallery.remove(ident)
+                undone = f"; removed again: {len(new)} enrolled before" if new else ""
+                raise EnrolmentAborted(
+                    f"--enroll {name}={path}: not enrolled ({_rejection(exc)}); --strict: "
+                    f"aborting{undone}"
+                ) from exc
+            done.append(Enrolment(name, path, "not enrolled", _rejection(exc)))
+            continue
+        ident = res.identity.identity_id
+        done.append(Enrolment(name, path, "enrolled", f"{ident} ({res.model_version})", ident))
+    return done
 
 
 class StreamRunner:
@@ -88,16 +149,26 @@ class StreamRunner:
         self._lag: LagProbe | None = None
         self.t0 = time.monotonic()
         self.notes: list[str] = []
+        self.enrolments: list[Enrolment] = []
 
     # -- start ---------------------------------------------------------------------------
 
-    def start(self, enroll: dict[str, Path] | None = None, *, ingest: bool = True) -> StreamRunner:
+    def start(
+        self,
+        enroll: dict[str, Path] | None = None,
+        *,
+        ingest: bool = True,
+        strict_enroll: bool = True,
+    ) -> StreamRunner:
+        """Start every stage. ``strict_enroll`` (the default of library callers, whose
+        tests and benchmarks need everyone) fails the start-up on an unusable ``enroll``
+        photo; off, that person is only reported in :attr:`enrolments`."""
         try:
             self._start_kafka()
             self._start_milvus()
             if self.cfg.kafka.create_topics:
                 ensure_topics(self.cfg)
-            self._enroll(enroll or {})
+            self._enroll(enroll or {}, strict=strict_enroll)
             self.started_ray = start_ray(self.cfg)
             self._deploy()
             self.monitor = Monitor(self.cfg)
@@ -137,7 +208,7 @@ class StreamRunner:
         )
         self.notes.append(f"local Milvus server at {uri}")
 
-    def _enroll(self, people: dict[str, Path]) -> None:
+    def _enroll(self, people: dict[str, Path], *, strict: bool = True) -> None:
         """Enrol ``people``. Either way reach both gallery stores first, so a Milvus or
         database that is down fails the start-up with one line naming it, and restore
         the vectors of a catalogue whose vector store is empty."""
@@ -150,7 +221,7 @@ class StreamRunner:
                     "stored crops (the vector store had no active collection)"
                 )
             if people:
-                self.notes += enroll_people(gallery, people)
+                self.enrolments = enroll_each(gallery, people, strict=strict)
 
     def _deploy(self) -> None:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
@@ -180,6 +251,7 @@ class StreamRunner:
                     self.cfg,
                     self.settings.face.limits,
                     metrics_port=self._metrics_port(1 + i),
+                    review=self.settings.gallery.review,
                 )
             )
         # Constructors load the face core and join the group; wait so that a broken

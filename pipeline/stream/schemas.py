@@ -41,6 +41,20 @@ class IdentityRef(_Msg):
     external_id: str | None = Field(None, description="The operator's own id, when set.")
 
 
+class ThresholdRef(_Msg):
+    """The open-set threshold a decision used, and why that value."""
+
+    value: float = Field(description="Cosine similarity at or above which a face matched.")
+    kind: str = Field(
+        description="'open_set': from the model's open-set curve at the gallery's size "
+        "(target_far is then the stranger false-accept rate); 'pair': the per-comparison "
+        "threshold; 'request': set by the caller."
+    )
+    target_far: float | None = Field(description="The false-accept rate it was derived for.")
+    gallery_size: int | None = Field(description="Enrolled faces it was derived for.")
+    provenance: str = Field(description="Where the value came from (data, date, figures).")
+
+
 class Quality(_Msg):
     passed: bool = Field(description="Whether the face passed the quality gate (and was embedded).")
     reasons: list[str] = Field(description="Why it failed, one entry per failed check.")
@@ -88,6 +102,9 @@ class DetectionEvent(_Msg):
     model_version: str | None = Field(description="Embedder version (null: nothing embedded).")
     collection: str | None = Field(description="Gallery collection searched (null: none).")
     threshold: float | None = Field(description="Open-set threshold applied.")
+    threshold_detail: ThresholdRef | None = Field(
+        None, description="Why that threshold: target, gallery size, provenance."
+    )
     faces: list[FaceOut]
     worker: str = Field(description="Id of the worker that tracked and published the frame.")
     analyzer: str | None = Field(
@@ -118,6 +135,13 @@ class IdentityEvent(_Msg):
     model_version: str
     collection: str
     box: list[float] = Field(min_length=4, max_length=4)
+    threshold: ThresholdRef | None = Field(None, description="The threshold the match passed.")
+    crop_id: str | None = Field(
+        None,
+        description="The deciding face's aligned crop, kept for review and feedback: "
+        "GET /sightings/{crop_id}/crop on the REST API (with its token); null when "
+        "gallery.review.event_crops is off.",
+    )
     track_started_ts_ms: int
     capture_ts_ms: int
     published_ts_ms: int

@@ -36,10 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import metrics
 from pipeline.config.face import ImageLimits
+from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
 from pipeline.errors import FacestreamError
+from pipeline.gallery.review_records import RecordedFace
 from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
+from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
 from pipeline.stream.events import (
     Match,
@@ -49,7 +52,14 @@ from pipeline.stream.events import (
     face_out,
     identity_event,
 )
-from pipeline.stream.schemas import DlqEvent, FaceOut, IdentityEvent, IdentityRef, to_json
+from pipeline.stream.schemas import (
+    DlqEvent,
+    FaceOut,
+    IdentityEvent,
+    IdentityRef,
+    ThresholdRef,
+    to_json,
+)
 from pipeline.stream.tracker import Observation, Tracker
 
 if TYPE_CHECKING:
@@ -57,6 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KNOWN_IDENTITIES = 10_000  # names remembered for track labels (LRU)
+KEPT_TRACKS = 10_000  # unknown tracks whose kept-face count is remembered (LRU)
 
 
 class StageFailed(FacestreamError):
@@ -129,6 +140,7 @@ class RecognitionWorker:
         *,
         metrics_port: int | None = None,
         analyzer_handle: Any = None,
+        review: ReviewConfig | None = None,
         autostart: bool = True,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -157,6 +169,9 @@ class RecognitionWorker:
 
             analyzer_handle = serve.get_deployment_handle(ANALYZER, app_name=cfg.analyzer.app_name)
         self.analyzer = analyzer_handle
+        self.review = review or ReviewConfig()
+        self._search: Any = None  # the search deployment keeps faces for review
+        self._kept: OrderedDict[str, int] = OrderedDict()  # unknown track -> faces kept
 
         self.producer = self._make_producer()
         self.consumer = self._make_consumer()
@@ -299,7 +314,11 @@ class RecognitionWorker:
         plans, dead = self._analyze(records)
         metrics.WORKER_STAGE.labels(stage="analyze_batch").observe(time.perf_counter() - t0)
 
-        detections, identities = self._track_and_build(plans)
+        detections, identities, kept = self._track_and_build(plans)
+
+        t0 = time.perf_counter()
+        self._keep_faces(kept)
+        metrics.WORKER_STAGE.labels(stage="keep_faces").observe(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         self._publish(detections, identities, dead)
@@ -394,13 +413,55 @@ class RecognitionWorker:
                 out[id(f)] = Match("unknown", best.similarity, None)
         return out
 
-    def _track_and_build(self, plans: list[FramePlan]) -> tuple[list[Any], list[IdentityEvent]]:
+    def _kept_face(
+        self,
+        msg: FrameMessage,
+        face: Any,
+        fo: FaceOut,
+        track_id: str,
+        version: str,
+        identity: IdentityRef | None,
+    ) -> RecordedFace | None:
+        """The face to keep for review (its crop and vector), or None without a crop."""
+        jpeg = face.extras.get("chip_jpeg")
+        if not jpeg or face.embedding is None:
+            return None
+        return RecordedFace(
+            face_id=fo.face_id,
+            model_version=version,
+            camera_id=msg.camera_id,
+            track_id=track_id,
+            capture_ts_ms=msg.capture_ts_ms,
+            decision="identity" if identity is not None else "unknown",
+            identity_id=identity.identity_id if identity is not None else None,
+            similarity=fo.similarity,
+            quality={k: float(v) for k, v in face.quality.metrics.items()},
+            crop_jpeg=jpeg,
+            embedding=[float(v) for v in face.embedding],
+        )
+
+    def _keep_unknown(self, track_id: str) -> bool:
+        """The first ``faces_per_track`` unknown faces of a track are kept (bounded)."""
+        n = self._kept.get(track_id, 0)
+        if n >= self.review.faces_per_track:
+            return False
+        self._kept[track_id] = n + 1
+        self._kept.move_to_end(track_id)
+        while len(self._kept) > KEPT_TRACKS:
+            self._kept.popitem(last=False)
+        return True
+
+    def _track_and_build(
+        self, plans: list[FramePlan]
+    ) -> tuple[list[Any], list[IdentityEvent], list[RecordedFace]]:
         """Track the frames in record order (a camera's sequence order) and build the
-        events; each frame carries the model version its faces were embedded with."""
+        events, and the faces to keep for review; each frame carries the model version
+        its faces were embedded with."""
         from pipeline.stream.events import now_ms
 
         detections = []
         identities: list[IdentityEvent] = []
+        kept: list[RecordedFace] = []
         for plan in plans:
             msg, res = plan.msg, plan.result
             matches = self._matches(res)
@@ -423,15 +484,35 @@ class RecognitionWorker:
             tracks = self.tracker.update(msg.camera_id, msg.seq, msg.capture_ts_ms, observations)
             outs: list[FaceOut] = []
             version, collection = res.model_version, res.collection
+            threshold = ThresholdRef.model_validate(
+                {k: res.threshold_info.get(k) for k in ThresholdRef.model_fields}
+            ) if res.threshold_info else None
             for i, (f, tr) in enumerate(zip(res.faces, tracks, strict=True)):
                 fo = face_out(
                     msg, i, f, matches.get(id(f)), tr, self._identity(tr.confirmed_identity)
                 )
                 outs.append(fo)
+                if (
+                    self.review.keep_unknowns
+                    and version
+                    and fo.decision == "unknown"
+                    and tr.confirmed_identity is None
+                    and self._keep_unknown(tr.track_id)
+                ):
+                    face = self._kept_face(msg, f, fo, tr.track_id, version, None)
+                    if face is not None:
+                        kept.append(face)
                 if tr.announcement is not None and version and collection:
                     ident = self._identity(tr.announcement.identity_id)
                     if ident is None:
                         continue
+                    crop = (
+                        self._kept_face(msg, f, fo, tr.track_id, version, ident)
+                        if self.review.event_crops
+                        else None
+                    )
+                    if crop is not None:
+                        kept.append(crop)
                     identities.append(
                         identity_event(
                             msg,
@@ -441,6 +522,8 @@ class RecognitionWorker:
                             self._identity(tr.announcement.previous_identity_id),
                             model_version=version,
                             collection=collection,
+                            threshold=threshold,
+                            crop_id=crop.face_id if crop is not None else None,
                         )
                     )
             embedded = bool(res.embedded)
@@ -454,13 +537,29 @@ class RecognitionWorker:
                     model_version=version if embedded else None,
                     collection=collection if embedded else None,
                     threshold=res.threshold if embedded else None,
+                    threshold_detail=threshold if embedded else None,
                     worker=self.worker_id,
                     analyzer=res.analyzer,
                     timings_ms={f"{k}_ms": v * 1000 for k, v in res.timings.items()},
                     published_ts_ms=now_ms(),
                 )
             )
-        return detections, identities
+        return detections, identities, kept
+
+    def _keep_faces(self, faces: list[RecordedFace]) -> None:
+        """Hand the batch's kept faces to the gallery before its events are published, so
+        an event's crop_id can be fetched as soon as the event is read. Idempotent (face
+        ids), so a retried batch writes nothing twice."""
+        if not faces:
+            return
+        if self._search is None:
+            from ray import serve
+
+            self._search = serve.get_deployment_handle(SEARCH, app_name=self.cfg.search.app_name)
+        try:
+            self._search.record.remote(faces).result(timeout_s=2 * self.cfg.workers.call_timeout_s)
+        except Exception as exc:
+            raise StageFailed("keep_faces", f"{type(exc).__name__}: {exc}") from exc
 
     def _publish(self, detections: list[Any], identities: list[Any], dead: list[DlqEvent]) -> None:
         t = self.cfg.topics
