@@ -9,8 +9,10 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import (
+    check_positive,
     cli_errors,
     err,
+    esc,
     face_pipeline,
     model_store,
     out,
@@ -69,12 +71,14 @@ def bench_embed(
     with err.status("timing embedders..."):
         rows = bench_embedders(samples, embedders, repeats=repeats)
     base = rows[0].faces_per_s
-    table = Table(title=f"Embedding {len(samples)} aligned faces, {m.version} (best of {repeats})")
+    table = Table(
+        title=f"Embedding {len(samples)} aligned faces, {esc(m.version)} (best of {repeats})"
+    )
     for col in ("runtime", "batch", "faces/s", "ms/face", "vs dlib"):
         table.add_column(col, justify="left" if col == "runtime" else "right")
     for r in rows:
         table.add_row(
-            r.runtime,
+            esc(r.runtime),
             str(r.batch),
             f"{r.faces_per_s:.1f}",
             f"{r.ms_per_face:.2f}",
@@ -86,7 +90,7 @@ def bench_embed(
     stage_table.add_column("ms/image", justify="right")
     stage_ms = stage_ms_per_image(stages, n_images, rows)
     for k, v in stage_ms.items():
-        stage_table.add_row(k, f"{v:.2f}")
+        stage_table.add_row(esc(k), f"{v:.2f}")
     out.print(stage_table)
 
 
@@ -99,12 +103,18 @@ def bench_stream(
         typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
     ] = None,
     fps: Annotated[
-        float | None, typer.Option(help="Frames per second of video to take. Default: all.")
+        float | None,
+        typer.Option(
+            help="Frames per second of video to take. Default: all.", callback=check_positive
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Recognition workers (consumers).")] = 2,
     analyzers: Annotated[int, typer.Option(help="Frame analyzer replicas.")] = 2,
     latency_seconds: Annotated[
-        float, typer.Option(help="Length of the real-time run that measures latency.")
+        float,
+        typer.Option(
+            help="Length of the real-time run that measures latency.", callback=check_positive
+        ),
     ] = 30.0,
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
@@ -136,11 +146,11 @@ def bench_stream(
         )
     names = sorted(set(people) | set(res.peer.identities) | set(res.peak.identities))
     table = Table(
-        title=f"{Path(res.video).name}, flat out (facestream: {res.workers} workers, "
+        title=f"{esc(Path(res.video).name)}, flat out (facestream: {res.workers} workers, "
         f"{res.analyzers} analyzers; face_recognition: one process, HOG + dlib)"
     )
     for col in ("", "frames", "fps", "ratio", "faces", *names):
-        table.add_column(col, justify="left" if not col else "right")
+        table.add_column(esc(col), justify="left" if not col else "right")
     table.add_row(
         "face_recognition",
         str(res.peer.frames),
@@ -163,12 +173,13 @@ def bench_stream(
         "identification events (tracks): "
         + (", ".join(f"{k} x{v}" for k, v in res.peak.identity_events.most_common()) or "none"),
         highlight=False,
+        markup=False,
     )
     stages = Table(title="facestream per frame (mean ms; embed and search include queueing)")
     stages.add_column("stage")
     stages.add_column("ms/frame", justify="right")
     for stage, ms in res.peak.stage_ms.items():
-        stages.add_row(stage, f"{ms:.2f}")
+        stages.add_row(esc(stage), f"{ms:.2f}")
     out.print(stages)
     rt = res.realtime
     p50, p99 = rt.latency(50), rt.latency(99)
@@ -266,7 +277,7 @@ def bench_search(
             repeats=repeats,
             consistency=consistency,
             progress=report,
-            log=lambda msg: progress.console.print(msg, highlight=False),
+            log=lambda msg: progress.console.print(msg, highlight=False, markup=False),
         )
     base = bench.lite_of(results)
     v = bench.versions()
@@ -293,12 +304,14 @@ def bench_search(
         table.add_column(col, justify="left" if col in ("store", "index", "group_by") else "right")
     for r in results:
         if r.error:
-            table.add_row(r.store, r.label, f"[red]{r.error}[/red]", *[""] * (len(cols) - 3))
+            table.add_row(
+                esc(r.store), esc(r.label), f"[red]{esc(r.error)}[/red]", *[""] * (len(cols) - 3)
+            )
             continue
         lite_row = base.get(r.label)
         table.add_row(
-            r.store,
-            r.label,
+            esc(r.store),
+            esc(r.label),
             f"{r.build_s:.1f}",
             f"{r.p50_ms:.2f}",
             f"{r.p99_ms:.2f}",
@@ -312,7 +325,7 @@ def bench_search(
     out.print(table)
     if json_path is not None:
         bench.write_json(json_path, results, rows=rows, probes=probes, top_k=top_k, repeats=repeats)
-        err.print(f"wrote {json_path}")
+        err.print(f"wrote {json_path}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.config.face import FaceConfig
 from pipeline.config.settings import Settings, load_settings
@@ -32,6 +34,36 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def esc(value: object) -> str:
+    """``value`` as literal text inside a Rich markup string. Names, file names, paths and
+    error messages come from users: unescaped, '[b]' in one would turn bold and '[/q]'
+    would crash the print with a MarkupError."""
+    return escape(str(value))
+
+
+def check_threshold(value: float | None) -> float | None:
+    """Typer callback of every ``--threshold``: a cosine similarity, so finite and in
+    [-1, 1] (NaN passes a plain range check, since every comparison with it is false)."""
+    if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise typer.BadParameter(f"must be a cosine similarity in [-1, 1], got {value:g}")
+    return value
+
+
+def check_probability(value: float | None) -> float | None:
+    """Typer callback of false-accept rates and other probabilities: strictly inside
+    (0, 1), since 0 and 1 give no usable threshold."""
+    if value is not None and not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise typer.BadParameter(f"must be a probability in (0, 1), got {value:g}")
+    return value
+
+
+def check_positive(value: float | None) -> float | None:
+    """Typer callback of rates and durations (fps, seconds, learning rates): finite, > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0.0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value:g}")
+    return value
+
+
 def cli_errors(fn: F) -> F:
     """Turn expected failures into one red line on stderr and exit code 2."""
 
@@ -40,10 +72,10 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (FacestreamError, FileNotFoundError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {esc(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
-            err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+            err.print(f"[red]invalid configuration:[/red] {esc(exc)}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -129,7 +161,7 @@ def open_gallery(config: GalleryConfig | None = None, version: str | None = None
         s.models,
         store=model_store(),
         version=version,
-        notify=lambda msg: err.print(msg, highlight=False),  # e.g. starting local Milvus
+        notify=lambda msg: err.print(msg, highlight=False, markup=False),  # e.g. Milvus start
     )
 
 

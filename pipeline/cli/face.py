@@ -10,8 +10,11 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import (
+    check_positive,
+    check_threshold,
     cli_errors,
     err,
+    esc,
     face_json,
     face_pipeline,
     load_image_checked,
@@ -74,7 +77,11 @@ def verify(
         typer.Option("--pick", help="When an image holds several faces: error, largest or center."),
     ] = "error",
     threshold: Annotated[
-        float | None, typer.Option(help="Cosine threshold; default: the model's calibrated one.")
+        float | None,
+        typer.Option(
+            help="Cosine threshold in [-1, 1]; default: the model's calibrated one.",
+            callback=check_threshold,
+        ),
     ] = None,
 ) -> None:
     """Are the two faces the same person? Prints the decision, similarity and threshold."""
@@ -87,7 +94,9 @@ def verify(
         try:
             face = pipe.single_face(load_image_checked(path), pick=pick, gate=False)
         except FaceError as exc:
-            raise type(exc)(f"{path}: {exc}") from None
+            # Image errors already start with the path; say it once.
+            msg = str(exc)
+            raise type(exc)(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
         vecs.append(face.embedding)
     sim = float(vecs[0] @ vecs[1])
     thr_info = pipe.embedder.manifest.threshold
@@ -95,7 +104,10 @@ def verify(
     verdict = "same" if sim >= thr else "different"
     out.print(f"[bold]{verdict}[/bold]  similarity={sim:.4f}  threshold={thr:.4f}", highlight=False)
     source = "--threshold" if threshold is not None else thr_info.provenance
-    out.print(f"model={pipe.embedder.model_version}  threshold source: {source}", highlight=False)
+    out.print(
+        f"model={esc(pipe.embedder.model_version)}  threshold source: {esc(source)}",
+        highlight=False,
+    )
 
 
 def demo(
@@ -109,7 +121,18 @@ def demo(
         list[str] | None,
         typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
     ] = None,
-    fps: Annotated[float, typer.Option(help="Frames per second of video to process.")] = 5.0,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail when any --enroll still shows no face; default: leave that person "
+            "out and go on.",
+        ),
+    ] = False,
+    fps: Annotated[
+        float,
+        typer.Option(help="Frames per second of video to process.", callback=check_positive),
+    ] = 5.0,
     fallback: Annotated[
         bool,
         typer.Option(
@@ -137,12 +160,16 @@ def demo(
         )
     pipe = face_pipeline(face_config=face_cfg)
     assert pipe.embedder is not None
-    names, gallery = enroll(pipe, people)
+    names, gallery, skipped = enroll(pipe, people, strict=strict)
     thr = pipe.embedder.manifest.threshold.value
-    out.print(f"video: {video}" + ("" if source else f"  ({inp.note})"), highlight=False)
+    out.print(f"video: {esc(video)}" + ("" if source else f"  ({esc(inp.note)})"), highlight=False)
     out.print(
-        f"enrolled: {', '.join(names)}  model: {pipe.embedder.model_version}  threshold: {thr:.3f}"
+        f"enrolled: {esc(', '.join(names))}  model: {esc(pipe.embedder.model_version)}  "
+        f"threshold: {thr:.3f}",
+        highlight=False,
     )
+    for name, why in skipped.items():
+        out.print(f"[red]not enrolled:[/red] {esc(name)}: {esc(why)}", highlight=False)
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("recognising", total=None)
         result = run_demo(
@@ -155,7 +182,8 @@ def demo(
             on_frame=lambda seq, d: progress.update(
                 task,
                 completed=seq + 1,
-                description=f"frame {seq}: " + (", ".join(f"{n} {s:.2f}" for n, s in d) or "-"),
+                description=f"frame {seq}: "
+                + (", ".join(f"{esc(n)} {s:.2f}" for n, s in d) or "-"),
             ),
         )
     table = Table(
@@ -165,12 +193,13 @@ def demo(
         table.add_column(col)
     for label, n in result.decisions.most_common():
         first = result.first_seen_ms.get(label, 0.0) / 1000
-        table.add_row(label, str(n), f"{result.best_similarity[label]:.3f}", f"{first:.1f}")
+        table.add_row(esc(label), str(n), f"{result.best_similarity[label]:.3f}", f"{first:.1f}")
     out.print(table)
     if result.reject_reasons:
         out.print(
             "quality rejections: "
-            + ", ".join(f"{k} x{v}" for k, v in result.reject_reasons.items())
+            + ", ".join(f"{k} x{v}" for k, v in result.reject_reasons.items()),
+            markup=False,
         )
     if not any(k != UNKNOWN for k in result.decisions):
         out.print("[yellow]nobody enrolled was recognised[/yellow]")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, err, open_gallery, out, state
+from pipeline.cli.common import check_threshold, cli_errors, err, esc, open_gallery, out, state
 from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig
 
 if TYPE_CHECKING:
@@ -133,21 +133,23 @@ def enroll(
         except EnrollmentRejected as exc:
             for v in exc.verdicts:
                 mark = "[green]ok[/green]" if v.accepted else "[red]rejected[/red]"
-                err.print(f"{mark} {v.image}: {'; '.join(v.reasons) or 'usable'}", highlight=False)
+                why = "; ".join(v.reasons) or "usable"
+                err.print(f"{mark} {esc(v.image)}: {esc(why)}", highlight=False)
             raise
     if as_json:
         _print_json(res)
         return
     ident = res.identity
     out.print(
-        f"enrolled [bold]{ident.name}[/bold] id={ident.identity_id} faces={ident.n_faces} "
-        f"(+{len(res.added_faces)}) model={res.model_version}",
+        f"enrolled [bold]{esc(ident.name)}[/bold] id={ident.identity_id} faces={ident.n_faces} "
+        f"(+{len(res.added_faces)}) model={esc(res.model_version)}",
         highlight=False,
     )
     for r in res.images:
         out.print(
             f"  {r.image}: {r.crop_mode} face px={r.quality.get('face_px') if r.quality else '?'}",
             highlight=False,
+            markup=False,
         )
 
 
@@ -165,7 +167,7 @@ def remove(
         return
     rows = sum(res.rows_deleted.values())
     out.print(
-        f"removed {identity}: {res.faces_removed} faces, {rows} vector rows in "
+        f"removed {esc(identity)}: {res.faces_removed} faces, {rows} vector rows in "
         f"{len(res.rows_deleted)} collections, {res.crops_deleted} crops",
         highlight=False,
     )
@@ -189,7 +191,7 @@ def list_(
     for col in ("identity id", "name", "external id", "faces"):
         table.add_column(col)
     for i in rows:
-        table.add_row(i.identity_id, i.name, i.external_id or "", str(i.n_faces))
+        table.add_row(esc(i.identity_id), esc(i.name), esc(i.external_id or ""), str(i.n_faces))
     out.print(table)
 
 
@@ -210,7 +212,7 @@ def rename(
     """Change an identity's display name."""
     with _gallery() as g:
         res = g.rename(identity, name)
-    out.print(f"renamed {res.identity_id} to {res.name}", highlight=False)
+    out.print(f"renamed {res.identity_id} to {res.name}", highlight=False, markup=False)
 
 
 @gallery_app.command("search")
@@ -219,7 +221,11 @@ def search(
     image: Annotated[Path, typer.Argument(help="Photo or face crop to identify.")],
     top_k: Annotated[int | None, typer.Option("--top-k", help="Candidates per face.")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Cosine threshold; default: the model's calibrated one.")
+        float | None,
+        typer.Option(
+            help="Cosine threshold in [-1, 1]; default: the model's calibrated one.",
+            callback=check_threshold,
+        ),
     ] = None,
     crop: CropOpt = None,
     as_json: JsonOpt = False,
@@ -232,19 +238,29 @@ def search(
         _print_json(res)
         return
     t = res.threshold
-    far = f"target FAR {t.target_far:g}" if t.target_far else "no target FAR"
+    if t.kind == "open_set":
+        why = f"stranger FAR <= {t.target_far:g} at {t.gallery_size} enrolled faces"
+        if t.extrapolated:
+            why += ", extrapolated beyond the calibration data"
+    elif t.kind == "request":
+        why = "set by --threshold"
+    else:
+        why = f"per-comparison FAR {t.target_far:g}" if t.target_far else "no target FAR"
     out.print(
         f"model={res.model_version} collection={res.collection} threshold={t.value:.4f} "
-        f"({far}; {t.provenance})",
+        f"({t.kind}: {why})",
         highlight=False,
     )
+    if t.kind != "request":
+        out.print(f"threshold source: {t.provenance}", highlight=False, markup=False)
     if not res.faces:
         out.print("no face found")
     for n, f in enumerate(res.faces):
         if f.decision == "rejected":
-            out.print(f"face {n} {f.box}: rejected ({'; '.join(f.quality['reasons'])})")
+            why = esc("; ".join(f.quality["reasons"]))
+            out.print(f"face {n} {f.box}: rejected ({why})", highlight=False)
             continue
-        who = f"{f.identity.name} ({f.identity.identity_id})" if f.identity else "unknown"
+        who = esc(f"{f.identity.name} ({f.identity.identity_id})" if f.identity else "unknown")
         out.print(
             f"face {n} {f.box}: [bold]{who}[/bold] similarity={f.similarity}", highlight=False
         )
@@ -252,6 +268,7 @@ def search(
             out.print(
                 f"    {c.similarity:.4f} {c.decision:<8} {c.name} ({c.identity_id})",
                 highlight=False,
+                markup=False,
             )
 
 
@@ -262,7 +279,7 @@ def reembed(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the gallery for another model version from the stored crops; flip to it."""
-    with _gallery() as g, err.status(f"re-embedding stored crops with {to}..."):
+    with _gallery() as g, err.status(f"re-embedding stored crops with {esc(to)}..."):
         res = g.reembed(to)
     if as_json:
         _print_json(res)
@@ -271,6 +288,7 @@ def reembed(
         f"{res.faces} faces of {res.identities} identities re-embedded into {res.collection} "
         f"in {res.seconds:.1f} s; active: {res.from_version} -> {res.to_version}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -287,12 +305,13 @@ def status(as_json: JsonOpt = False) -> None:
         f"{res.milvus_uri}: {res.identities} identities, {res.faces} faces; alias {res.alias} "
         f"-> {res.active_collection}",
         highlight=False,
+        markup=False,
     )
     table = Table()
     for col in ("", "collection", "model version", "rows"):
         table.add_column(col)
     for c in res.collections:
-        table.add_row("*" if c.active else "", c.name, c.model_version, str(c.rows))
+        table.add_row("*" if c.active else "", esc(c.name), esc(c.model_version), str(c.rows))
     out.print(table)
 
 
@@ -324,13 +343,21 @@ def server(
     local = LocalMilvus(cfg.data_dir.expanduser().resolve() / "milvus", cfg.local_milvus_port)
     if check:
         state_ = "running" if local.running() else "not running"
-        out.print(f"local Milvus server {local.uri} (data {local.root}): {state_}", highlight=False)
+        out.print(
+            f"local Milvus server {local.uri} (data {local.root}): {state_}",
+            highlight=False,
+            markup=False,
+        )
         raise typer.Exit(0 if local.running() else 1)
-    uri = local.attach(log=lambda msg: err.print(msg, highlight=False))
+    uri = local.attach(log=lambda msg: err.print(msg, highlight=False, markup=False))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    err.print(f"local Milvus server {uri} (data {local.root}); Ctrl-C to let go", highlight=False)
+    err.print(
+        f"local Milvus server {uri} (data {local.root}); Ctrl-C to let go",
+        highlight=False,
+        markup=False,
+    )
     try:
         stop.wait()
     finally:

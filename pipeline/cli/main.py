@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from pipeline.cli import bench, evaluate, face, gallery, models, serve, stream, train
-from pipeline.cli.common import err, state
+from pipeline.cli import bench, evaluate, face, gallery, models, review, serve, stream, train
+from pipeline.cli.common import err, esc, state
 from pipeline.config.settings import load_settings
 
 app = typer.Typer(
@@ -32,7 +32,7 @@ def main(
     try:
         state._settings = load_settings(config)
     except (ValidationError, FileNotFoundError) as exc:
-        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+        err.print(f"[red]invalid configuration:[/red] {esc(exc)}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -46,3 +46,4 @@ models.register(app)  # models ...
 evaluate.register_eval(app)  # eval pairs | openset
 bench.register(app)  # bench ...
 gallery.register(app)  # gallery ...
+review.register(app)  # unknowns ..., feedback ...

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, err, model_store, open_gallery, out
+from pipeline.cli.common import cli_errors, err, esc, model_store, open_gallery, out
 
 if TYPE_CHECKING:
     from pipeline.models.promotion import PromotionRecord, Swap
@@ -35,7 +35,9 @@ def models_bootstrap(
     with err.status("porting dlib ResNet to torch and exporting ONNX..."):
         manifest = bootstrap_default(model_store(), tta=tta, activate=activate)
     out.print(
-        f"built {manifest.version} in {model_store().folder(manifest.version)}", highlight=False
+        f"built {manifest.version} in {model_store().folder(manifest.version)}",
+        highlight=False,
+        markup=False,
     )
 
 
@@ -53,10 +55,10 @@ def models_list() -> None:
         m = store.manifest(v)
         table.add_row(
             "*" if v == active else "",
-            v,
-            m.format,
+            esc(v),
+            esc(m.format),
             str(m.embedding_dim),
-            m.preprocessing.tta,
+            esc(m.preprocessing.tta),
             f"{m.threshold.value:.4f}",
         )
     out.print(table)
@@ -106,12 +108,12 @@ def _print_record(rec: PromotionRecord) -> None:
     verb = "promoted" if rec.action == "promote" else "rolled back"
     forced = " [yellow](forced past a failed gate)[/yellow]" if rec.forced else ""
     out.print(
-        f"{verb}: {rec.from_version} -> [bold]{rec.to_version}[/bold]{forced} in "
+        f"{verb}: {esc(rec.from_version)} -> [bold]{esc(rec.to_version)}[/bold]{forced} in "
         f"{rec.seconds:.1f} s",
         highlight=False,
     )
     if rec.reembed:
-        out.print(f"gallery: {json.dumps(rec.reembed)}", highlight=False)
+        out.print(f"gallery: {json.dumps(rec.reembed)}", highlight=False, markup=False)
     else:
         out.print("gallery: not touched (--no-gallery)", highlight=False)
 
@@ -137,11 +139,11 @@ def promote_cmd(
     if dry_run:
         gate = gate_check(store, version, store.active_version())
         verdict = "[green]passes[/green]" if gate.passed else "[red]fails[/red]"
-        out.print(f"gate {verdict}: {version} vs active {gate.active}", highlight=False)
+        out.print(f"gate {verdict}: {esc(version)} vs active {esc(gate.active)}", highlight=False)
         if gate.rows:
-            out.print(gate.table(), highlight=False, soft_wrap=True)
+            out.print(gate.table(), highlight=False, soft_wrap=True, markup=False)
         if gate.reason:
-            out.print(gate.reason, highlight=False)
+            out.print(gate.reason, highlight=False, markup=False)
         raise typer.Exit(0 if gate.passed else 1)
     with _swap(no_gallery) as (swap, live):
         rec = promote(store, swap, version, force, reason=_reason(reason, live))
@@ -181,13 +183,13 @@ def history_cmd(
         t.add_column(col)
     for r in recs:
         t.add_row(
-            r.at,
-            r.action,
-            r.from_version or "-",
-            r.to_version,
+            esc(r.at),
+            esc(r.action),
+            esc(r.from_version or "-"),
+            esc(r.to_version),
             "yes" if r.forced else "",
-            r.user,
-            r.reason,
+            esc(r.user),
+            esc(r.reason),
         )
     out.print(t)
 

@@ -15,13 +15,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.cli.common import cli_errors, err, out, parse_people, state
+from pipeline.cli.common import (
+    check_positive,
+    cli_errors,
+    err,
+    esc,
+    out,
+    parse_people,
+    state,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from pipeline.config.stream import CameraConfig, StreamConfig
     from pipeline.stream.monitor import Summary
+    from pipeline.stream.runner import Enrolment
 
 LOCAL_KAFKA_PORT = 9092
 _ID_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(.+)$")
@@ -133,21 +142,23 @@ def summary_table(s: Summary, title: str = "facestream run") -> Table:
     t.add_row("lag", "-" if s.lag is None else str(s.lag))
     t.add_row(
         "faces",
-        f"{s.faces}  " + ", ".join(f"{k} {v}" for k, v in sorted(s.decisions.items())),
+        f"{s.faces}  " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(s.decisions.items())),
     )
     t.add_row(
         "identities",
         f"{s.identity_events} events  "
-        + ", ".join(f"{k} x{v}" for k, v in s.identities.most_common()),
+        + ", ".join(f"{esc(k)} x{v}" for k, v in s.identities.most_common()),
     )
     t.add_row("latency (capture→publish)", lat)
     t.add_row(
         "dead letters",
-        f"{s.dlq}  " + ", ".join(f"{k} {v}" for k, v in sorted(s.dlq_reasons.items())),
+        f"{s.dlq}  " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(s.dlq_reasons.items())),
     )
     t.add_row("dropped / reconnects", f"{s.dropped} / {s.reconnects}")
     t.add_row("workers alive", f"{s.workers_alive}/{s.workers}")
-    t.add_row("cameras", ", ".join(f"{k}: {v}" for k, v in s.ingest_states.items()) or "-")
+    t.add_row(
+        "cameras", ", ".join(f"{esc(k)}: {esc(v)}" for k, v in s.ingest_states.items()) or "-"
+    )
     if s.duplicates:
         t.add_row("replayed events", f"{s.duplicates} (dropped by event id)")
     return t
@@ -156,14 +167,14 @@ def summary_table(s: Summary, title: str = "facestream run") -> Table:
 def ingest_table(cfg: StreamConfig, stats: list[Any]) -> Table:
     from rich.table import Table
 
-    t = Table(title=f"ingest → {cfg.topics.frames} @ {cfg.kafka.bootstrap_servers}")
+    t = Table(title=f"ingest → {esc(cfg.topics.frames)} @ {esc(cfg.kafka.bootstrap_servers)}")
     for col in ("camera", "state", "read", "produced", "dropped", "reconnects", "seq"):
         t.add_column(col)
     for s in stats:
-        dropped = ", ".join(f"{k} {v}" for k, v in s.dropped.items()) or "0"
+        dropped = ", ".join(f"{esc(k)} {v}" for k, v in s.dropped.items()) or "0"
         t.add_row(
-            s.camera,
-            s.state,
+            esc(s.camera),
+            esc(s.state),
             str(s.read),
             str(s.produced),
             dropped,
@@ -173,12 +184,34 @@ def ingest_table(cfg: StreamConfig, stats: list[Any]) -> Table:
     return t
 
 
+def enrolment_table(enrolments: list[Enrolment]) -> Table:
+    """One row per ``--enroll`` person: enrolled (new or already there) or not, and why."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="--enroll", title_justify="left")
+    for col in ("person", "photo", "status", "identity / reason"):
+        t.add_column(col)
+    style = {"enrolled": "green", "already enrolled": "green", "not enrolled": "red"}
+    for e in enrolments:
+        # Text cells: names and file names are the user's, never markup.
+        t.add_row(
+            Text(e.name),
+            Text(e.image.name),
+            Text(e.status, style=style[e.status]),
+            Text(e.detail),
+        )
+    return t
+
+
 def ingest(
     source: SourceOpt = None,
     camera_id: Annotated[
         str | None, typer.Option(help="Id of a single --source (default cam0).")
     ] = None,
-    fps: Annotated[float | None, typer.Option(help="Target frames per second.")] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Target frames per second.", callback=check_positive)
+    ] = None,
     max_side: MaxSideOpt = None,
     loop: LoopOpt = None,
     realtime: RealtimeOpt = None,
@@ -225,7 +258,9 @@ def ingest(
     if any(s.state == "failed" for s in final):
         for s in final:
             if s.error:
-                err.print(f"[red]error:[/red] camera {s.camera}: {s.error}", highlight=False)
+                err.print(
+                    f"[red]error:[/red] camera {esc(s.camera)}: {esc(s.error)}", highlight=False
+                )
         raise typer.Exit(1)
 
 
@@ -235,9 +270,20 @@ def run(
         list[str] | None,
         typer.Option("--enroll", help="NAME=IMAGE, repeatable: people to recognise."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Abort (exit 2) when any --enroll photo is unusable, removing the people "
+            "this run enrolled; default: report that person as not enrolled and go on.",
+        ),
+    ] = False,
     kafka: KafkaOpt = None,
     workers: Annotated[int | None, typer.Option(help="Recognition actors.")] = None,
-    fps: Annotated[float | None, typer.Option(help="Target fps of --source cameras.")] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(help="Target fps of --source cameras.", callback=check_positive),
+    ] = None,
     max_side: MaxSideOpt = None,
     loop: LoopOpt = None,
     realtime: RealtimeOpt = None,
@@ -245,7 +291,8 @@ def run(
         float | None,
         typer.Option(
             help="Stop after this many seconds (default: at the end "
-            "of finite sources, else Ctrl-C)."
+            "of finite sources, else Ctrl-C).",
+            callback=check_positive,
         ),
     ] = None,
     kafka_data: Annotated[
@@ -264,6 +311,9 @@ def run(
     from scikit-image's astronaut photo. A real camera:
 
       facestream run --source lobby=rtsp://user:pass@10.0.0.12/stream1 --enroll "Ann=ann.jpg"
+
+    A person whose --enroll photo is unusable (no face, head turned too far, ...) is
+    reported as not enrolled, with the reason, and the run goes on; --strict aborts.
 
     Read the identification events with `facestream events --follow`.
     """
@@ -285,7 +335,7 @@ def run(
         )
         if not enroll_opt:
             people = inp.enroll
-        err.print(f"no --source: {inp.video} ({inp.note})", highlight=False)
+        err.print(f"no --source: {esc(inp.video)} ({esc(inp.note)})", highlight=False)
     cfg = cfg.model_copy(update={"cameras": cams})
     finite = all(not c.loop and not is_live(c.url) for c in cams)
     runner = StreamRunner(
@@ -301,12 +351,21 @@ def run(
             "starting: Kafka, Ray, Serve (embedder, gallery search), workers, ingest …",
             highlight=False,
         )
-        runner.start(people)
+        runner.start(people, strict_enroll=strict)
         for note in runner.notes:
-            err.print(f"  {note}", highlight=False)
+            err.print(f"  {note}", highlight=False, markup=False)
+        if runner.enrolments:
+            err.print(enrolment_table(runner.enrolments))
+        missing = [e.name for e in runner.enrolments if e.status == "not enrolled"]
+        if missing:
+            err.print(
+                f"[yellow]warning:[/yellow] {len(missing)} of {len(runner.enrolments)} "
+                f"--enroll people not enrolled: {esc(', '.join(missing))} (--strict aborts)",
+                highlight=False,
+            )
+        bootstrap = esc(runner.cfg.kafka.bootstrap_servers)
         err.print(
-            f"  Kafka {runner.cfg.kafka.bootstrap_servers}; events: facestream events "
-            f"--follow --kafka {runner.cfg.kafka.bootstrap_servers}",
+            f"  Kafka {bootstrap}; events: facestream events --follow --kafka {bootstrap}",
             highlight=False,
         )
         with Live(console=err, refresh_per_second=2, transient=json_out) as live:
@@ -379,7 +438,7 @@ def events(
             if limit is not None and n >= limit:
                 break
     except LookupError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {esc(exc)}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
@@ -388,7 +447,7 @@ def events(
 
         if isinstance(exc, NoBrokersAvailable):
             err.print(
-                f"[red]error:[/red] no Kafka broker at {bootstrap} (give --kafka)",
+                f"[red]error:[/red] no Kafka broker at {esc(bootstrap)} (give --kafka)",
                 highlight=False,
             )
             raise typer.Exit(2) from None

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, model_store, out, progress_bar, state
+from pipeline.cli.common import (
+    check_positive,
+    cli_errors,
+    esc,
+    model_store,
+    out,
+    progress_bar,
+    state,
+)
 
 if TYPE_CHECKING:
     from pipeline.evaluation.heldout import ModelEval
@@ -26,12 +34,12 @@ class _RichReporter:
 
     def task(self, description: str, total: int | None) -> Callable[[int], None]:
         self.progress.start()
-        tid = self.progress.add_task(description, total=total)
+        tid = self.progress.add_task(esc(description), total=total)
         return lambda n: self.progress.advance(tid, n)
 
     def log(self, message: str) -> None:
         self.progress.stop()
-        out.print(message, highlight=False, soft_wrap=True)
+        out.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def _fmt(v: Any) -> str:
@@ -47,9 +55,9 @@ def _comparison_table(base: ModelEval, cand: ModelEval) -> Table:
 
     t = Table(title="held-out identities (and guard sets): base vs fine-tuned")
     for col in ("metric", base.version, cand.version, "delta"):
-        t.add_column(col)
+        t.add_column(esc(col))
     for k, b, c, d in comparison_rows(base.summary(), cand.summary()):
-        t.add_row(k, _fmt(b), _fmt(c), "-" if d is None else f"{d:+.4f}")
+        t.add_row(esc(k), esc(_fmt(b)), esc(_fmt(c)), "-" if d is None else f"{d:+.4f}")
     return t
 
 
@@ -71,7 +79,9 @@ def train(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Steps per epoch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Network learning rate.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Network learning rate.", callback=check_positive)
+    ] = None,
     freeze: Annotated[
         int | None, typer.Option(help="Frozen lower units (0-16: stem, then blocks).")
     ] = None,
@@ -135,19 +145,24 @@ def train(
         batch_size=s.models.batch_size,
         intra_op_threads=s.models.intra_op_threads,
     )
-    hist = Table(title=f"run {outcome.run_name}: per-epoch metrics")
+    hist = Table(title=f"run {esc(outcome.run_name)}: per-epoch metrics")
     keys = ["epoch", "step", "loss_first", "loss_last", "images_per_s", "val_tar@1e-2", "val_eer"]
     for k in keys:
         hist.add_column(k)
     for h in outcome.history:
-        hist.add_row(*[_fmt(h.get(k)) for k in keys])
+        hist.add_row(*[esc(_fmt(h.get(k))) for k in keys])
     out.print(hist)
     out.print(_comparison_table(outcome.base_eval, outcome.candidate_eval))
-    out.print(f"report: {outcome.report_path}  ROC plot: {outcome.roc_path}", highlight=False)
+    out.print(
+        f"report: {outcome.report_path}  ROC plot: {outcome.roc_path}",
+        highlight=False,
+        markup=False,
+    )
     if outcome.version:
         out.print(
-            f"registered [bold]{outcome.version}[/bold] (parent {outcome.base_version}, not "
-            f"active). Promote it with: facestream models promote {outcome.version}",
+            f"registered [bold]{esc(outcome.version)}[/bold] (parent "
+            f"{esc(outcome.base_version)}, not active). Promote it with: facestream models "
+            f"promote {esc(outcome.version)}",
             highlight=False,
         )
 

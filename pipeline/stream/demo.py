@@ -86,16 +86,32 @@ def synthetic_input(workdir: Path) -> DemoInput:
     return DemoInput(str(video), {"Eileen Collins": still}, "synthetic clip from a packaged photo")
 
 
-def enroll(pipeline: FacePipeline, people: dict[str, Path]) -> tuple[list[str], np.ndarray]:
-    """One embedding per person from one still (the largest face in it)."""
-    names, vecs = [], []
+def enroll(
+    pipeline: FacePipeline, people: dict[str, Path], *, strict: bool = True
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """One embedding per person from one still (the largest face in it): (names, their
+    embeddings, {name: why not} of the people left out).
+
+    A still with no face, or that cannot be read, fails the call when ``strict``; else
+    that person is left out and the others go on. Nobody usable fails it either way:
+    there would be nothing to match against."""
+    names, vecs, skipped = [], [], {}
     for name, path in people.items():
-        faces = pipeline.analyze(load_image(path), pick="largest", gate=False)
-        if not faces or faces[0].embedding is None:
-            raise NoFaceError(f"cannot enroll {name}: no face found in {path}")
+        try:
+            faces = pipeline.analyze(load_image(path), pick="largest", gate=False)
+            if not faces or faces[0].embedding is None:
+                raise NoFaceError(f"no face found in {path}")
+        except FaceError as exc:
+            if strict:
+                raise type(exc)(f"cannot enroll {name}: {exc}") from None
+            skipped[name] = str(exc)
+            continue
         names.append(name)
         vecs.append(faces[0].embedding)
-    return names, np.stack(vecs)
+    if not names:
+        why = "; ".join(f"{n}: {r}" for n, r in skipped.items())
+        raise NoFaceError(f"nobody could be enrolled ({why})")
+    return names, np.stack(vecs), skipped
 
 
 def run_demo(

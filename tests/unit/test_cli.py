@@ -121,3 +121,51 @@ def test_models_list_and_show(cli: CliRunner, model_store: ModelStore) -> None:
     assert manifest["alignment"]["sampling"] == "dlib_chip"
     assert set(manifest["files"]) == {"onnx", "torch", "dlib"}
     assert model_store.active_version() in cli.invoke(app, ["models", "list"]).output
+
+
+@pytest.mark.parametrize("value", ["5", "1.0001", "-1.5", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("command", [["verify", "a.jpg", "b.jpg"], ["gallery", "search", "a.jpg"]])
+def test_threshold_must_be_a_finite_cosine(cli: CliRunner, command: list[str], value: str) -> None:
+    # Checked while parsing: no model, gallery or image is opened first.
+    out = _fails_cleanly(cli, [*command, "--threshold", value], "Invalid value for '--threshold'")
+    assert "[-1, 1]" in out
+
+
+@pytest.mark.parametrize("value", ["-1", "1", "0.5"])
+def test_threshold_at_and_inside_the_bounds_is_accepted(
+    cli: CliRunner, tmp_path: Path, value: str
+) -> None:
+    missing = str(tmp_path / "a.jpg")  # past the option check, the missing image fails
+    _fails_cleanly(cli, ["verify", missing, missing, "--threshold", value], "no such file")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--fps", "0"],
+        ["run", "--fps", "nan"],
+        ["run", "--duration", "-5"],
+        ["run", "--duration", "inf"],
+        ["ingest", "--fps", "-1"],
+        ["demo", "--fps", "nan"],
+        ["bench", "stream", "--fps", "0"],
+        ["bench", "stream", "--latency-seconds", "nan"],
+        ["train", "--lr", "0"],
+        ["train", "--lr", "nan"],
+    ],
+)
+def test_rates_and_durations_must_be_finite_and_positive(cli: CliRunner, args: list[str]) -> None:
+    opt = next(a for a in args if a.startswith("--"))
+    out = _fails_cleanly(cli, args, f"Invalid value for '{opt}'")
+    assert "finite number > 0" in out
+
+
+def test_probability_check() -> None:
+    import typer
+
+    from pipeline.cli.common import check_probability
+
+    assert check_probability(None) is None and check_probability(1e-3) == 1e-3
+    for bad in (0.0, 1.0, -0.1, 5.0, float("nan"), float("inf")):
+        with pytest.raises(typer.BadParameter, match=r"\(0, 1\)"):
+            check_probability(bad)

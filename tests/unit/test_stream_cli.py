@@ -9,7 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 import pipeline.cli
-from pipeline.cli.stream import parse_sources
+from pipeline.cli.stream import enrolment_table, parse_sources
+from pipeline.models.store import ModelStore
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,76 @@ def test_sources_with_and_without_ids() -> None:
         ("cam2", "0"),
     ]
     assert all(c.fps == 2.0 for c in cams)
+
+
+def test_run_has_a_strict_enrolment_switch(app: typer.Typer) -> None:
+    res = CliRunner().invoke(app, ["run", "--help"])
+    assert res.exit_code == 0 and "--strict" in res.output
+
+
+@pytest.mark.shared_data
+def test_run_enrolment_reports_an_unusable_photo_and_goes_on(
+    model_store: ModelStore, tmp_path: Path, shared_dir: Path, lfw_dir: Path
+) -> None:
+    """`facestream run --enroll`'s enrolment (the runner's, on a Milvus Lite gallery): a
+    photo the quality gate rejects leaves only that person out; --strict aborts and
+    removes the people the call had enrolled, and nobody enrolled before."""
+    from milvus_lite.server_manager import server_manager_instance
+    from rich.console import Console
+
+    from pipeline.config.gallery import GalleryConfig
+    from pipeline.config.models import ModelsConfig
+    from pipeline.config.settings import Settings
+    from pipeline.config.stream import StreamConfig
+    from pipeline.gallery.service import Gallery
+    from pipeline.stream.runner import EnrolmentAborted, StreamRunner
+
+    stills = shared_dir / "data/video/stills"
+    turned = lfw_dir / "Hugh_Grant/Hugh_Grant_0007.jpg"  # |yaw| 0.55 > max_yaw 0.45
+    uri = str(tmp_path / "milvus.db")
+    settings = Settings(
+        gallery=GalleryConfig(data_dir=tmp_path / "g", milvus_uri=uri),
+        models=ModelsConfig(store=model_store.root),
+    )
+
+    def names() -> list[str]:
+        with Gallery.from_settings(settings.gallery, settings.face, settings.models) as g:
+            return sorted(i.name for i in g.list())
+
+    try:
+        runner = StreamRunner(StreamConfig(), settings)
+        runner._enroll(
+            {
+                "Barack Obama": stills / "obama.jpg",
+                "[/b]Hugh": turned,
+                "Joe Biden": stills / "biden.jpg",
+            },
+            strict=False,
+        )
+        got = runner.enrolments
+        assert [(e.name, e.status) for e in got] == [
+            ("Barack Obama", "enrolled"),
+            ("[/b]Hugh", "not enrolled"),
+            ("Joe Biden", "enrolled"),
+        ]
+        assert "Hugh_Grant_0007.jpg: head turned too far" in got[1].detail
+        assert names() == ["Barack Obama", "Joe Biden"]
+        console = Console(record=True, width=200)
+        console.print(enrolment_table(got))
+        table = console.export_text()
+        assert "[/b]Hugh" in table and "not enrolled" in table and "head turned" in table
+
+        strict = StreamRunner(StreamConfig(), settings)
+        with pytest.raises(EnrolmentAborted, match="head turned too far") as exc:
+            strict._enroll(
+                {
+                    "Lin-Manuel Miranda": stills / "lin-manuel-miranda.png",
+                    "Barack Obama": stills / "obama.jpg",  # already there: kept
+                    "[/b]Hugh": turned,
+                },
+                strict=True,
+            )
+        assert "removed again: 1 enrolled before" in str(exc.value)
+        assert names() == ["Barack Obama", "Joe Biden"]
+    finally:
+        server_manager_instance.release_server(uri)
