@@ -292,7 +292,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
             )
         )
 
-    app.include_router(web_router(gallery, config, review=lambda: None, run=run))
+    app.include_router(web_router(gallery, config, lambda: getattr(app.state, "review", None), run))
     return app
 
 
