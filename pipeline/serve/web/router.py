@@ -61,6 +61,10 @@ NOTICES = {
 _bearer = HTTPBearer(auto_error=False)
 
 
+class TooLarge(Exception):
+    """An uploaded photo over ``face.limits.max_bytes`` (shown on the form's page)."""
+
+
 def _direct(fn: Callable[[], T]) -> T:
     return fn()
 
@@ -157,7 +161,7 @@ def web_router(
                 continue
             name = f.filename or f"photo {i + 1}"
             if len(data) > max_bytes:
-                raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
+                raise TooLarge(f"{name}: larger than {max_bytes} bytes, nothing stored")
             out.append((name, data))
         return out
 
@@ -302,7 +306,10 @@ def web_router(
     ) -> Response:
         if (bad := refused(request, csrf)) is not None:
             return bad
-        files = await uploads(photos)
+        try:
+            files = await uploads(photos)
+        except TooLarge as exc:
+            return identities_page(request, status=413, error=str(exc), name=name)
         if not name.strip() or not files:
             return identities_page(
                 request, status=422, error="Give a name and at least one photo.", name=name
@@ -359,7 +366,10 @@ def web_router(
     ) -> Response:
         if (bad := refused(request, csrf)) is not None:
             return bad
-        files = await uploads(photos)
+        try:
+            files = await uploads(photos)
+        except TooLarge as exc:
+            return identity_page(request, identity_id, status=413, error=str(exc))
         if not files:
             return identity_page(request, identity_id, status=422, error="Choose a photo.")
         try:
