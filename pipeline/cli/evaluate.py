@@ -25,6 +25,7 @@ from pipeline.cli.common import (
 if TYPE_CHECKING:
     from pipeline.config.gallery import GalleryConfig
     from pipeline.evaluation.embcache import EmbeddingCache
+    from pipeline.evaluation.openset import OpenSetReport
     from pipeline.face.analyze import FacePipeline
 
 eval_app = typer.Typer(help="Accuracy evaluation on real faces.", no_args_is_help=True)
@@ -113,7 +114,37 @@ def calibrate(
         Path | None,
         typer.Option("--pairs", help="Use this pairs TSV (path_a, path_b, same) under --root."),
     ] = None,
-    target_far: Annotated[float, typer.Option("--target-far", help="False-accept rate.")] = 1e-3,
+    target_far: Annotated[
+        float | None,
+        typer.Option(
+            "--target-far",
+            help="False-accept rate: of one comparison (default 1e-3), or with --open-set of "
+            "a stranger searched against the whole gallery (default 0.01).",
+        ),
+    ] = None,
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set",
+            help="Calibrate the threshold per gallery size (the stranger FAR grows with the "
+            "gallery) from every photo of --root, and store that curve (it decides 1:N "
+            "searches; the per-comparison threshold stays for 1:1 verification).",
+        ),
+    ] = False,
+    confidence: Annotated[
+        float, typer.Option(help="--open-set: confidence of the FAR's upper bound.")
+    ] = 0.95,
+    n_bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="--open-set: identity resamples.")
+    ] = 200,
+    ship: Annotated[
+        Path | None,
+        typer.Option(
+            "--ship",
+            help="--open-set: write the curve to this file as the default model's shipped "
+            "curve (pipeline/models/default_open_set.json), not into the manifest.",
+        ),
+    ] = None,
     split: Annotated[
         Literal["all", "calibration"],
         typer.Option(
@@ -138,6 +169,16 @@ def calibrate(
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
     ver = pipe.embedder.model_version
+    if open_set:
+        if pairs is not None:
+            raise typer.BadParameter("--open-set calibrates on identity folders, not --pairs")
+        _calibrate_open_set(
+            pipe, cache, root, split, target_far or 0.01, confidence, n_bootstrap, ship, dry_run
+        )
+        return
+    if ship is not None:
+        raise typer.BadParameter("--ship needs --open-set")
+    target_far = target_far or 1e-3
     if pairs is not None:
         plist = read_pairs(pairs, root)
         n = len({p for pr in plist for p in (pr.a, pr.b)})
@@ -158,7 +199,84 @@ def calibrate(
     if dry_run:
         out.print("dry run: manifest not changed")
         return
-    store_calibration(model_store(), ver, cal, source)
+    thr = store_calibration(model_store(), ver, cal, source)
+    out.print(f"stored in {model_store().folder(ver) / 'manifest.json'}", highlight=False)
+    if thr.open_set is not None:
+        out.print(
+            "1:N searches keep using the open-set curve (stranger FAR "
+            f"{thr.open_set.target_far:g} by gallery size); this value decides 1:1 "
+            "verification. Recalibrate the curve with --open-set.",
+            highlight=False,
+        )
+
+
+def _calibrate_open_set(
+    pipe: FacePipeline,
+    cache: EmbeddingCache,
+    root: Path,
+    split: str,
+    target_far: float,
+    confidence: float,
+    n_bootstrap: int,
+    ship: Path | None,
+    dry_run: bool,
+) -> None:
+    """``calibrate --open-set``: the threshold per gallery size, into the manifest."""
+    from pipeline.evaluation.embcache import identity_folders, split_of
+    from pipeline.evaluation.openset_curve import (
+        calibrate_open_set_on_folders,
+        store_open_set,
+        write_shipped,
+    )
+
+    assert pipe.embedder is not None
+    ver = pipe.embedder.model_version
+    ids = identity_folders(root, min_images=1)
+    if split == "calibration":
+        ids = {k: v for k, v in ids.items() if split_of(k) < 1 / 3}
+    source = f"{root.name} ({split} split: {len(ids)} identity folders, every photo)"
+    with _progress("embedding", sum(len(v) for v in ids.values())) as advance:
+        curve, points = calibrate_open_set_on_folders(
+            pipe,
+            ids,
+            cache,
+            source,
+            target_far,
+            confidence=confidence,
+            n_bootstrap=n_bootstrap,
+            on_progress=advance,
+        )
+    table = Table(
+        title=f"Open-set threshold of {ver} by gallery size: stranger FAR <= {target_far:g} "
+        f"({100 * confidence:g}% upper bound)"
+    )
+    for col in ("gallery faces", "threshold", "FAR (estimate)", "FAR (upper bound)"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            str(p.gallery_faces),
+            f"{p.threshold:.4f}",
+            f"{100 * p.far_point:.2f}%",
+            f"{100 * p.far_upper:.2f}%",
+        )
+    out.print(table)
+    out.print(curve.provenance, highlight=False)
+    out.print(
+        f"galleries over {curve.measured_up_to} faces hold the last threshold (extrapolated)",
+        highlight=False,
+    )
+    if dry_run:
+        out.print("dry run: nothing written")
+        return
+    if ship is not None:
+        command = (
+            f"facestream calibrate --open-set --root {root} --split {split} "
+            f"--target-far {target_far:g} --ship {ship}"
+        )
+        write_shipped(ship, ver, root.name, curve, points, command)
+        out.print(f"written: {ship}", highlight=False)
+        return
+    store_open_set(model_store(), ver, curve)
     out.print(f"stored in {model_store().folder(ver) / 'manifest.json'}", highlight=False)
 
 
@@ -177,9 +295,18 @@ def eval_openset(
     out_dir: Annotated[Path, typer.Option("--out", help="Where report.json goes.")] = Path(
         "reports/openset"
     ),
+    growth: Annotated[
+        int,
+        typer.Option(
+            help="Then grow the gallery to this many times its faces with distractor people "
+            "(report-split people with fewer than --min-images photos) and measure again; "
+            "1: don't."
+        ),
+    ] = 10,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
-    """Open-set identification: rank-1, FAR of never-enrolled people, DIR@FAR=1%."""
+    """Open-set identification at the gallery's own threshold: rank-1, DIR and the FAR of
+    never-enrolled people, at the evaluation's gallery size and at --growth times it."""
     from pipeline.evaluation.calibrate import calibrate_on_folders, store_calibration
     from pipeline.evaluation.embcache import identity_folders
     from pipeline.evaluation.openset import make_splits, run_openset
@@ -187,7 +314,9 @@ def eval_openset(
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
     ver = pipe.embedder.model_version
-    splits = make_splits(identity_folders(root, min_images=min_images))
+    everyone = identity_folders(root, min_images=1)
+    probed = {k: v for k, v in everyone.items() if len(v) >= min_images}
+    splits = make_splits(probed, everyone=everyone if growth > 1 else None)
     if calibrate_far is not None:
         n = sum(len(v) for v in splits.calibration.values())
         with _progress("embedding calibration split", n) as advance:
@@ -201,34 +330,82 @@ def eval_openset(
         return Gallery.from_settings(cfg, s.face, s.models, store=model_store(), version=ver)
 
     n = sum(len(v) for d in (splits.enrolled, splits.never_enrolled) for v in d.values())
-    with _progress("embedding report split", n) as advance:
-        rep = run_openset(pipe, factory, splits, cache, on_progress=advance)
+    from rich.progress import Progress
+
+    with Progress(console=err) as progress:  # one live display: both bars in it
+        embedding = progress.add_task("embedding report split", total=n)
+        # About (growth - 1) x the first gallery's faces, 2 per enrolled person.
+        grow_to = (growth - 1) * 2 * len(splits.enrolled) if growth > 1 else 0
+        growing = progress.add_task("enrolling distractors", total=grow_to)
+        rep = run_openset(
+            pipe,
+            factory,
+            splits,
+            cache,
+            growth=growth,
+            on_progress=lambda k: progress.advance(embedding, k),
+            on_distractor=lambda k: progress.advance(growing, k),
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+    _print_openset(rep, root.name)
+    out.print(f"report: {out_dir / 'report.json'}", highlight=False)
+
+
+def _print_openset(rep: OpenSetReport, data_set: str) -> None:
     table = Table(
-        title=f"Open-set identification, {root.name}: {rep.n_enrolled} enrolled (2 photos each) "
-        f"+ {rep.n_never_enrolled} never-enrolled people"
+        title=f"Open-set identification, {data_set}: {rep.n_enrolled} enrolled (2 photos each) "
+        f"+ {rep.n_never_enrolled} never-enrolled people, at the gallery's own threshold"
     )
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("model", rep.model_version)
-    far = f"target FAR {rep.threshold_target_far:g}" if rep.threshold_target_far else "uncalibrated"
-    table.add_row("threshold", f"{rep.threshold:.4f} ({far})")
+    for size in rep.sizes:
+        label = "gallery" if size is rep.sizes[0] else "+ distractors"
+        table.add_column(f"{label}: {size.gallery_faces} faces", justify="right")
+    table.add_row("model", *[rep.model_version for _ in rep.sizes])
     table.add_row(
-        "enrolled probes / never-enrolled probes",
-        f"{rep.n_enrolled_probes} / {rep.n_never_enrolled_probes}",
+        "people enrolled (distractors)",
+        *[
+            f"{s.gallery_identities}" + (f" ({rep.distractor_identities})" if i else "")
+            for i, s in enumerate(rep.sizes)
+        ],
     )
-    table.add_row("rank-1 (enrolled probes)", f"{100 * rep.rank1:.2f}%")
-    table.add_row("DIR at the threshold", f"{100 * rep.dir_at_threshold:.2f}%")
-    table.add_row("FAR of never-enrolled at the threshold", f"{100 * rep.far_at_threshold:.2f}%")
+    table.add_row(
+        "threshold",
+        *[
+            f"{s.threshold:.4f} ({s.threshold_kind}"
+            + (", extrapolated)" if s.threshold_extrapolated else ")")
+            for s in rep.sizes
+        ],
+    )
+    far = f"{rep.threshold_target_far:g}" if rep.threshold_target_far else "none"
+    table.add_row("target FAR", *[far for _ in rep.sizes])
+    table.add_row(
+        "enrolled / never-enrolled probes",
+        *[f"{rep.n_enrolled_probes} / {rep.n_never_enrolled_probes}" for _ in rep.sizes],
+    )
+    table.add_row("rank-1 (enrolled probes)", *[f"{100 * s.rank1:.2f}%" for s in rep.sizes])
+    table.add_row("DIR at the threshold", *[f"{100 * s.dir_at_threshold:.2f}%" for s in rep.sizes])
+    table.add_row(
+        "stranger FAR at the threshold",
+        *[
+            f"{100 * s.far_at_threshold:.2f}% ({s.false_accepts} of {rep.n_never_enrolled_probes})"
+            for s in rep.sizes
+        ],
+    )
     table.add_row(
         "DIR @ FAR=1%",
         f"{100 * rep.dir_at_far_1pct:.2f}% (threshold {rep.threshold_at_far_1pct:.4f})",
+        *["" for _ in rep.sizes[1:]],
     )
-    table.add_row("probe failures", ", ".join(f"{k} {v}" for k, v in rep.probe_failures.items()))
+    table.add_row(
+        "probe failures",
+        ", ".join(f"{k} {v}" for k, v in rep.probe_failures.items()),
+        *["" for _ in rep.sizes[1:]],
+    )
     out.print(table)
     out.print(f"threshold source: {rep.threshold_provenance}", highlight=False)
-    out.print(f"report: {out_dir / 'report.json'}", highlight=False)
+    for note in rep.notes[-5:]:
+        out.print(f"note: {note}", highlight=False)
 
 
 def register_calibrate(app: typer.Typer) -> None:

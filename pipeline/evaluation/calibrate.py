@@ -13,7 +13,6 @@ provenance); searches use it unless a request overrides it.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pipeline.evaluation.embcache import OK, EmbeddingCache, ImageEmbedding, emb
 from pipeline.evaluation.metrics import all_pairs
 from pipeline.evaluation.pairs import Pair
 from pipeline.face.analyze import FacePipeline
-from pipeline.face.manifest import MANIFEST_NAME, Threshold
+from pipeline.face.manifest import Threshold, write_manifest
 from pipeline.gallery.errors import CalibrationError
 from pipeline.models.store import ModelStore
 
@@ -130,8 +129,12 @@ def calibrate_on_folders(
 
 def store_calibration(store: ModelStore, version: str, cal: Calibration, source: str) -> Threshold:
     """Write the calibrated threshold, with its provenance, into the version's manifest."""
+    # The open-set curve stays: it decides 1:N searches, this value 1:1 verification.
     thr = Threshold(
-        value=round(cal.threshold, 6), target_far=cal.target_far, provenance=provenance(cal, source)
+        value=round(cal.threshold, 6),
+        target_far=cal.target_far,
+        provenance=provenance(cal, source),
+        open_set=store.manifest(version).threshold.open_set,
     )
     write_threshold(store, version, thr)
     return thr
@@ -141,11 +144,7 @@ def write_threshold(store: ModelStore, version: str, threshold: Threshold) -> No
     """Replace the threshold in a version's manifest (atomically; the version id stays:
     the threshold is a decision rule, not part of what makes embeddings comparable)."""
     manifest = store.manifest(version)
-    updated = manifest.model_copy(update={"threshold": threshold})
-    path = store.folder(version) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text(updated.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
+    write_manifest(store.folder(version), manifest.model_copy(update={"threshold": threshold}))
 
 
 def provenance(cal: Calibration, source: str) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.face.align import AlignmentTemplate
 from pipeline.face.errors import ModelError
@@ -40,13 +41,68 @@ class Preprocessing(BaseModel):
     )
 
 
+class OpenSetCurve(BaseModel):
+    """Threshold as a function of the gallery's size, for a target stranger false-accept rate.
+
+    A stranger is compared with every enrolled face and is falsely accepted when the best
+    of those N similarities reaches the threshold, so one per-comparison threshold lets
+    more strangers in as the gallery grows. Each point holds the threshold that keeps the
+    stranger FAR at or below ``target_far`` for a gallery of ``gallery_faces`` faces.
+    """
+
+    points: list[tuple[int, float]] = Field(
+        min_length=1,
+        description="(gallery_faces, threshold), gallery_faces ascending; a gallery between "
+        "two points takes the threshold of the next larger one.",
+    )
+    target_far: float = Field(gt=0.0, lt=1.0, description="Stranger false-accept rate.")
+    confidence: float = Field(
+        gt=0.0, lt=1.0, description="Confidence of the upper bound on the FAR (e.g. 0.95)."
+    )
+    measured_up_to: int = Field(
+        gt=0,
+        description="Largest gallery the calibration data can measure (its number of faces); "
+        "larger galleries hold the last threshold, flagged as extrapolated.",
+    )
+    method: str
+    provenance: str
+
+    @model_validator(mode="after")
+    def _ascending(self) -> OpenSetCurve:
+        sizes = [n for n, _ in self.points]
+        if sizes != sorted(set(sizes)) or sizes[0] < 1:
+            raise ValueError("open_set points need distinct gallery sizes >= 1, ascending")
+        if any(not -1.0 <= t <= 1.0 for _, t in self.points):
+            raise ValueError("open_set thresholds must be cosines in [-1, 1]")
+        if sizes[-1] != self.measured_up_to:
+            raise ValueError("the last open_set point must be at measured_up_to")
+        return self
+
+    def at(self, gallery_faces: int) -> tuple[float, bool]:
+        """(threshold, extrapolated) for a gallery of ``gallery_faces`` faces.
+
+        Between two points the larger gallery's threshold applies: the stranger FAR only
+        grows with the gallery, so that one still meets the target (interpolating would
+        not guarantee it)."""
+        n = max(1, gallery_faces)
+        for size, t in self.points:
+            if size >= n:
+                return t, False
+        return self.points[-1][1], True
+
+
 class Threshold(BaseModel):
-    """Cosine-similarity threshold of the open-set decision, with where it came from."""
+    """Cosine-similarity threshold of the open-set decision, with where it came from.
+
+    ``value`` is per comparison (1:1 verification, and 1:N search when there is no
+    ``open_set`` curve); ``open_set`` derives the 1:N threshold from the gallery's size.
+    """
 
     value: float = Field(ge=-1.0, le=1.0)
     metric: Literal["cosine"] = "cosine"
     target_far: float | None = None
     provenance: str
+    open_set: OpenSetCurve | None = None
 
 
 class ModelManifest(BaseModel):
@@ -109,6 +165,14 @@ def read_manifest(folder: Path) -> ModelManifest:
         return ModelManifest.model_validate_json(path.read_text())
     except ValidationError as exc:
         raise ModelError(f"invalid model manifest {path}: {exc}") from exc
+
+
+def write_manifest(folder: Path, manifest: ModelManifest) -> None:
+    """Replace a version's manifest atomically (readers see the old or the new one)."""
+    path = folder / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def verify_files(manifest: ModelManifest, folder: Path) -> None:

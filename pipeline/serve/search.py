@@ -66,6 +66,9 @@ class SearchResult:
     threshold: float | None
     candidates: list[list[SearchHit]] = field(default_factory=list)  # per vector, best first
     note: str | None = None
+    # ThresholdInfo as a plain dict (value, kind, target_far, gallery_size, provenance,
+    # extrapolated): why ``threshold`` has that value; None when there was no collection.
+    threshold_info: dict[str, Any] | None = None
 
 
 def _vectors(requests: list[SearchRequest]) -> int:
@@ -131,7 +134,9 @@ class GallerySearchDeployment:
             ]
             for row in cands
         ]
-        return SearchResult(version, collection, float(thr.value), hits)
+        return SearchResult(
+            version, collection, float(thr.value), hits, threshold_info=thr.model_dump(mode="json")
+        )
 
     # -- live model swap -------------------------------------------------------------------
 
@@ -182,6 +187,7 @@ class GallerySearchDeployment:
                         res.threshold,
                         res.candidates[start : start + n],
                         res.note,
+                        res.threshold_info,
                     )
                     start += n
         return [r for r in out if r is not None]
