@@ -51,7 +51,9 @@ from pipeline.gallery.records import (
     SearchResult,
     VerifyResult,
 )
+from pipeline.gallery.review import Review
 from pipeline.gallery.service import Gallery
+from pipeline.serve.api_review import review_router
 from pipeline.serve.web import auth as web_auth
 from pipeline.serve.web import web_router
 
@@ -292,6 +294,8 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
             )
         )
 
+    app.state.review = Review(gallery)
+    app.include_router(review_router(app.state.review, writer, run))
     app.include_router(web_router(gallery, config, lambda: getattr(app.state, "review", None), run))
     return app
 
