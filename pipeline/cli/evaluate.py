@@ -397,12 +397,9 @@ def _print_openset(rep: OpenSetReport, data_set: str) -> None:
         f"{100 * rep.dir_at_far_1pct:.2f}% (threshold {rep.threshold_at_far_1pct:.4f})",
         *["" for _ in rep.sizes[1:]],
     )
-    table.add_row(
-        "probe failures",
-        ", ".join(f"{k} {v}" for k, v in rep.probe_failures.items()),
-        *["" for _ in rep.sizes[1:]],
-    )
     out.print(table)
+    failures = ", ".join(f"{k} {v}" for k, v in rep.probe_failures.items())
+    out.print(f"probe failures (count as not identified): {failures}", highlight=False)
     out.print(f"threshold source: {rep.threshold_provenance}", highlight=False)
     for note in rep.notes[-5:]:
         out.print(f"note: {note}", highlight=False)

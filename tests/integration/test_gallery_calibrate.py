@@ -59,24 +59,26 @@ def test_pair_scores_split_genuine_and_impostor_pairs() -> None:
 def test_search_uses_the_calibrated_threshold_from_the_manifest(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, shared_dir: Path
 ) -> None:
-    store, v_flip, _ = two_version_store(tmp_path_factory)
+    # The plain-TTA version: no shipped open-set curve (that one is the flip version's, and
+    # takes precedence in 1:N search; tests/integration/test_open_set_threshold.py).
+    store, _, v_plain = two_version_store(tmp_path_factory)
     private = ModelStore(tmp_path / "models")
-    shutil.copytree(store.folder(v_flip), private.folder(v_flip))
-    private.set_active(v_flip)
+    shutil.copytree(store.folder(v_plain), private.folder(v_plain))
+    private.set_active(v_plain)
     lfw = lfw_root(shared_dir)
     new = Threshold(value=0.9123, target_far=1e-3, provenance="test calibration")
-    write_threshold(private, v_flip, new)
-    assert private.manifest(v_flip).threshold == new
-    assert private.load_embedder(v_flip).model_version == v_flip  # files still verify
+    write_threshold(private, v_plain, new)
+    assert private.manifest(v_plain).threshold == new
+    assert private.load_embedder(v_plain).model_version == v_plain  # files still verify
     g = open_gallery(tmp_path / "g", private)
     try:
         g.enroll(as_input(photos(lfw, "Abel_Pacheco")[:1]), name="A", pick="center")
         probe = photos(lfw, "Abel_Pacheco")[1].read_bytes()
         res = g.search_image(probe)
         assert (res.threshold.value, res.threshold.target_far) == (0.9123, 1e-3)
-        assert res.threshold.provenance == "test calibration"
+        assert res.threshold.provenance == "test calibration" and res.threshold.kind == "pair"
         # re-read on every search: a new calibration applies without a restart
-        write_threshold(private, v_flip, new.model_copy(update={"value": 0.5}))
+        write_threshold(private, v_plain, new.model_copy(update={"value": 0.5}))
         assert g.search_image(probe).threshold.value == 0.5
         assert g.search_image(probe, threshold=0.99).threshold.overridden
     finally:

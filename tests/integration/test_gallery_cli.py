@@ -210,6 +210,7 @@ def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
     thr = ModelStore(store_root).manifest(v_flip).threshold
     assert thr.target_far == 0.01 and "calibration split" in thr.provenance
     assert f"{thr.value:.4f}" in out
+    assert "1:N searches keep using the open-set curve" in out
     code, out, err = cli(
         env, "calibrate", "--root", str(subset), "--target-far", "1e-6", "--cache-dir", cache
     )
@@ -221,7 +222,13 @@ def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
     )  # fmt: skip
     assert code == 0, err
     rep = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert rep["threshold"] == thr.value and rep["threshold_target_far"] == 0.01
+    # 1:N searches use the shipped open-set curve at the gallery's size; the pair
+    # calibration above kept it (it decides 1:1 verification) and says so
+    curve = ModelStore(store_root).manifest(v_flip).threshold.open_set
+    assert curve is not None and thr.open_set == curve
+    assert rep["threshold_kind"] == "open_set"
+    assert rep["threshold"] == curve.at(rep["gallery_faces"])[0]
+    assert rep["threshold_target_far"] == curve.target_far
     assert rep["n_calibration_identities"] + rep["n_enrolled"] + rep["n_never_enrolled"] == 24
     assert rep["n_calibration_identities"] > 0 and rep["n_enrolled"] > 0
     assert rep["n_never_enrolled"] > 0

@@ -25,7 +25,7 @@ from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
-PEOPLE = ["Abel_Pacheco", "Abdullah_Gul", "Adrien_Brody", "Alejandro_Toledo"]
+PEOPLE = ["Abel_Pacheco", "Abdullah_Gul", "Adrien_Brody", "Amelie_Mauresmo"]
 
 
 @pytest.fixture(scope="module")
