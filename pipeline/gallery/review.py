@@ -708,22 +708,53 @@ class Review:
         )
 
     def export_feedback(self, out_dir: Path) -> dict[str, int]:
-        """Write the feedback as training data: ``corrections/<identity_id>/<id>.jpg``
-        (faces people said are that identity: extra identity folders), and
-        ``negatives/<identity_id>/<id>.jpg`` (faces people said are NOT that identity),
-        with ``feedback.jsonl`` listing every row. Returns counts per kind."""
-        counts = {"this_is": 0, "not_this_person": 0}
+        """Write the feedback as training data (pipeline/train/README.md, "Feedback"):
+
+        - ``corrections/<identity_id>/<feedback_id>.jpg``: faces people said are that
+          identity, and ``enrolled/<identity_id>/<face_id>.png``: the enrolled crops of
+          every identity with feedback;
+        - ``manifest.jsonl``: both, as ``{path, identity}`` rows: a ``[data]`` or
+          ``[replay]`` manifest of ``facestream train``;
+        - ``negatives/<identity_id>/<feedback_id>.jpg`` and ``negatives.jsonl``
+          (``{path, not_identity}``): faces people said are NOT that identity;
+        - ``feedback.jsonl``: every feedback row.
+
+        Returns counts per kind."""
+        counts = {"this_is": 0, "not_this_person": 0, "enrolled": 0}
         out_dir.mkdir(parents=True, exist_ok=True)
         folder = {"this_is": "corrections", "not_this_person": "negatives"}
-        with self.catalogue._reader() as con, (out_dir / "feedback.jsonl").open("w") as index:
+        people: set[str] = set()
+
+        def put(rel: Path, data: bytes) -> str:
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / rel).write_bytes(data)
+            return rel.as_posix()
+
+        with (
+            self.catalogue._reader() as con,
+            (out_dir / "feedback.jsonl").open("w") as index,
+            (out_dir / "manifest.jsonl").open("w") as manifest,
+            (out_dir / "negatives.jsonl").open("w") as negatives,
+        ):
             for r in con.execute(sa.select(feedback).order_by(feedback.c.created_at)):
                 m = r._mapping
-                rel = Path(folder[m["kind"]]) / m["identity_id"] / f"{m['feedback_id']}.jpg"
-                (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                (out_dir / rel).write_bytes(bytes(m["crop"]))
+                ident = m["identity_id"]
+                rel = Path(folder[m["kind"]]) / ident / f"{m['feedback_id']}.jpg"
+                path = put(rel, bytes(m["crop"]))
                 row = {k: m[k] for k in m if k != "crop"}
-                index.write(json.dumps({**row, "path": str(rel)}) + "\n")
+                index.write(json.dumps({**row, "path": path}) + "\n")
+                if m["kind"] == "this_is":
+                    manifest.write(json.dumps({"path": path, "identity": ident}) + "\n")
+                else:
+                    negatives.write(json.dumps({"path": path, "not_identity": ident}) + "\n")
+                people.add(ident)
                 counts[m["kind"]] += 1
+            for ident in sorted(people):
+                for face in self.catalogue.faces(ident):
+                    rel = Path("enrolled") / ident / f"{face.face_id}.png"
+                    path = put(rel, self.catalogue.crop_png(face.face_id))
+                    manifest.write(json.dumps({"path": path, "identity": ident}) + "\n")
+                    counts["enrolled"] += 1
         return counts
 
 

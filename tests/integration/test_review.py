@@ -193,8 +193,21 @@ def test_feedback_not_this_person_and_this_is(
     assert probe.faces[0].identity.name == "Aaron Peirsol"
 
     out = review.export_feedback(Path(review.gallery.data_dir) / "export")
-    assert out == {"this_is": 1, "not_this_person": 1}
-    assert (Path(review.gallery.data_dir) / "export" / "negatives" / ident.identity_id).is_dir()
+    assert out == {"this_is": 1, "not_this_person": 1, "enrolled": 2 + 1}
+    export = Path(review.gallery.data_dir) / "export"
+    assert (export / "negatives" / ident.identity_id).is_dir()
+    # The corrections and the people's enrolled crops are a training manifest, and the
+    # training job's face core finds the face in every exported crop.
+    from pipeline.train.data import manifest_images
+
+    people = manifest_images(export / "manifest.jsonl")
+    assert {k: len(v) for k, v in people.items()} == {
+        ident.identity_id: 2,
+        named.identity.identity_id: 2,
+    }
+    pipe = gallery.pipeline(gallery.serving_version())
+    for path in [p for ps in people.values() for p in ps]:
+        assert pipe.analyze(load_image(path), pick="center", embed=False), path
 
     # Removing a person erases their event faces and feedback too.
     gallery.remove(ident.identity_id)
