@@ -86,26 +86,32 @@ def test_enrol_then_search_finds_each_person_and_a_stranger_is_unknown(
     with pytest.raises(NoActiveCollection):
         gallery.search_image(photos(lfw, ENROLLED[0])[2].read_bytes())
     ids = enrol_people(gallery, lfw, ENROLLED)
-    thr = store.manifest(v_flip).threshold
+    curve = store.manifest(v_flip).threshold.open_set
+    assert curve is not None  # the default version ships calibrated for 1:N search
+    n_faces = gallery.catalogue.counts()[1]
+    thr = curve.at(n_faces)[0]
     for person in ENROLLED:
         res, face = best(gallery, photos(lfw, person)[2])
         assert res.model_version == v_flip
-        assert res.threshold.value == thr.value and res.threshold.provenance == thr.provenance
+        assert (res.threshold.kind, res.threshold.value) == ("open_set", thr)
+        assert (
+            res.threshold.gallery_size == n_faces and curve.provenance in res.threshold.provenance
+        )
         assert face.decision == "identity", face
         assert face.identity is not None and face.identity.identity_id == ids[person]
         assert face.identity.name == person
-        assert face.similarity is not None and face.similarity >= thr.value
+        assert face.similarity is not None and face.similarity >= thr
         # top-k are distinct people, best first, each with its own decision
         cand_ids = [c.identity_id for c in face.candidates]
         assert len(cand_ids) == len(set(cand_ids)) == len(ENROLLED)
         sims = [c.similarity for c in face.candidates]
         assert sims == sorted(sims, reverse=True)
         for c in face.candidates:
-            assert c.decision == ("identity" if c.similarity >= thr.value else "unknown")
+            assert c.decision == ("identity" if c.similarity >= thr else "unknown")
     _, face = best(gallery, photos(lfw, STRANGER)[0])
     assert face.decision == "unknown" and face.identity is None
     assert face.candidates and face.similarity == face.candidates[0].similarity
-    assert face.similarity < thr.value
+    assert face.similarity < thr
     # a request's threshold overrides the calibrated one and says so
     res, face = best(gallery, photos(lfw, STRANGER)[0], threshold=-1.0)
     assert res.threshold.overridden and face.decision == "identity"
