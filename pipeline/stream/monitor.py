@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from pipeline import metrics
 from pipeline.config.stream import StreamConfig
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,9 @@ class LagProbe:
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
                 lag += max(0, ends[tp] - done)
+                metrics.CONSUMER_LAG.labels(
+                    group=k.group_id, topic=topic, partition=tp.partition
+                ).set(max(0, ends[tp] - done))
             return lag
         except Exception as exc:  # the summary goes on without a lag figure
             log.debug("lag: %s", exc)

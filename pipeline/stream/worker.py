@@ -625,6 +625,7 @@ class RecognitionWorker:
             for fo in ev.faces:
                 s.faces += 1
                 metrics.WORKER_FACES.labels(decision=fo.decision).inc()
+                metrics.FACE_SIMILARITY.labels(decision=fo.decision).observe(fo.similarity)
         for ev in identities:
             s.identity_events += 1
             metrics.WORKER_IDENTITY_EVENTS.labels(type=ev.type).inc()
