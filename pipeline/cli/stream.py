@@ -430,6 +430,7 @@ def events(
             since_ms=since_ms,
             follow=follow,
             dedupe=not with_duplicates,
+            kafka=cfg.kafka,
         ):
             if not event_matches(ev, camera=camera, identity=identity):
                 continue

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     model_validator,
 )
 
@@ -46,6 +47,8 @@ from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig, Sear
 # (the separator) and anything a shell or a URL would mangle is refused.
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class CameraConfig(Section):
@@ -91,6 +94,65 @@ class KafkaConfig(Section):
     replication_factor: PositiveInt = Field(1, description="Replication of created topics.")
     create_topics: bool = Field(True, description="Create missing topics at start-up.")
     request_timeout_ms: PositiveInt = Field(30_000)
+    # Every client the pipeline opens gets these through
+    # pipeline.stream.kafka_client.client_kwargs, so a TLS/SASL broker works everywhere.
+    security_protocol: KafkaProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates (SSL)."
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; needs ssl_keyfile."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile.")
+    sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)."
+    )
+    sasl_plain_username: str | None = Field(None, min_length=1, description="SASL user.")
+    sasl_plain_password: SecretStr | None = Field(
+        None,
+        description="SASL password: give it through the environment "
+        "(FACESTREAM_STREAM__KAFKA__SASL_PLAIN_PASSWORD, a Secret), not a config file.",
+    )
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> KafkaConfig:
+        # A half-configured client would silently talk plaintext or fail at the first
+        # connection with a broker-side message; refuse it at start-up, naming the field.
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl:
+            missing = [
+                f
+                for f in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+                if getattr(self, f) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        else:
+            given = [
+                f
+                for f in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+                if getattr(self, f) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply to security_protocol SASL_PLAINTEXT or "
+                    f"SASL_SSL (not {self.security_protocol})"
+                )
+        if not tls:
+            given = [f for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, f)]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply to security_protocol SSL or SASL_SSL "
+                    f"(not {self.security_protocol})"
+                )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        return self
 
 
 class TopicsConfig(Section):

@@ -18,8 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config.stream import StreamConfig
+from pipeline.config.stream import KafkaConfig, StreamConfig
 from pipeline.stream.codec import H_SEQ, frame_event_id, headers_dict
+from pipeline.stream.kafka_client import client_kwargs
 
 
 @dataclass
@@ -60,12 +61,17 @@ class Accounting:
         )
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> TopicDump:
+def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 60.0, kafka: KafkaConfig | None = None
+) -> TopicDump:
     """Every record currently in ``topic`` (all partitions, up to the end offsets)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="facestream-audit"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        client_id="facestream-audit",
+        **client_kwargs(kafka),
     )
     dump = TopicDump(topic)
     try:
@@ -100,9 +106,9 @@ def account(cfg: StreamConfig) -> Accounting:
     """Check the frames topic against the detections and the DLQ."""
     assert cfg.kafka.bootstrap_servers, "stream.kafka.bootstrap_servers is not set"
     b, t = cfg.kafka.bootstrap_servers, cfg.topics
-    frames = {frame_id(r) for r in read_all(b, t.frames).records}
-    det = Counter(str(e["event_id"]) for e in read_all(b, t.detections).json())
-    dlq = Counter(str(e["event_id"]) for e in read_all(b, t.dlq).json())
+    frames = {frame_id(r) for r in read_all(b, t.frames, kafka=cfg.kafka).records}
+    det = Counter(str(e["event_id"]) for e in read_all(b, t.detections, kafka=cfg.kafka).json())
+    dlq = Counter(str(e["event_id"]) for e in read_all(b, t.dlq, kafka=cfg.kafka).json())
     return Accounting(
         frames=frames,
         detections=det,

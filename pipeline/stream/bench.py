@@ -88,7 +88,7 @@ def _tagged(cfg: StreamConfig, kafka: str | None, workers: int, analyzers: int) 
 def _read(cfg: StreamConfig, topic: str, camera: str) -> list[dict[str, Any]]:
     assert cfg.kafka.bootstrap_servers
     seen: dict[str, dict[str, Any]] = {}
-    for rec in read_all(cfg.kafka.bootstrap_servers, topic).records:
+    for rec in read_all(cfg.kafka.bootstrap_servers, topic, kafka=cfg.kafka).records:
         ev = json.loads(rec.value)
         if ev.get("camera_id") == camera:
             seen.setdefault(ev["event_id"], ev)  # at-least-once: drop replays

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.face.records import Face
 from pipeline.stream.codec import FrameMessage, frame_event_id, headers_dict, identify_record
@@ -33,6 +33,9 @@ from pipeline.stream.schemas import (
 )
 from pipeline.stream.tracker import TrackResult
 
+
+if TYPE_CHECKING:
+    from pipeline.config.stream import KafkaConfig
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -339,6 +342,7 @@ def read_topic(
                 return
             batch = consumer.poll(timeout_ms=500)
             for records in batch.values():
+    kafka: KafkaConfig | None = None,
                 for rec in records:
                     try:
                         event = json.loads(rec.value)
@@ -348,6 +352,9 @@ def read_topic(
                         continue
                     yield event
             if not follow and all(consumer.position(tp) >= ends[tp] for tp in tps):
+    from pipeline.stream.kafka_client import client_kwargs
+
                 return
     finally:
         consumer.close()
+        **client_kwargs(kafka),

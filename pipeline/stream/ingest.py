@@ -32,6 +32,7 @@ import cv2
 from pipeline import metrics
 from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream.codec import H_SEQ, FrameMessage, encode_jpeg, headers_dict, to_record
+from pipeline.stream.kafka_client import client_kwargs
 from pipeline.stream.video import (
     FpsSampler,
     SourceError,
@@ -99,6 +100,7 @@ def make_producer(cfg: StreamConfig, client_suffix: str = "ingest") -> KafkaProd
         max_block_ms=5_000,
         request_timeout_ms=cfg.kafka.request_timeout_ms,
         max_request_size=cfg.workers.max_frame_bytes + 64 * 1024,
+        **client_kwargs(cfg.kafka),
     )
 
 
@@ -118,6 +120,7 @@ def resume_seq(cfg: StreamConfig, camera_id: str) -> int:
         bootstrap_servers=cfg.kafka.bootstrap_servers,
         client_id=f"{cfg.kafka.client_id}-resume",
         enable_auto_commit=False,
+        **client_kwargs(cfg.kafka),
     )
     try:
         parts = consumer.partitions_for_topic(topic)

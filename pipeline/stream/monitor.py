@@ -22,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from pipeline import metrics
 from pipeline.config.stream import StreamConfig
+from pipeline.stream.kafka_client import client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Monitor:
             bootstrap_servers=cfg.kafka.bootstrap_servers,
             client_id=f"{cfg.kafka.client_id}-monitor",
             enable_auto_commit=False,
+            **client_kwargs(cfg.kafka),
         )
         t = cfg.topics
         tps = []
@@ -161,12 +163,15 @@ class LagProbe:
         try:
             if self._admin is None:
                 self._admin = KafkaAdminClient(
-                    bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-lag"
+                    bootstrap_servers=k.bootstrap_servers,
+                    client_id=f"{k.client_id}-lag",
+                    **client_kwargs(k),
                 )
                 self._consumer = KafkaConsumer(
                     bootstrap_servers=k.bootstrap_servers,
                     client_id=f"{k.client_id}-lag",
                     enable_auto_commit=False,
+                    **client_kwargs(k),
                 )
             topic = self.cfg.topics.frames
             parts = self._consumer.partitions_for_topic(topic) or set()

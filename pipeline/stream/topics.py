@@ -8,6 +8,7 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import TopicAlreadyExistsError
 
 from pipeline.config.stream import StreamConfig
+from pipeline.stream.kafka_client import client_kwargs
 
 
 def ensure_topics(cfg: StreamConfig) -> None:
@@ -15,7 +16,9 @@ def ensure_topics(cfg: StreamConfig) -> None:
 
     k, t = cfg.kafka, cfg.topics
     admin = KafkaAdminClient(
-        bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-admin"
+        bootstrap_servers=k.bootstrap_servers,
+        client_id=f"{k.client_id}-admin",
+        **client_kwargs(k),
     )
     try:
         existing = set(admin.list_topics())
@@ -44,6 +47,7 @@ def topic_partitions(cfg: StreamConfig, topic: str) -> list[int]:
         bootstrap_servers=cfg.kafka.bootstrap_servers,
         client_id=f"{cfg.kafka.client_id}-meta",
         enable_auto_commit=False,
+        **client_kwargs(cfg.kafka),
     )
     try:
         return sorted(consumer.partitions_for_topic(topic) or [])

@@ -52,6 +52,7 @@ from pipeline.stream.events import (
     face_out,
     identity_event,
 )
+from pipeline.stream.kafka_client import client_kwargs
 from pipeline.stream.schemas import (
     DlqEvent,
     FaceOut,
@@ -194,6 +195,7 @@ class RecognitionWorker:
             max_block_ms=10_000,
             request_timeout_ms=k.request_timeout_ms,
             max_request_size=self.cfg.dlq_max_payload_bytes * 2 + 1024 * 1024,
+            **client_kwargs(k),
         )
 
     def _make_consumer(self) -> KafkaConsumer:
@@ -205,6 +207,7 @@ class RecognitionWorker:
             client_id=f"{k.client_id}-worker-{self.worker_id}",
             group_id=k.group_id,
             enable_auto_commit=False,
+            **client_kwargs(k),
             auto_offset_reset="earliest",
             max_poll_records=w.max_poll_records,
             max_partition_fetch_bytes=w.max_partition_fetch_bytes,
