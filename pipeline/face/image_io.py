@@ -1,8 +1,13 @@
 """Reading images safely: size limits from the header, then a full, strict decode.
 
-Pillow reads the dimensions without decoding the pixels, so a 20000x20000 bomb is
-refused before it costs memory, and its strict decoder raises on truncated data
-where OpenCV's ``imdecode`` silently returns a half-grey image.
+Pillow reads the dimensions and the pixel mode without decoding the pixels, so a
+20000x20000 bomb is refused before it costs memory, and its strict decoder raises on
+truncated data where OpenCV's ``imdecode`` silently returns a half-grey image.
+
+Two budgets are checked from the header: ``max_pixels`` (width x height) and
+``max_decoded_bytes``, the memory the decode will take. The second one matters because
+the encoded size says nothing about it: a 6 KB PNG of 7000x7000 flat pixels is under
+the 50-megapixel limit yet needed 516 MB to decode.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from pipeline.face.errors import ImageDecodeError, ImageNotFoundError, ImageTooLargeError
 
@@ -21,6 +26,22 @@ Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# A 24-megapixel RGB photo (160 MiB by decoded_bytes) passes; a 7000x7000 one (327 MiB)
+# does not. Every request of the API and every stream frame decodes within this.
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Peak bytes of :func:`decode_image` for a ``width`` x ``height`` image in Pillow
+    ``mode``: the decoded image as Pillow stores it (multi-band modes take 4 bytes a
+    pixel, RGB included), the RGB copy a conversion makes, and the returned array."""
+    try:
+        m = ImageMode.getmode(mode)
+        stored = 4 if len(m.bands) > 1 else np.dtype(m.typestr).itemsize
+    except (KeyError, TypeError):
+        stored = 4  # an exotic mode: count it like the widest common one
+    converted = 0 if mode == "RGB" else 4
+    return width * height * (stored + converted + 3)
 
 
 def read_image_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -47,11 +68,13 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     name: str = "image",
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Decode encoded image bytes into an RGB uint8 array (h, w, 3).
 
     Raises ImageDecodeError for empty, non-image or truncated data and
-    ImageTooLargeError when the header announces more than ``max_pixels`` pixels.
+    ImageTooLargeError when the header announces more than ``max_pixels`` pixels or an
+    image whose decoding would take more than ``max_decoded_bytes`` of memory.
     """
     if not data:
         raise ImageDecodeError(f"{name}: empty input (0 bytes)")
@@ -65,6 +88,13 @@ def decode_image(
                 f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
                 f"{max_pixels} (face.limits.max_pixels)"
             )
+        need = decoded_bytes(width, height, img.mode)
+        if need > max_decoded_bytes:
+            raise ImageTooLargeError(
+                f"{name}: {width}x{height} {img.mode} would take {need / 2**20:.0f} MiB to "
+                f"decode, over the limit of {max_decoded_bytes / 2**20:.0f} MiB (whatever its "
+                f"{len(data)}-byte encoded size); send a smaller image"
+            )
         img.load()
     except ImageTooLargeError:
         raise
@@ -73,8 +103,15 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+        rgb = img.convert("RGB")
+        img.close()  # the source's pixels are not needed once converted
+        img = rgb
+    # tobytes, then free Pillow's copy before numpy makes the writable one: the peak is
+    # two copies of the pixels, not three.
+    h, w = img.height, img.width
+    raw = img.tobytes()
+    img.close()
+    return np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3).copy()
 
 
 def load_image(
@@ -82,7 +119,14 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Load an image file as RGB uint8 with all the checks of ``decode_image``."""
     data = read_image_bytes(path, max_bytes=max_bytes)
-    return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes, name=str(path))
+    return decode_image(
+        data,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+        name=str(path),
+        max_decoded_bytes=max_decoded_bytes,
+    )
