@@ -284,6 +284,29 @@ SEARCH_SECONDS = _histogram(
     "facestream_search_seconds", "Gallery time per search batch.", STAGE_BUCKETS
 )
 
+# -- worker faults and bounds (issue 12) ----------------------------------------------------
+WORKER_HALTED = _gauge(
+    "facestream_worker_halted_partitions",
+    "Frame partitions a worker holds back: a batch failed workers.max_batch_attempts times "
+    "for a reason no single frame explains (an outage); probed until it recovers.",
+)
+WORKER_GIVEN_UP = _counter(
+    "facestream_worker_frames_given_up_total",
+    "Frames dead-lettered after their batch ran out of attempts and the frame failed "
+    "again on its own (publish_failed, processing_error).",
+    ["reason"],
+)
+WORKER_OUTPUTS_DROPPED = _counter(
+    "facestream_worker_outputs_dropped_total",
+    "Identity events Kafka refused for good (the frame's detection was published).",
+    ["topic"],
+)
+SEARCH_VERSION_MISMATCH = _counter(
+    "facestream_search_version_mismatches_total",
+    "Searches refused because the collection (or a row in it) held another model version "
+    "than the vectors.",
+)
+
 
 def exported_series(*, ray: bool = True) -> dict[str, Metric]:
     """Every sample name the code can expose, mapped to its metric (dashboards and the

@@ -185,7 +185,10 @@ class IngestConfig(Section):
         "the frames topic, so event ids ('camera:seq') stay unique across restarts.",
     )
     resume_scan_records: PositiveInt = Field(
-        5_000, description="How far back in the camera's partition the resume scan looks."
+        5_000,
+        description="Records read per step of the resume scan, backwards from the end of the "
+        "camera's partition; it goes on step by step until it finds one of the camera's "
+        "frames (or reaches the start of the partition).",
     )
     num_cpus: float = Field(0.05, ge=0, description="Ray CPUs of one ingest actor (in `run`).")
 
@@ -249,6 +252,33 @@ class WorkerConfig(Section):
     max_restarts: int = Field(
         -1, ge=-1, description="Ray restarts of a crashed worker actor (-1: always)."
     )
+    max_batch_attempts: PositiveInt = Field(
+        5,
+        description="Tries of one batch before it is split up: a frame that still fails on "
+        "its own goes to the DLQ (publish_failed / processing_error); a stage that fails "
+        "for every frame (an outage) halts the partition, logged and counted, and is probed "
+        "every retry_backoff_max_s until it recovers.",
+    )
+    retry_backoff_max_s: PositiveFloat = Field(
+        30.0, description="Cap of the retry pause, which doubles from retry_backoff_s."
+    )
+    max_record_bytes: PositiveInt = Field(
+        900 * 1024,
+        description="Largest record a worker writes. Below the broker's default "
+        "message.max.bytes (1 MiB), so a dead letter always fits: the frame's copy is left "
+        "out (sha256 and size kept) when it would not.",
+    )
+    max_camera_labels: NonNegativeInt = Field(
+        50,
+        description="Metric label values per worker for cameras that are not in "
+        "stream.cameras (the first ones seen); any further camera is counted as 'other', so "
+        "a producer inventing keys cannot grow the metrics without bound.",
+    )
+    crash_after_publish_batches: PositiveInt | None = Field(
+        None,
+        description="Tests only: the worker process exits right after its N-th batch is "
+        "published, before the commit (once; a restarted actor does not).",
+    )
     spread: bool = Field(
         True,
         description="Place the worker actors on as many Ray nodes as possible (SPREAD), so "
@@ -261,6 +291,10 @@ class WorkerConfig(Section):
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ValueError("max_poll_interval_ms must be >= session_timeout_ms")
+        if self.retry_backoff_s > self.retry_backoff_max_s:
+            raise ValueError("retry_backoff_s must not exceed retry_backoff_max_s")
+        if self.max_record_bytes < 16 * 1024:
+            raise ValueError("max_record_bytes must be at least 16 KiB (a DLQ record's headers)")
         return self
 
 
@@ -287,6 +321,11 @@ class TrackerConfig(Section):
     )
     announce_changes: bool = Field(
         True, description="Publish an 'identity_changed' event when a track's identity changes."
+    )
+    max_cameras: PositiveInt = Field(
+        1_000,
+        description="Cameras whose tracks a worker keeps (least recently seen dropped first): "
+        "camera keys are written by producers, so they must not grow its memory unbounded.",
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config.stream import KafkaConfig, StreamConfig
-from pipeline.stream.codec import H_SEQ, frame_event_id, headers_dict
+from pipeline.stream.codec import H_SEQ, camera_from_key, frame_event_id, headers_dict
 from pipeline.stream.kafka_client import client_kwargs
 
 
@@ -96,8 +96,8 @@ def read_all(
 def frame_id(record: Any) -> str:
     """``camera:seq`` of a frames-topic record, else ``topic:partition:offset``."""
     seq = headers_dict(record.headers).get(H_SEQ, "")
-    camera = record.key.decode("utf-8", "replace") if record.key else ""
-    if camera and ":" not in camera and seq.isdigit():
+    camera = camera_from_key(record.key)  # the DLQ's rule, so both name a record alike
+    if camera is not None and seq.isdigit():
         return frame_event_id(camera, int(seq))
     return f"{record.topic}:{record.partition}:{record.offset}"
 

@@ -133,7 +133,10 @@ def parse_record(
     except UnicodeDecodeError:
         raise FrameRejected("bad_key", "record key is not UTF-8") from None
     if ":" in camera_id:
-        raise FrameRejected("bad_key", f"camera id {camera_id!r} contains ':'")
+        raise FrameRejected("bad_key", f"camera id {camera_id[:100]!r} contains ':'")
+    if len(camera_id) > MAX_CAMERA_ID:
+        # It becomes every output's key and event id prefix, and a tracker entry.
+        raise FrameRejected("bad_key", f"camera id longer than {MAX_CAMERA_ID} characters")
     h = headers_dict(headers)
     missing = [name for name in REQUIRED_HEADERS if name not in h]
     if missing:
@@ -166,15 +169,25 @@ def parse_record(
     )
 
 
+MAX_CAMERA_ID = 255  # characters; configured ids are at most 64
+
+
+def camera_from_key(key: bytes | None) -> str | None:
+    """The camera id a record's key names, None when no usable one (the DLQ and the
+    audit then identify the record by topic:partition:offset)."""
+    if not key:
+        return None
+    camera = key.decode("utf-8", "replace")
+    if ":" in camera or len(camera) > MAX_CAMERA_ID:
+        return None
+    return camera
+
+
 def identify_record(
     key: bytes | None, headers: Iterable[tuple[str, bytes | None]] | None
 ) -> tuple[str | None, int | None]:
     """Best-effort (camera id, seq) of a record that failed to parse, for the DLQ."""
-    camera: str | None = None
-    if key:
-        camera = key.decode("utf-8", "replace")
-        if ":" in camera:
-            camera = None
+    camera = camera_from_key(key)
     seq: int | None = None
     raw = headers_dict(headers).get(H_SEQ)
     if raw is not None and raw.isdigit():

@@ -30,12 +30,13 @@ from pipeline.stream.schemas import (
     Quality,
     SourceRef,
     ThresholdRef,
+    to_json,
 )
 from pipeline.stream.tracker import TrackResult
 
-
 if TYPE_CHECKING:
     from pipeline.config.stream import KafkaConfig
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -180,6 +181,16 @@ def identity_event(
     )
 
 
+# A DLQ record's source headers and key are written by whoever produced the frame; when
+# they alone would overflow the record they are cut to these sizes.
+_HEADER_LIMIT = 64
+_TEXT_LIMIT = 256
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _TEXT_LIMIT else text[:_TEXT_LIMIT] + "…"
+
+
 def dlq_event(
     ref: RecordRef,
     key: bytes | None,
@@ -190,7 +201,10 @@ def dlq_event(
     *,
     worker: str,
     max_payload_bytes: int,
+    max_record_bytes: int = 900 * 1024,
 ) -> DlqEvent:
+    """The dead letter of one frames-topic record, never larger than ``max_record_bytes``
+    (JSON): a dead letter the broker refuses would hold its whole partition back."""
     camera, seq = identify_record(key, headers)
     data = value or b""
     event_id = (
@@ -198,7 +212,10 @@ def dlq_event(
         if camera is not None and seq is not None
         else f"{ref.topic}:{ref.partition}:{ref.offset}"
     )
-    return DlqEvent(
+    omitted: str | None = None
+    if len(data) > max_payload_bytes:
+        omitted = f"{len(data)} bytes exceed stream.dlq_max_payload_bytes={max_payload_bytes}"
+    event = DlqEvent(
         event_id=event_id,
         reason=reason,
         detail=detail[:2000],
@@ -214,10 +231,33 @@ def dlq_event(
         ),
         payload_bytes=len(data),
         payload_sha256=hashlib.sha256(data).hexdigest(),
-        payload_b64=base64.b64encode(data).decode() if len(data) <= max_payload_bytes else None,
+        payload_b64=None,
+        payload_omitted=omitted,
         worker=worker,
         published_ts_ms=now_ms(),
     )
+    size = len(to_json(event))
+    if size > max_record_bytes:
+        # Untrusted key and headers alone overflow the record: keep their beginnings.
+        src = event.source
+        cut = {_cut(k): _cut(v) for k, v in list(src.headers.items())[:_HEADER_LIMIT]}
+        key_text = _cut(src.key) if src.key is not None else None
+        event = event.model_copy(
+            update={"source": src.model_copy(update={"headers": cut, "key": key_text})}
+        )
+        size = len(to_json(event))
+    if data and omitted is None:
+        # The copy's exact JSON size: base64 is 4 characters per 3 bytes, plus the quotes
+        # that replace "null".
+        copy = 4 * ((len(data) + 2) // 3)
+        if size - len("null") + copy + 2 <= max_record_bytes:
+            return event.model_copy(update={"payload_b64": base64.b64encode(data).decode()})
+        omitted = (
+            f"{len(data)} bytes ({copy} in base64) would not fit the record "
+            f"(workers.max_record_bytes={max_record_bytes}); sha256 and size kept"
+        )
+        event = event.model_copy(update={"payload_omitted": omitted})
+    return event
 
 
 class Deduper:
@@ -302,6 +342,7 @@ def read_topic(
     idle_timeout_s: float = 5.0,
     dedupe: bool = True,
     client_id: str = "facestream-events",
+    kafka: KafkaConfig | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the JSON events of ``topic`` (all partitions, no consumer group).
 
@@ -311,11 +352,14 @@ def read_topic(
     """
     from kafka import KafkaConsumer, TopicPartition
 
+    from pipeline.stream.kafka_client import client_kwargs
+
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **client_kwargs(kafka),
     )
     seen = Deduper()
     try:
@@ -342,7 +386,6 @@ def read_topic(
                 return
             batch = consumer.poll(timeout_ms=500)
             for records in batch.values():
-    kafka: KafkaConfig | None = None,
                 for rec in records:
                     try:
                         event = json.loads(rec.value)
@@ -352,9 +395,6 @@ def read_topic(
                         continue
                     yield event
             if not follow and all(consumer.position(tp) >= ends[tp] for tp in tps):
-    from pipeline.stream.kafka_client import client_kwargs
-
                 return
     finally:
         consumer.close()
-        **client_kwargs(kafka),

@@ -111,8 +111,14 @@ def camera_partition(camera_id: str, n_partitions: int) -> int:
     return (murmur2(camera_id.encode()) & 0x7FFFFFFF) % n_partitions
 
 
-def resume_seq(cfg: StreamConfig, camera_id: str) -> int:
-    """The seq after the camera's last frame in the topic (0 for a new camera)."""
+def resume_seq(cfg: StreamConfig, camera_id: str, *, timeout_s: float = 120.0) -> int:
+    """The seq after the camera's last frame in the topic (0 for a new camera).
+
+    The partition is shared with other cameras, so its last ``resume_scan_records``
+    records may hold none of this camera's frames while older ones do: the scan steps
+    back window by window (each twice the last) until it finds the camera's frames or
+    reaches the partition's start. Stopping at the first window would restart the seq at
+    0 and repeat event ids that consumers then drop as replays."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = cfg.topics.frames
@@ -120,7 +126,7 @@ def resume_seq(cfg: StreamConfig, camera_id: str) -> int:
         bootstrap_servers=cfg.kafka.bootstrap_servers,
         client_id=f"{cfg.kafka.client_id}-resume",
         enable_auto_commit=False,
-        **client_kwargs(cfg.kafka),
+        max_poll_records=2_000,
     )
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -130,22 +136,35 @@ def resume_seq(cfg: StreamConfig, camera_id: str) -> int:
         consumer.assign([tp])
         begin = consumer.beginning_offsets([tp])[tp]
         end = consumer.end_offsets([tp])[tp]
-        if end <= begin:
-            return 0
-        consumer.seek(tp, max(begin, end - cfg.ingest.resume_scan_records))
-        last = -1
         key = camera_id.encode()
-        deadline = time.monotonic() + 30.0
-        while consumer.position(tp) < end and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for rec in records:
-                    if rec.key == key:
-                        raw = headers_dict(rec.headers).get(H_SEQ, "")
-                        if raw.isdigit():
-                            last = max(last, int(raw))
-        return last + 1
+        deadline = time.monotonic() + timeout_s
+        step, hi = cfg.ingest.resume_scan_records, end
+        while hi > begin:
+            lo = max(begin, hi - step)
+            last = _last_seq(consumer, tp, key, lo, hi, deadline)
+            if last is not None:
+                return last + 1
+            hi, step = lo, step * 2
+        return 0
     finally:
         consumer.close()
+
+
+def _last_seq(consumer: Any, tp: Any, key: bytes, lo: int, hi: int, deadline: float) -> int | None:
+    """The highest seq of ``key``'s frames in offsets [lo, hi), None when it has none."""
+    consumer.seek(tp, lo)
+    last: int | None = None
+    while consumer.position(tp) < hi:
+        if time.monotonic() > deadline:
+            # Guessing 0 would repeat event ids; refuse to start instead.
+            raise TimeoutError(f"resume scan of {tp.topic}-{tp.partition} did not finish")
+        for records in consumer.poll(timeout_ms=500).values():
+            for rec in records:
+                if rec.offset < hi and rec.key == key:
+                    raw = headers_dict(rec.headers).get(H_SEQ, "")
+                    if raw.isdigit():
+                        last = max(last if last is not None else -1, int(raw))
+    return last
 
 
 class CameraIngester:

@@ -22,9 +22,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from pipeline import metrics
 from pipeline.config.stream import StreamConfig
+from pipeline.stream.events import Deduper
 from pipeline.stream.kafka_client import client_kwargs
 
 log = logging.getLogger(__name__)
+SEEN_CAPACITY = 100_000  # event ids remembered to count replays (about 10 MB)
 
 
 @dataclass
@@ -62,7 +64,9 @@ class Summary:
 class Monitor:
     """Reads the output topics from the offsets they had at start, in a thread."""
 
-    def __init__(self, cfg: StreamConfig, window: int = 2_000) -> None:
+    def __init__(
+        self, cfg: StreamConfig, window: int = 2_000, seen_capacity: int = SEEN_CAPACITY
+    ) -> None:
 
         self.cfg = cfg
         self._consumer = KafkaConsumer(
@@ -79,17 +83,29 @@ class Monitor:
         self._consumer.assign(tps)
         for tp, off in self._consumer.end_offsets(tps).items():
             self._consumer.seek(tp, off)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._seen: set[str] = set()
-        self.latencies: deque[float] = deque(maxlen=window)
-        self.out_times: deque[float] = deque(maxlen=window)
-        self.summary = Summary()
+        self._init_state(window, seen_capacity)
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
         self._thread.start()
 
+    def _init_state(self, window: int, seen_capacity: int) -> None:
+        """Everything but the Kafka consumer (bounded: it lives as long as the run)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # Repeats arrive close to the original (one uncommitted batch replayed), so a
+        # bounded window of recent ids finds them; a set of every id would grow forever.
+        self._seen = Deduper(seen_capacity)
+        self.latencies: deque[float] = deque(maxlen=window)
+        self.out_times: deque[float] = deque(maxlen=window)
+        self.summary = Summary()
+
+    def take(self, topic: str, ev: dict[str, Any]) -> None:
+        """Count one output event read back (a repeated id counts as a duplicate)."""
+        if self._seen.seen(f"{topic}|{ev.get('event_id')}"):
+            self.summary.duplicates += 1
+            return
+        self._count(topic, ev, self.cfg.topics)
+
     def _run(self) -> None:
-        t = self.cfg.topics
         while not self._stop.is_set():
             try:
                 polled = self._consumer.poll(timeout_ms=300)
@@ -104,12 +120,7 @@ class Monitor:
                             ev = json.loads(rec.value)
                         except (TypeError, ValueError):
                             continue
-                        key = f"{tp.topic}|{ev.get('event_id')}"
-                        if key in self._seen:
-                            self.summary.duplicates += 1
-                            continue
-                        self._seen.add(key)
-                        self._count(tp.topic, ev, t)
+                        self.take(tp.topic, ev)
 
     def _count(self, topic: str, ev: dict[str, Any], t: Any) -> None:
         s = self.summary

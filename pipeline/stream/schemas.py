@@ -166,7 +166,7 @@ class DlqEvent(_Msg):
     )
     reason: str = Field(
         description="missing_key | bad_key | missing_headers | bad_header | size_mismatch | "
-        "undecodable | too_large | processing_error"
+        "undecodable | too_large | processing_error | publish_failed"
     )
     detail: str
     camera_id: str | None
@@ -175,7 +175,13 @@ class DlqEvent(_Msg):
     payload_bytes: int = Field(ge=0)
     payload_sha256: str
     payload_b64: str | None = Field(
-        description="The rejected value, base64, when no larger than stream.dlq_max_payload_bytes."
+        description="The rejected value, base64, when no larger than stream.dlq_max_payload_bytes "
+        "and the whole record stays within workers.max_record_bytes."
+    )
+    payload_omitted: str | None = Field(
+        None,
+        description="Why payload_b64 is null although the record had a value (its size and "
+        "sha256 are kept); null when the value was copied or empty.",
     )
     worker: str
     published_ts_ms: int

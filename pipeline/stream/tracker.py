@@ -16,7 +16,7 @@ dropped and rebuilt from the replayed frames.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +41,9 @@ class Observation:
     name: str | None = None
     external_id: str | None = None
     similarity: float | None = None
+    # The model that made ``embedding``: vectors of two models live in different spaces,
+    # so a track compares and averages only vectors of one version.
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Track:
     last_ts_ms: int
     last_seq: int
     embedding: np.ndarray | None = None
+    embedding_version: str | None = None  # the model version of ``embedding``
     votes: deque[tuple[str, float]] = field(default_factory=deque)
     confirmed: str | None = None
     best: dict[str, float] = field(default_factory=dict)
@@ -118,6 +122,8 @@ class CameraTracker:
             return overlap
         if obs.embedding is None or track.embedding is None:
             return 0.0
+        if obs.model_version != track.embedding_version:
+            return 0.0  # a cosine across two models' spaces means nothing
         if _center_shift(track.box, obs.box) > self.config.max_center_shift:
             return 0.0
         cos = float(track.embedding @ obs.embedding)
@@ -157,8 +163,11 @@ class CameraTracker:
     def _observe(self, track: Track, seq: int, ts_ms: int, obs: Observation) -> TrackResult:
         track.box, track.last_ts_ms, track.last_seq = obs.box, ts_ms, seq
         if obs.embedding is not None:
-            if track.embedding is None:
+            if track.embedding is None or track.embedding_version != obs.model_version:
+                # New, or the model changed (a live swap): start the appearance over in
+                # the new model's space instead of averaging two spaces.
                 track.embedding = obs.embedding.astype(np.float32)
+                track.embedding_version = obs.model_version
             else:
                 # Running mean of the unit vectors, renormalised: a steadier appearance
                 # model than the last face alone (blur, pose).
@@ -199,16 +208,25 @@ class CameraTracker:
 
 
 class Tracker:
-    """Tracks of every camera a worker currently processes."""
+    """Tracks of every camera a worker currently processes: at most
+    ``config.max_cameras``, the least recently seen dropped first (camera ids are Kafka
+    keys, written by any producer)."""
 
     def __init__(self, config: TrackerConfig) -> None:
         self.config = config
-        self.cameras: dict[str, CameraTracker] = {}
+        self.cameras: OrderedDict[str, CameraTracker] = OrderedDict()
+        self.evicted = 0
 
     def camera(self, camera_id: str) -> CameraTracker:
-        if camera_id not in self.cameras:
-            self.cameras[camera_id] = CameraTracker(camera_id, self.config)
-        return self.cameras[camera_id]
+        tracker = self.cameras.get(camera_id)
+        if tracker is None:
+            tracker = self.cameras[camera_id] = CameraTracker(camera_id, self.config)
+            while len(self.cameras) > self.config.max_cameras:
+                self.cameras.popitem(last=False)
+                self.evicted += 1
+        else:
+            self.cameras.move_to_end(camera_id)
+        return tracker
 
     def update(
         self, camera_id: str, seq: int, ts_ms: int, observations: Sequence[Observation]

@@ -22,12 +22,20 @@ the offsets. Only then does it poll again:
   or an unexpected error in the face core) goes to the dead-letter topic and the
   stream goes on; a failure of the analyzers, the embedder, the gallery or Kafka is not
   the frame's fault: the batch is rewound and retried after a pause.
+- Retries are bounded (``workers.max_batch_attempts``, doubling pauses): a batch that
+  keeps failing is split into its frames. A frame that fails on its own for a reason of
+  its own (an output Kafka refuses for good, a bug on its data) is dead-lettered
+  (``publish_failed`` / ``processing_error``); a stage that fails for every frame (an
+  outage, or a dead letter Kafka refuses) halts that partition with an error log and
+  ``facestream_worker_halted_partitions``, probed every ``retry_backoff_max_s`` until it
+  recovers, so no partition ever loops silently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -72,13 +80,42 @@ KEPT_TRACKS = 10_000  # unknown tracks whose kept-face count is remembered (LRU)
 
 
 class StageFailed(FacestreamError):
-    """A stage outside the frame failed (embedder, gallery, Kafka): rewind and retry."""
+    """A stage failed: rewind and retry. ``frame_fault``: retrying the same frame cannot
+    help (Kafka refused one of its outputs for good, or the worker's code failed on it),
+    so once its batch is out of attempts the frame alone is dead-lettered; otherwise
+    (an outage) the partition is held back."""
 
     code = "stage_failed"
 
-    def __init__(self, stage: str, detail: str) -> None:
+    def __init__(self, stage: str, detail: str, *, frame_fault: bool = False) -> None:
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
+        self.detail = detail
+        self.frame_fault = frame_fault
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Kafka errors that may pass on a retry (timeouts, leaders moving, brokers down)."""
+    return bool(getattr(exc, "retriable", False)) or type(exc).__name__ == "KafkaTimeoutError"
+
+
+class CameraLabels:
+    """Metric label of a camera: its id for the configured cameras and the first
+    ``max_extra`` others seen, else "other". Camera ids are Kafka keys that any producer
+    writes, and every label value is a time series kept forever."""
+
+    def __init__(self, configured: set[str], max_extra: int) -> None:
+        self._known = set(configured)
+        self._extra_left = max_extra
+
+    def label(self, camera_id: str) -> str:
+        if camera_id in self._known:
+            return camera_id
+        if self._extra_left > 0:
+            self._extra_left -= 1
+            self._known.add(camera_id)
+            return camera_id
+        return "other"
 
 
 @dataclass
@@ -104,6 +141,9 @@ class WorkerStats:
     cameras: Counter[str] = field(default_factory=Counter)
     analyzers: dict[str, Counter[str]] = field(default_factory=dict)  # camera -> replica -> n
     tracker_restarts: int = 0  # a camera's sequence went backwards (a replay)
+    given_up: Counter[str] = field(default_factory=Counter)  # frames dead-lettered by retries
+    halted: list[tuple[str, int]] = field(default_factory=list)  # partitions held back
+    outputs_dropped: int = 0  # identity events Kafka refused for good
     assignment: list[tuple[str, int]] = field(default_factory=list)
     model_version: str | None = None
     last_error: str | None = None
@@ -124,6 +164,9 @@ class WorkerStats:
             "analyzers": {c: dict(n) for c, n in self.analyzers.items()},
             "node": self.node,
             "tracker_restarts": self.tracker_restarts,
+            "given_up": dict(self.given_up),
+            "halted": [list(tp) for tp in self.halted],
+            "outputs_dropped": self.outputs_dropped,
             "assignment": list(self.assignment),
             "model_version": self.model_version,
             "last_error": self.last_error,
@@ -164,7 +207,12 @@ class RecognitionWorker:
         self._stop = threading.Event()
         self._names: OrderedDict[str, IdentityRef] = OrderedDict()
         self.tracker = Tracker(cfg.tracker)
-        self._camera_partition: dict[str, tuple[str, int]] = {}
+        # Bounded like the tracker: an entry per camera, and camera ids are untrusted keys.
+        self._camera_partition: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._labels = CameraLabels({c.id for c in cfg.cameras}, w.max_camera_labels)
+        # Partition -> (first offset of the failing batch, attempts so far).
+        self._attempts: dict[tuple[str, int], tuple[int, int]] = {}
+        self._published_batches = 0  # for the tests' crash hook
         if analyzer_handle is None:
             from ray import serve
 
@@ -194,7 +242,9 @@ class RecognitionWorker:
             linger_ms=2,
             max_block_ms=10_000,
             request_timeout_ms=k.request_timeout_ms,
-            max_request_size=self.cfg.dlq_max_payload_bytes * 2 + 1024 * 1024,
+            # An output larger than this fails at send() (MessageSizeTooLargeError, not
+            # retriable) instead of at the broker: dead letters are cut to fit it.
+            max_request_size=self.cfg.workers.max_record_bytes + 64 * 1024,
             **client_kwargs(k),
         )
 
@@ -280,37 +330,172 @@ class RecognitionWorker:
             )
             if not records:
                 continue
+            if self._exhausted(records):
+                self._one_by_one(records)
+                continue
             try:
                 self.process(records)
             except StageFailed as exc:
                 self._rewind(records, exc)
+                continue
             except Exception as exc:  # a bug: keep the frames, say what happened, go on
                 log.exception("worker %s: batch failed", self.worker_id)
-                self._rewind(records, StageFailed("batch", f"{type(exc).__name__}: {exc}"))
+                failed = StageFailed("batch", f"{type(exc).__name__}: {exc}", frame_fault=True)
+                self._rewind(records, failed)
+                continue
+            self._succeeded(records)
         self.stats.state = "stopped"
 
+    @staticmethod
+    def _firsts(records: list[Any]) -> dict[tuple[str, int], int]:
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            first[key] = min(first.get(key, r.offset), r.offset)
+        return first
+
+    def _exhausted(self, records: list[Any]) -> bool:
+        """Has a partition of this batch failed ``max_batch_attempts`` times from here?"""
+        limit = self.cfg.workers.max_batch_attempts
+        for tp, off in self._firsts(records).items():
+            at = self._attempts.get(tp)
+            if at is not None and at[0] == off and at[1] >= limit:
+                return True
+        return False
+
+    def _backoff_s(self, attempts: int) -> float:
+        w = self.cfg.workers
+        return min(w.retry_backoff_max_s, w.retry_backoff_s * 2 ** max(attempts - 1, 0))
+
+    def _succeeded(self, records: list[Any]) -> None:
+        for tp in self._firsts(records):
+            self._attempts.pop(tp, None)
+            if tp in self.stats.halted:
+                self.stats.halted.remove(tp)
+                metrics.WORKER_HALTED.set(len(self.stats.halted))
+                log.warning("worker %s: %s-%d goes on again", self.worker_id, *tp)
+        if not self.stats.halted and self.stats.state == "halted":
+            self.stats.state = "running"
+
     def _rewind(self, records: list[Any], exc: StageFailed) -> None:
-        """Seek back to the batch's first offsets; the frames are processed again."""
+        """Seek back to the batch's first offsets; the frames are processed again after a
+        pause that doubles with each failed attempt of the same batch."""
         from kafka import TopicPartition
 
         metrics.WORKER_RETRIES.labels(stage=exc.stage).inc()
         self.stats.retries[exc.stage] += 1
         self.stats.last_error = str(exc)
-        log.warning("worker %s: %s; retrying the batch", self.worker_id, exc)
-        first: dict[tuple[str, int], int] = {}
-        for r in records:
-            key = (r.topic, r.partition)
-            first[key] = min(first.get(key, r.offset), r.offset)
-        for (topic, part), off in first.items():
+        attempts = 1
+        for (topic, part), off in self._firsts(records).items():
+            prev = self._attempts.get((topic, part))
+            n = prev[1] + 1 if prev is not None and prev[0] == off else 1
+            self._attempts[(topic, part)] = (off, n)
+            attempts = max(attempts, n)
             try:
                 self.consumer.seek(TopicPartition(topic, part), off)
             except Exception as seek_exc:  # the partition moved away: its new owner replays
                 log.info("seek %s-%d: %s", topic, part, seek_exc)
-        self._stop.wait(self.cfg.workers.retry_backoff_s)
+        log.warning(
+            "worker %s: %s; retrying the batch (attempt %d of %d)",
+            self.worker_id,
+            exc,
+            attempts,
+            self.cfg.workers.max_batch_attempts,
+        )
+        self._stop.wait(self._backoff_s(attempts))
+
+    def _one_by_one(self, records: list[Any]) -> None:
+        """The batch is out of attempts: each frame alone, in order. A frame that fails
+        for a reason of its own is dead-lettered; one that fails otherwise (an outage)
+        halts its partition there, and the other partitions go on."""
+        from kafka import TopicPartition
+
+        halted: set[tuple[str, int]] = set()
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            if tp in halted:
+                continue
+            try:
+                try:
+                    self.process([rec], alone=True)
+                except StageFailed as exc:
+                    if not exc.frame_fault:
+                        raise
+                    self._give_up(rec, exc)
+                except Exception as exc:
+                    log.exception("worker %s: frame failed on its own", self.worker_id)
+                    self._give_up(
+                        rec, StageFailed("batch", f"{type(exc).__name__}: {exc}", frame_fault=True)
+                    )
+            except Exception as exc:
+                halted.add(tp)
+                self._halt(rec, exc)
+                with contextlib.suppress(Exception):  # moved away: its new owner replays
+                    self.consumer.seek(TopicPartition(*tp), rec.offset)
+                continue
+            self._succeeded([rec])
+        if halted:
+            attempts = max(self._attempts.get(tp, (0, 1))[1] for tp in halted)
+            self._stop.wait(self._backoff_s(attempts))
+
+    def _give_up(self, rec: Any, exc: StageFailed) -> None:
+        """Dead-letter one frame that failed on its own after its batch's attempts; raises
+        when even the dead letter cannot be written (the caller halts the partition)."""
+        reason = "publish_failed" if exc.stage == "publish" else "processing_error"
+        w = self.cfg.workers
+        detail = (
+            f"failed {w.max_batch_attempts} times in its batch and again on its own; "
+            f"{exc.stage}: {exc.detail}"
+        )
+        dead = self._reject(rec, reason, detail)
+        self._publish([], [], [dead], alone=True)
+        self._commit([rec])
+        self.stats.given_up[reason] += 1
+        self.stats.batches += 1
+        self.stats.dlq[reason] += 1
+        metrics.WORKER_DLQ.labels(reason=reason).inc()
+        metrics.WORKER_GIVEN_UP.labels(reason=reason).inc()
+        log.error(
+            "worker %s: %s-%d@%d dead-lettered as %s: %s",
+            self.worker_id,
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            reason,
+            detail,
+        )
+
+    def _halt(self, rec: Any, exc: BaseException) -> None:
+        tp = (rec.topic, rec.partition)
+        prev = self._attempts.get(tp)
+        n = prev[1] + 1 if prev is not None and prev[0] == rec.offset else 1
+        self._attempts[tp] = (rec.offset, max(n, self.cfg.workers.max_batch_attempts))
+        stage = exc.stage if isinstance(exc, StageFailed) else "batch"
+        metrics.WORKER_RETRIES.labels(stage=stage).inc()
+        self.stats.retries[stage] += 1
+        self.stats.last_error = f"halted at {rec.topic}-{rec.partition}@{rec.offset}: {exc}"
+        if tp not in self.stats.halted:
+            self.stats.halted.append(tp)
+            metrics.WORKER_HALTED.set(len(self.stats.halted))
+        self.stats.state = "halted"
+        log.error(
+            "worker %s: partition %s-%d halted at offset %d after %d attempts: %s; probing "
+            "every %.1fs",
+            self.worker_id,
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            self._attempts[tp][1],
+            exc,
+            self._backoff_s(self._attempts[tp][1]),
+        )
 
     # -- one batch -----------------------------------------------------------------------
 
-    def process(self, records: list[Any]) -> None:
+    def process(self, records: list[Any], *, alone: bool = False) -> None:
+        """One batch: analyse, track, keep faces, publish, commit. ``alone``: a single
+        frame after its batch ran out of attempts (identity events Kafka refuses for good
+        are then dropped and counted instead of failing the frame)."""
         t_batch = time.perf_counter()
         metrics.WORKER_POLL_BATCH.observe(len(records))
         t0 = time.perf_counter()
@@ -324,8 +509,9 @@ class RecognitionWorker:
         metrics.WORKER_STAGE.labels(stage="keep_faces").observe(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        self._publish(detections, identities, dead)
+        self._publish(detections, identities, dead, alone=alone)
         metrics.WORKER_STAGE.labels(stage="publish").observe(time.perf_counter() - t0)
+        self._crash_hook()
 
         t0 = time.perf_counter()
         self._commit(records)
@@ -344,7 +530,26 @@ class RecognitionWorker:
             detail,
             worker=self.worker_id,
             max_payload_bytes=self.cfg.dlq_max_payload_bytes,
+            max_record_bytes=self.cfg.workers.max_record_bytes,
         )
+
+    def _crash_hook(self) -> None:
+        """Tests only (``workers.crash_after_publish_batches``): die between publish and
+        commit, the one moment at-least-once delivery must survive."""
+        n = self.cfg.workers.crash_after_publish_batches
+        if n is None:
+            return
+        self._published_batches += 1
+        if self._published_batches != n:
+            return
+        with contextlib.suppress(Exception):  # outside Ray: no restart to tell apart
+            import ray
+
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                return  # crash once: the restarted actor must get through
+        log.error("worker %s: crash_after_publish_batches=%d: exiting", self.worker_id, n)
+        logging.shutdown()
+        os._exit(17)
 
     def _analyze(self, records: list[Any]) -> tuple[list[FramePlan], list[DlqEvent]]:
         """Every frame of the batch to the analyzers at once; the answers in record order.
@@ -383,6 +588,9 @@ class RecognitionWorker:
             for stage, secs in answer.timings.items():
                 metrics.WORKER_STAGE.labels(stage=stage).observe(secs)
             self._camera_partition[msg.camera_id] = (rec.topic, rec.partition)
+            self._camera_partition.move_to_end(msg.camera_id)
+            while len(self._camera_partition) > self.cfg.tracker.max_cameras:
+                self._camera_partition.popitem(last=False)
             ref = RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp)
             plans.append(FramePlan(msg, ref, answer))
         return plans, dead
@@ -479,6 +687,7 @@ class RecognitionWorker:
                         identity_id=ident.identity_id if ident else None,
                         name=ident.name if ident else None,
                         similarity=m.similarity if m is not None else None,
+                        model_version=f.model_version if f.embedding is not None else None,
                     )
                 )
             last = self.tracker.camera(msg.camera_id).last_seq
@@ -487,9 +696,13 @@ class RecognitionWorker:
             tracks = self.tracker.update(msg.camera_id, msg.seq, msg.capture_ts_ms, observations)
             outs: list[FaceOut] = []
             version, collection = res.model_version, res.collection
-            threshold = ThresholdRef.model_validate(
-                {k: res.threshold_info.get(k) for k in ThresholdRef.model_fields}
-            ) if res.threshold_info else None
+            threshold = (
+                ThresholdRef.model_validate(
+                    {k: res.threshold_info.get(k) for k in ThresholdRef.model_fields}
+                )
+                if res.threshold_info
+                else None
+            )
             for i, (f, tr) in enumerate(zip(res.faces, tracks, strict=True)):
                 fo = face_out(
                     msg, i, f, matches.get(id(f)), tr, self._identity(tr.confirmed_identity)
@@ -564,26 +777,61 @@ class RecognitionWorker:
         except Exception as exc:
             raise StageFailed("keep_faces", f"{type(exc).__name__}: {exc}") from exc
 
-    def _publish(self, detections: list[Any], identities: list[Any], dead: list[DlqEvent]) -> None:
+    def _publish(
+        self,
+        detections: list[Any],
+        identities: list[Any],
+        dead: list[DlqEvent],
+        *,
+        alone: bool = False,
+    ) -> None:
         t = self.cfg.topics
-        futures = []
+        w = self.cfg.workers
+        sends: list[tuple[str, Any, Any]] = []  # (topic, event, future or the send's error)
+
+        def send(topic: str, ev: Any, key: bytes | None) -> None:
+            try:
+                sends.append((topic, ev, self.producer.send(topic, key=key, value=to_json(ev))))
+            except Exception as exc:  # too large for max_request_size, buffer full, closed
+                sends.append((topic, ev, exc))
+
+        for ev in detections:
+            send(t.detections, ev, ev.camera_id.encode())
+        for ev in identities:
+            send(t.identities, ev, ev.camera_id.encode())
+        for ev in dead:
+            send(t.dlq, ev, ev.camera_id.encode() if ev.camera_id else None)
         try:
-            for ev in detections:
-                futures.append(
-                    self.producer.send(t.detections, key=ev.camera_id.encode(), value=to_json(ev))
-                )
-            for ev in identities:
-                futures.append(
-                    self.producer.send(t.identities, key=ev.camera_id.encode(), value=to_json(ev))
-                )
-            for ev in dead:
-                key = ev.camera_id.encode() if ev.camera_id else None
-                futures.append(self.producer.send(t.dlq, key=key, value=to_json(ev)))
-            self.producer.flush(timeout=self.cfg.workers.output_timeout_s)
-            for fut in futures:
-                fut.get(timeout=self.cfg.workers.output_timeout_s)
+            self.producer.flush(timeout=w.output_timeout_s)
         except Exception as exc:
             raise StageFailed("publish", f"{type(exc).__name__}: {exc}") from exc
+        failed: list[tuple[str, Any, BaseException]] = []
+        for topic, ev, fut in sends:
+            if isinstance(fut, BaseException):
+                failed.append((topic, ev, fut))
+                continue
+            try:
+                fut.get(timeout=w.output_timeout_s)
+            except Exception as exc:
+                failed.append((topic, ev, exc))
+        if alone:
+            # The frame on its own: an identity event refused for good is dropped (and
+            # counted); the frame's detection stands.
+            for topic, ev, exc in [f for f in failed if f[0] == t.identities]:
+                if _retriable(exc):
+                    continue
+                failed.remove((topic, ev, exc))
+                self.stats.outputs_dropped += 1
+                metrics.WORKER_OUTPUTS_DROPPED.labels(topic="identities").inc()
+                log.error(
+                    "worker %s: identity event %s dropped: %r", self.worker_id, ev.event_id, exc
+                )
+        if failed:
+            topic, ev, exc = failed[0]
+            detail = f"{len(failed)} of {len(sends)} outputs; {ev.event_id} to {topic}: {exc!r}"
+            # Not retriable (too large, refused by the topic): the same frame fails again.
+            fault = not any(_retriable(e) for _, _, e in failed)
+            raise StageFailed("publish", detail, frame_fault=fault)
         now = time.time() * 1000
         for ev in detections:
             metrics.WORKER_LATENCY.observe(max(0.0, now - ev.capture_ts_ms) / 1000.0)
@@ -609,6 +857,9 @@ class RecognitionWorker:
                 "worker %s: commit refused (%s); frames will be replayed", self.worker_id, exc
             )
 
+    def _camera_label(self, camera_id: str) -> str:
+        return self._labels.label(camera_id)
+
     def _account(
         self,
         plans: list[FramePlan],
@@ -618,13 +869,13 @@ class RecognitionWorker:
     ) -> None:
         s = self.stats
         for plan in plans:
-            per_camera = s.analyzers.setdefault(plan.msg.camera_id, Counter())
+            per_camera = s.analyzers.setdefault(self._camera_label(plan.msg.camera_id), Counter())
             per_camera[plan.result.analyzer] += 1
         s.batches += 1
         s.frames += len(detections)
         for ev in detections:
-            s.cameras[ev.camera_id] += 1
-            metrics.WORKER_FRAMES.labels(camera=ev.camera_id).inc()
+            s.cameras[self._camera_label(ev.camera_id)] += 1
+            metrics.WORKER_FRAMES.labels(camera=self._camera_label(ev.camera_id)).inc()
             for fo in ev.faces:
                 s.faces += 1
                 metrics.WORKER_FACES.labels(decision=fo.decision).inc()
