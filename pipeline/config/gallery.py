@@ -80,7 +80,18 @@ class GalleryConfig(BaseModel):
     api_token: SecretStr | None = Field(
         None, description="Bearer token required by every write of the REST API."
     )
-    auth_reads: bool = Field(False, description="Require the token for searches and reads too.")
+    # Reads are biometric lookups (names and metadata of enrolled people, candidates for
+    # any face): never open by default. /healthz stays open and names nobody.
+    auth_reads: bool = Field(
+        True,
+        description="Require the token for searches and reads too (false: reads are open "
+        "to anyone who reaches the port).",
+    )
+    max_request_bytes: PositiveInt | None = Field(
+        None,
+        description="Largest request body the REST API reads; larger ones get 413 before "
+        "they are read. None: face.limits.max_bytes x max_images_per_request + 1 MiB.",
+    )
     host: str = Field("127.0.0.1", description="REST API bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
     review: ReviewConfig = Field(

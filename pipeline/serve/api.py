@@ -6,9 +6,16 @@ serves that app (``@serve.ingress`` with the app built at replica start, so the 
 close over the replica's own gallery). OpenAPI docs are at ``/docs``.
 
 Every write (enrol, add faces, rename, delete) needs ``Authorization: Bearer <token>``
-with the token of ``gallery.api_token``; reads need it too when ``gallery.auth_reads``.
-The token is a ``SecretStr`` end to end: it is compared in constant time and never
-formatted into a message or a log line.
+with the token of ``gallery.api_token``; so do reads and searches unless
+``gallery.auth_reads`` is turned off (they list people and name faces). ``/healthz``
+is open and names nobody. The token is a ``SecretStr`` end to end: it is compared in
+constant time and never formatted into a message or a log line.
+
+Before FastAPI reads a body, :class:`RequestGate` answers 401 to a request that needs
+the token and lacks it, and 413 to one whose body is larger than
+``gallery.max_request_bytes`` (by its Content-Length, or counted as it streams in): an
+anonymous client cannot make a replica parse a large multipart upload. The face core
+runs in a worker thread, so a long search never holds up ``/healthz``.
 
 Expected failures map to 4xx answers ``{"error": code, "detail": message}``; only bugs
 give a 500; a Milvus server or catalogue database that cannot be reached is a 503. With
@@ -21,13 +28,14 @@ with a Milvus Lite file (``gallery.milvus_uri = "*.db"``) one replica owns it.
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import (
@@ -83,6 +91,118 @@ def _status_of(exc: FacestreamError) -> int:
     return int(getattr(exc, "http_status", 400))
 
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# Multipart framing and the form fields beside the images.
+BODY_SLACK = 1024 * 1024
+# Bodies that may need the token before they are read; the web UI (/ui/...) checks its
+# session and CSRF field itself, and its sign-in form carries the token in the body.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_READ_POSTS = frozenset({"/search", "/verify"})
+
+
+def max_request_bytes(config: GalleryConfig, face_max_bytes: int) -> int:
+    """``gallery.max_request_bytes``, or room for a full enrolment: every image at the
+    face core's byte limit, plus the multipart framing."""
+    if config.max_request_bytes is not None:
+        return config.max_request_bytes
+    return face_max_bytes * config.max_images_per_request + BODY_SLACK
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestGate:
+    """ASGI middleware in front of the app: the bearer check of bodies that need one,
+    then the body limit, both before the app reads a byte of the body.
+
+    A Content-Length over ``limit`` is refused at once; a body without one (chunked) is
+    counted as it arrives, and reading stops at the first chunk past the limit: the app
+    gets an exception instead, and whatever it answers is replaced by the 413.
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        limit: int,
+        needs_token: Callable[[str, str], bool],
+        authorised: Callable[[Request], bool],
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.needs_token = needs_token
+        self.authorised = authorised
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)  # headers and cookies only: the body is not touched
+        if self.needs_token(scope["method"], scope["path"]) and not self.authorised(request):
+            await _answer(
+                send, 401, "missing or invalid bearer token", {"www-authenticate": "Bearer"}
+            )
+            return
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _answer(send, 400, "invalid Content-Length")
+                return
+            if int(declared) > self.limit:
+                await _answer(send, 413, self._too_large())
+                return
+        seen = 0
+        cut = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen, cut
+            if cut:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    cut = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if cut:
+                return  # the app's answer to a body it could not read: ours replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not cut:
+                raise
+        if cut and not started:
+            await _answer(send, 413, self._too_large())
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.limit} bytes (gallery.max_request_bytes)"
+
+
+async def _answer(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    code = {400: "bad_request", 401: "unauthorized", 413: "request_too_large"}[status]
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    # The client may still be sending: close the connection rather than read the rest.
+    raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
     """The FastAPI app of one gallery."""
     app = FastAPI(
@@ -93,7 +213,26 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
     # One face-core computation at a time per replica: the CPU embedder already uses every
     # core, and dlib's detectors are not documented as thread-safe. Scale with replicas.
     compute = threading.Lock()
+    app.state.compute = compute
     max_bytes = gallery.face_config.limits.max_bytes
+
+    def needs_token(method: str, path: str) -> bool:
+        if method not in _BODY_METHODS or path.startswith("/ui"):
+            return False
+        return config.auth_reads or path not in _READ_POSTS
+
+    def bearer(request: Request) -> HTTPAuthorizationCredentials | None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if not scheme or not value:
+            return None
+        return HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
+
+    app.add_middleware(
+        RequestGate,
+        limit=max_request_bytes(config, max_bytes),
+        needs_token=needs_token,
+        authorised=lambda request: web_auth.authorised(config.api_token, bearer(request), request),
+    )
 
     def check_token(creds: HTTPAuthorizationCredentials | None, request: Request) -> None:
         # The bearer header, or the session cookie of a browser signed in to the web UI
@@ -146,6 +285,11 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         with compute:
             return fn()
 
+    async def run_off_loop(fn: Callable[[], Any]) -> Any:
+        # The face core takes seconds: in a worker thread (waiting for the lock there
+        # too), the event loop keeps answering /healthz and the reads meanwhile.
+        return await run_in_threadpool(run, fn)
+
     crop_q = Form(description="auto, scene or tight.")
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
@@ -181,7 +325,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
     ) -> EnrollResult:
         meta = _parse_metadata(metadata)
         files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
-        return run(
+        return await run_off_loop(
             lambda: gallery.enroll(
                 files,
                 name=name,
@@ -207,7 +351,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         pick: Annotated[EnrollPick | None, Form()] = None,
     ) -> EnrollResult:
         files = [await read_upload(f, f"images[{i}]") for i, f in enumerate(images)]
-        return run(
+        return await run_off_loop(
             lambda: gallery.enroll(
                 files,
                 identity_id=identity_id,
@@ -256,7 +400,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
         crop: Annotated[CropMode | None, crop_q] = None,
     ) -> SearchResult:
         name, data = await read_upload(image, "image")
-        return run(
+        return await run_off_loop(
             lambda: gallery.search_image(
                 data,
                 name=name,
@@ -284,7 +428,7 @@ def create_app(gallery: Gallery, config: GalleryConfig) -> FastAPI:
             raise HTTPException(422, "send exactly one of: identity_id, image_b")
         _, a = await read_upload(image, "image")
         b = (await read_upload(image_b, "image_b"))[1] if image_b is not None else None
-        return run(
+        return await run_off_loop(
             lambda: gallery.verify(
                 a,
                 identity_id=identity_id,

@@ -105,7 +105,7 @@ def test_healthz_and_openapi(served: Served) -> None:
 
 def test_every_write_needs_the_bearer_token(served: Served, lfw: Path) -> None:
     c = served.client
-    before = c.get("/identities").json()
+    before = c.get("/identities", headers=served.auth).json()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": served.token}):
         r = c.post(
             "/identities", files=files(photos(lfw, A)[:1]), data={"name": A}, headers=headers
@@ -116,7 +116,20 @@ def test_every_write_needs_the_bearer_token(served: Served, lfw: Path) -> None:
         assert c.patch("/identities/x", json={"name": "y"}, headers=headers).status_code == 401
         r = c.post("/identities/x/faces", files=files(photos(lfw, A)[:1]), headers=headers)
         assert r.status_code == 401
-    assert c.get("/identities").json() == before  # nothing was written
+    assert c.get("/identities", headers=served.auth).json() == before  # nothing was written
+
+
+def test_reads_need_the_token_by_default(served: Served, lfw: Path) -> None:
+    c = served.client
+    for r in (
+        c.get("/identities"),
+        c.get("/gallery"),
+        c.post("/search", files=one(photos(lfw, A)[2])),
+        c.post("/verify", files=one(photos(lfw, A)[2]), data={"identity_id": "x"}),
+    ):
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert c.get("/healthz").status_code == 200
 
 
 def test_enrol_search_verify_remove(served: Served, lfw: Path) -> None:
@@ -137,7 +150,8 @@ def test_enrol_search_verify_remove(served: Served, lfw: Path) -> None:
     assert r.status_code == 201, r.text
     b = r.json()["identity"]
 
-    r = c.post("/search", files=one(photos(lfw, A)[2]), data={"top_k": "2"})
+    w = served.auth
+    r = c.post("/search", files=one(photos(lfw, A)[2]), data={"top_k": "2"}, headers=w)
     assert r.status_code == 200, r.text
     res = r.json()
     thr = res["threshold"]
@@ -149,29 +163,31 @@ def test_enrol_search_verify_remove(served: Served, lfw: Path) -> None:
     for f in res["faces"]:
         assert f["decision"] in ("identity", "unknown", "rejected")
 
-    r = c.post("/verify", files=one(photos(lfw, A)[3]), data={"identity_id": a["identity_id"]})
+    ida = {"identity_id": a["identity_id"]}
+    r = c.post("/verify", files=one(photos(lfw, A)[3]), data=ida, headers=w)
     assert r.status_code == 200 and r.json()["decision"] == "same"
-    r = c.post("/verify", files=one(photos(lfw, B)[3]), data={"identity_id": a["identity_id"]})
+    r = c.post("/verify", files=one(photos(lfw, B)[3]), data=ida, headers=w)
     assert r.status_code == 200 and r.json()["decision"] == "different"
-    r = c.post("/verify", files={**one(photos(lfw, B)[2]), **one(photos(lfw, B)[3], "image_b")})
+    pair = {**one(photos(lfw, B)[2]), **one(photos(lfw, B)[3], "image_b")}
+    r = c.post("/verify", files=pair, headers=w)
     assert r.status_code == 200 and r.json()["decision"] == "same"
 
     r = c.patch(f"/identities/{b['identity_id']}", json={"name": "Abel P."}, headers=served.auth)
     assert r.status_code == 200 and r.json()["name"] == "Abel P."
-    listed = {i["identity_id"]: i["name"] for i in c.get("/identities").json()}
+    listed = {i["identity_id"]: i["name"] for i in c.get("/identities", headers=w).json()}
     assert listed[b["identity_id"]] == "Abel P."
-    shown = c.get(f"/identities/{a['identity_id']}").json()
+    shown = c.get(f"/identities/{a['identity_id']}", headers=w).json()
     assert len(shown["faces"]) == 2
     assert served.catalogue.crop_count(a["identity_id"]) == 2  # in PostgreSQL
 
     r = c.delete(f"/identities/{a['identity_id']}", headers=served.auth)
     assert r.status_code == 200 and r.json()["faces_removed"] == 2
     assert served.catalogue.crop_count(a["identity_id"]) == 0
-    res = c.post("/search", files=one(photos(lfw, A)[2])).json()
+    res = c.post("/search", files=one(photos(lfw, A)[2]), headers=w).json()
     ids = {cand["identity_id"] for f in res["faces"] for cand in f["candidates"]}
     assert a["identity_id"] not in ids
     assert all(f["decision"] != "identity" for f in res["faces"])
-    assert c.get(f"/identities/{a['identity_id']}").status_code == 404
+    assert c.get(f"/identities/{a['identity_id']}", headers=w).status_code == 404
     r = c.delete(f"/identities/{a['identity_id']}", headers=served.auth)
     assert r.status_code == 404 and r.json()["error"] == "identity_not_found"
 
@@ -179,25 +195,38 @@ def test_enrol_search_verify_remove(served: Served, lfw: Path) -> None:
 def test_malformed_calls_get_precise_4xx(served: Served, lfw: Path) -> None:
     c = served.client
     good = photos(lfw, B)[0]
+    w = served.auth
 
     def check(r: httpx.Response, status: int, needle: str) -> None:
         assert r.status_code == status, r.text
         assert needle in r.text, r.text
 
-    check(c.post("/search"), 422, "image")
-    check(c.post("/search", files={"image": ("x.jpg", b"not an image")}), 400, "not a recognised")
-    check(c.post("/search", files={"image": ("x.jpg", b"")}), 400, "empty")
-    check(c.post("/search", files=one(good), data={"top_k": "0"}), 422, "top_k")
-    check(c.post("/search", files=one(good), data={"threshold": "2"}), 422, "threshold")
-    check(c.post("/search", files=one(good), data={"crop": "bogus"}), 422, "crop")
-    check(c.post("/verify", files=one(good)), 422, "exactly one of")
+    check(c.post("/search", headers=w), 422, "image")
     check(
-        c.post("/verify", files={**one(good), **one(good, "image_b")}, data={"identity_id": "x"}),
+        c.post("/search", files={"image": ("x.jpg", b"not an image")}, headers=w),
+        400,
+        "not a recognised",
+    )
+    check(c.post("/search", files={"image": ("x.jpg", b"")}, headers=w), 400, "empty")
+    check(c.post("/search", files=one(good), data={"top_k": "0"}, headers=w), 422, "top_k")
+    check(c.post("/search", files=one(good), data={"threshold": "2"}, headers=w), 422, "threshold")
+    check(c.post("/search", files=one(good), data={"crop": "bogus"}, headers=w), 422, "crop")
+    check(c.post("/verify", files=one(good), headers=w), 422, "exactly one of")
+    check(
+        c.post(
+            "/verify",
+            files={**one(good), **one(good, "image_b")},
+            data={"identity_id": "x"},
+            headers=w,
+        ),
         422,
         "exactly one of",
     )
-    check(c.post("/verify", files=one(good), data={"identity_id": "nobody"}), 404, "nobody")
-    w = served.auth
+    check(
+        c.post("/verify", files=one(good), data={"identity_id": "nobody"}, headers=w),
+        404,
+        "nobody",
+    )
     check(c.post("/identities", files=files([good]), headers=w), 422, "name")
     check(c.post("/identities", data={"name": "x"}, headers=w), 422, "images")
     check(
@@ -224,7 +253,7 @@ def test_malformed_calls_get_precise_4xx(served: Served, lfw: Path) -> None:
     check(c.patch("/identities/nobody", json={"name": ""}, headers=w), 422, "name")
     check(c.patch("/identities/nobody", json={"name": "n"}, headers=w), 404, "nobody")
     check(c.post("/identities/nobody/faces", files=files([good]), headers=w), 404, "nobody")
-    check(c.get("/identities", params={"limit": 0}), 422, "limit")
+    check(c.get("/identities", params={"limit": 0}, headers=w), 422, "limit")
 
 
 def test_the_token_never_reaches_the_logs(served: Served, lfw: Path) -> None:
