@@ -104,29 +104,55 @@ class GallerySearchDeployment:
             return self.gallery.status().model_dump(mode="json")
 
     def _collection_for(self, version: str) -> tuple[str | None, str | None]:
-        """The collection holding ``version``'s vectors and the version it holds (read
-        from the collection itself, so the check below is not a tautology)."""
+        """The collection chosen for ``version``'s vectors, and the version that collection
+        says it holds *now*: read from Milvus at search time, not from the gallery's cache,
+        so a collection relabelled or replaced since it was chosen is caught."""
+        from pipeline.gallery.vectors import VERSION_PROPERTY
+
         snap = self.gallery.active()
-        if snap is not None and snap.version == version:
-            return snap.collection, snap.version
-        for name, v in self.gallery.vectors.collections().items():
-            if v == version:
-                return name, v
-        return None, None
+        name = snap.collection if snap is not None and snap.version == version else None
+        if name is None:
+            name = next(
+                (n for n, v in self.gallery.vectors.collections().items() if v == version), None
+            )
+        if name is None:
+            return None, None
+        desc = self.gallery.vectors.client.describe_collection(name)
+        return name, (desc.get("properties") or {}).get(VERSION_PROPERTY)
 
     def _search_version(self, version: str, vectors: np.ndarray) -> SearchResult:
+        from pipeline.gallery.errors import ModelVersionMismatch
+
         collection, coll_version = self._collection_for(version)
-        self._pairs[(version, coll_version)] += 1
-        self._pair_vectors[(version, coll_version)] += len(vectors)
         if collection is None:
+            self._pairs[(version, None)] += 1
+            self._pair_vectors[(version, None)] += len(vectors)
             return SearchResult(
                 version, None, None, [[] for _ in vectors], f"no gallery collection of {version}"
             )
-        if coll_version != version:  # never searched: that would compare two models
-            raise RuntimeError(f"{collection} holds {coll_version}, the vectors are {version}")
-        _, thr, cands = self.gallery.search_vectors(
-            vectors, version, collection=collection, top_k=self.cfg.top_k
-        )
+        try:
+            if coll_version != version:
+                raise ModelVersionMismatch(
+                    f"{collection} holds {coll_version}, the vectors are {version}"
+                )
+            # The gallery checks again, per returned row: each hit's stored model_version.
+            _, thr, cands = self.gallery.search_vectors(
+                vectors, version, collection=collection, top_k=self.cfg.top_k
+            )
+        except ModelVersionMismatch as exc:
+            # Refused, never compared: the faces come out unknown, and the count makes the
+            # mix visible (stats, facestream_search_version_mismatches_total).
+            if coll_version == version:
+                found = f"rows of another model in {collection}"
+            else:  # another model, or none named (never None here: that means no collection)
+                found = coll_version or f"{collection} names no model version"
+            self._pairs[(version, found)] += 1
+            self._pair_vectors[(version, found)] += len(vectors)
+            metrics.SEARCH_VERSION_MISMATCH.inc()
+            log.error("search refused: %s", exc)
+            return SearchResult(version, None, None, [[] for _ in vectors], f"refused: {exc}")
+        self._pairs[(version, coll_version)] += 1
+        self._pair_vectors[(version, coll_version)] += len(vectors)
         hits = [
             [
                 SearchHit(c.identity_id, c.name, c.external_id, float(c.similarity), c.decision)
@@ -157,7 +183,9 @@ class GallerySearchDeployment:
             return self.gallery.flip(version)
 
     def stats(self) -> dict[str, Any]:
-        """Searches by (vectors' version, collection's version; None: no collection)."""
+        """Searches by (vectors' version, the version found at search time; None: no
+        collection). ``cross_version_searches``: searches where the two differed (the
+        collection or one of its rows held another model); each was refused."""
         with self._lock:
             rows = [
                 {"vectors": v, "collection": c, "searches": n, "n_vectors": self._pair_vectors[k]}
@@ -165,7 +193,7 @@ class GallerySearchDeployment:
                 for v, c in [k]
             ]
         mixed = sum(r["searches"] for r in rows if r["collection"] not in (None, r["vectors"]))
-        return {"pairs": rows, "cross_version_searches": mixed}
+        return {"pairs": rows, "cross_version_searches": mixed, "refused": mixed}
 
     def _run(self, requests: list[SearchRequest]) -> list[SearchResult]:
         by_version: dict[str, list[int]] = {}
