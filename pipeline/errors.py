@@ -11,3 +11,15 @@ class FacestreamError(Exception):
     """An expected failure with a message fit for the user."""
 
     code: str = "error"
+
+
+class StartupFailed(FacestreamError):
+    """A part the pipeline needs (Kafka, Milvus, the catalogue database, Ray) did not
+    start or cannot be reached: one line naming it, then exit non-zero."""
+
+    code = "startup_failed"
+
+    def __init__(self, part: str, detail: str) -> None:
+        first = next((ln.strip() for ln in detail.strip().splitlines() if ln.strip()), detail)
+        super().__init__(f"{part}: {first}")
+        self.part = part

@@ -3,12 +3,19 @@ the actors and replicas the stream config asks for."""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 
 import numpy as np
 import ray
 
 from pipeline.config.stream import StreamConfig
+from pipeline.errors import StartupFailed
+
+log = logging.getLogger(__name__)
+RAY_START_ATTEMPTS = 2
+REACH_TIMEOUT_S = 5.0
 
 
 def logical_cpus(c: StreamConfig) -> float:
@@ -26,10 +33,52 @@ def logical_cpus(c: StreamConfig) -> float:
 
 
 def start_ray(cfg: StreamConfig) -> bool:
-    """Connect to (or start) Ray; True when this call started it (and must stop it)."""
+    """Connect to (or start) Ray; True when this call started it (and must stop it).
+
+    A local start is tried twice: on a loaded machine Ray's node can miss its own
+    start-up deadline ("The current node timed out during startup") and succeed on the
+    next try. What still fails is a ``StartupFailed`` naming Ray, not a traceback."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+    attempts = 1 if address else RAY_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            _init(cfg)
+            return True
+        except Exception as exc:  # Ray raises plain Exceptions (RuntimeError, TimeoutError...)
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == attempts:
+                where = os.environ.get("RAY_ADDRESS") or "a local Ray"
+                raise StartupFailed(
+                    "Ray", f"cannot start or join {where} ({exc})"
+                ) from None
+            log.warning("Ray did not start (%s); trying once more", exc)
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable cluster address for minutes before it gives up; a
+    plain ``host:port`` (the GCS) that refuses a TCP connection fails at once instead."""
+    if "://" in address or address in ("auto", "local") or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise StartupFailed(
+            "Ray", f"no Ray cluster answers at RAY_ADDRESS={address} ({exc})"
+        ) from None
+
+
+def _init(cfg: StreamConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a cluster
     else:
@@ -40,4 +89,3 @@ def start_ray(cfg: StreamConfig) -> bool:
             include_dashboard=False,
             log_to_driver=False,
         )
-    return True

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,9 +36,11 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import uses_local_milvus
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
+from pipeline.errors import FacestreamError, StartupFailed
 from pipeline.gallery.errors import EnrollmentRejected, GalleryError
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.service import Gallery
+from pipeline.gallery.swap import reconcile
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
 from pipeline.stream.broker import LocalKafka
@@ -123,6 +125,24 @@ def enroll_each(gallery: Gallery, people: dict[str, Path], *, strict: bool) -> l
     return done
 
 
+@contextlib.contextmanager
+def starting(part: str) -> Iterator[None]:
+    """A failure to start or reach ``part`` becomes one ``StartupFailed`` line naming it;
+    facestream's own errors (e.g. GalleryUnavailable naming the address) pass as they are."""
+    try:
+        yield
+    except FacestreamError:
+        raise
+    except Exception as exc:
+        raise StartupFailed(part, described(exc)) from None
+
+
+def described(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class StreamRunner:
     """Starts, watches and stops every stage of the pipeline."""
 
@@ -164,15 +184,21 @@ class StreamRunner:
         tests and benchmarks need everyone) fails the start-up on an unusable ``enroll``
         photo; off, that person is only reported in :attr:`enrolments`."""
         try:
-            self._start_kafka()
-            self._start_milvus()
+            with starting("Kafka"):
+                self._start_kafka()
+            with starting("Milvus"):
+                self._start_milvus()
             if self.cfg.kafka.create_topics:
-                ensure_topics(self.cfg)
-            self._enroll(enroll or {}, strict=strict_enroll)
+                with starting(f"Kafka at {self.cfg.kafka.bootstrap_servers}"):
+                    ensure_topics(self.cfg)
+            with starting("the gallery (Milvus server and catalogue database)"):
+                self._enroll(enroll or {}, strict=strict_enroll)
             self.started_ray = start_ray(self.cfg)
-            self._deploy()
+            with starting("Ray Serve (embedder, search, analyzer deployments)"):
+                self._deploy()
             self.monitor = Monitor(self.cfg)
-            self._start_workers()
+            with starting("the recognition workers"):
+                self._start_workers()
             if ingest:
                 for cam in self.cfg.cameras:
                     self.add_camera(cam)
@@ -214,6 +240,9 @@ class StreamRunner:
         the vectors of a catalogue whose vector store is empty."""
         s = self.settings
         with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
+            repaired = reconcile(gallery)  # a swap cut short: alias and ACTIVE disagree
+            if repaired is not None:
+                self.notes.append(repaired)
             restored = gallery.restore_vectors()
             if restored is not None:
                 self.notes.append(
