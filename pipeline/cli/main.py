@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from pipeline.cli import bench, evaluate, face, gallery, models, review, serve, stream, train
+from pipeline.cli import (
+    bench,
+    evaluate,
+    face,
+    gallery,
+    models,
+    review,
+    serve,
+    status,
+    stream,
+    train,
+)
 from pipeline.cli.common import err, esc, state
 from pipeline.config.settings import load_settings
 
@@ -47,3 +58,4 @@ evaluate.register_eval(app)  # eval pairs | openset
 bench.register(app)  # bench ...
 gallery.register(app)  # gallery ...
 review.register(app)  # unknowns ..., feedback ...
+status.register(app)  # status

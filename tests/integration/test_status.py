@@ -1,0 +1,78 @@
+"""``facestream status`` through the real CLI: against a real Kafka broker (a consumer
+group with committed offsets and lag) and with nothing running (exit code, one line)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.structs import OffsetAndMetadata
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+pytestmark = pytest.mark.integration
+
+
+def _run(env: dict[str, str], *args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, ["status", "--no-gallery", "--timeout", "3", *args], env=env)
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.stdout
+
+
+def test_status_when_nothing_runs() -> None:
+    code, out = _run({"FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert not doc["ok"]
+    kafka = next(p for p in doc["parts"] if p["name"] == "kafka")
+    assert kafka["status"] == "down" and "127.0.0.1:1" in kafka["summary"]
+    code, out = _run(
+        {"FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+        "--metrics",
+        "http://127.0.0.1:1/metrics",
+    )
+    assert code == 1
+    assert "kafka down: no broker reachable at 127.0.0.1:1" in out
+    assert "metrics http://127.0.0.1:1/metrics down" in out
+
+
+def test_status_reads_brokers_group_and_lag(kafka_bootstrap: str) -> None:
+    topic, group = f"fs-status-{uuid.uuid4().hex[:8]}", f"fs-status-g-{uuid.uuid4().hex[:6]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(5):
+        producer.send(topic, b"x", partition=i % 2)
+    producer.flush()
+    producer.close()
+    # the group committed 1 of partition 0's 3 records: lag 2 there, 2 on partition 1
+    member = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    member.subscribe([topic])
+    member.poll(timeout_ms=5000)
+    member.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})
+    env = {
+        "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "FACESTREAM_STREAM__KAFKA__GROUP_ID": group,
+        "FACESTREAM_STREAM__TOPICS__FRAMES": topic,
+    }
+    try:
+        code, out = _run(env, "--json")
+    finally:
+        member.close()
+        admin.delete_topics([topic])
+        admin.close()
+    doc = json.loads(out)
+    parts = {p["name"]: p for p in doc["parts"]}
+    assert parts["kafka"]["status"] == "ok", parts["kafka"]
+    assert parts["kafka"]["details"]["brokers"]
+    assert parts["lag"]["details"] == {"total": 4, "partitions": {"0": 2, "1": 2}}
+    assert parts["workers"]["status"] == "ok" and len(parts["workers"]["details"]["members"]) == 1
+    assert parts["models"]["status"] == "ok"
+    assert code == 0, out
