@@ -22,6 +22,11 @@ Promotion of version V (``promote(store, swap, V, force)``):
 Rollback runs steps 3-5 towards the version that was active before the last
 promotion to the current one (or ``to``); it is not gated (it is the way back from a
 bad promotion).
+
+Steps 3-5 are journalled: ``<store>/SWAP_PENDING.json`` (action, from, to) is written
+before step 3 and removed after step 5. A process that dies in between (the gallery
+alias moved, ``ACTIVE`` not yet) leaves it behind, and the next start-up repairs the
+pair with it (``pipeline.gallery.swap.reconcile``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pipeline.face.manifest import verify_files
 from pipeline.models.store import ModelStore
 
 HISTORY_FILE = "HISTORY.jsonl"
+JOURNAL_FILE = "SWAP_PENDING.json"
 # Lower is better for these metrics; higher for every other one.
 LOWER_IS_BETTER = ("eer",)
 
@@ -233,16 +239,61 @@ class PromotionRecord:
 
 
 @contextlib.contextmanager
-def store_lock(store: ModelStore) -> Iterator[None]:
-    """One promotion or rollback at a time per store (across processes)."""
+def store_lock(store: ModelStore, *, wait: bool = True) -> Iterator[bool]:
+    """One promotion or rollback at a time per store (across processes). Yields
+    whether the lock is held: always with ``wait``, else False when another process
+    holds it (a promotion is running)."""
     store.root.mkdir(parents=True, exist_ok=True)
     fd = os.open(store.root / ".promotion.lock", os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class PendingSwap:
+    """The journal of a promotion or rollback between steps 3 and 5."""
+
+    action: str
+    from_version: str | None
+    to_version: str
+    at: str
+
+
+def write_journal(store: ModelStore, pending: PendingSwap) -> None:
+    """Write the journal atomically and durably: it must exist before the alias moves."""
+    path = store.root / JOURNAL_FILE
+    tmp = path.with_name(f".{JOURNAL_FILE}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(asdict(pending), sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def pending_swap(store: ModelStore) -> PendingSwap | None:
+    """The journal left by a promotion or rollback that did not finish, else None."""
+    path = store.root / JOURNAL_FILE
+    try:
+        return PendingSwap(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PromotionError(f"{path}: unreadable swap journal ({exc})") from exc
+
+
+def clear_journal(store: ModelStore) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (store.root / JOURNAL_FILE).unlink()
 
 
 def record(store: ModelStore, rec: PromotionRecord) -> None:
@@ -291,11 +342,13 @@ def _finish(
     rec: PromotionRecord,
     t0: float,
 ) -> PromotionRecord:
-    """Steps 3-5: switch what serves faces, flip ``ACTIVE``, record."""
+    """Steps 3-5: switch what serves faces, flip ``ACTIVE``, record (journalled)."""
+    write_journal(store, PendingSwap(rec.action, old, new, rec.at))
     rec.reembed = swap.switch(old, new) if swap is not None else None
     store.set_active(new)
     rec.seconds = round(time.perf_counter() - t0, 3)
     record(store, rec)
+    clear_journal(store)
     return rec
 
 
@@ -384,17 +437,23 @@ def rollback(
 
 __all__ = [
     "HISTORY_FILE",
+    "JOURNAL_FILE",
     "GatePolicy",
     "GateResult",
+    "PendingSwap",
     "PromotionError",
     "PromotionRecord",
     "PromotionRefused",
     "Swap",
+    "clear_journal",
     "gate_check",
     "history",
     "lower_is_better",
+    "pending_swap",
     "promote",
     "record",
     "rollback",
     "rollback_target",
+    "store_lock",
+    "write_journal",
 ]

@@ -61,6 +61,7 @@ from pipeline.gallery.records import (
 )
 from pipeline.gallery.review import Review
 from pipeline.gallery.service import Gallery
+from pipeline.gallery.swap import reconcile
 from pipeline.serve.api_review import review_router
 from pipeline.serve.web import auth as web_auth
 from pipeline.serve.web import web_router
@@ -527,6 +528,7 @@ def run_blocking(
         local = LocalMilvus(data_dir / "milvus", config.local_milvus_port)
         config = config.model_copy(update={"milvus_uri": local.attach(log=log.info)})
     with Gallery.from_settings(config, face, models) as gallery:  # both stores reachable
+        reconcile(gallery)  # a swap cut short: alias and ACTIVE disagree (logged)
         restored = gallery.restore_vectors()
         if restored is not None:
             log.warning(
