@@ -38,7 +38,7 @@ def announce(apps: ServeApps) -> Path | None:
         log.warning("live swap unavailable: %s", exc)
         return None
     path = _live_path(apps.models.store, os.getpid())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = {
         "pid": os.getpid(),
         "ray_address": address,
@@ -49,6 +49,8 @@ def announce(apps: ServeApps) -> Path | None:
     tmp = path.with_suffix(".tmp")
     # Owner-only: the file names the cluster that runs the gallery.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode only applies to a new file: a .tmp left by a crash keeps its own.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(data))
     tmp.replace(path)
