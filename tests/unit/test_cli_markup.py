@@ -15,7 +15,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.cli.common import esc
 from pipeline.models.store import ModelStore
 
 # A closing tag with nothing open is what crashed Rich; an opening one silently vanished.
@@ -47,6 +46,8 @@ def gallery_cli(
 
 
 def test_esc_round_trips_through_rich() -> None:
+    from pipeline.cli.common import esc
+
     console = Console(width=200, record=True)
     for text in [*NAMES, "plain", "a [b] c", "[link=x]y[/link]"]:
         console.print(f"[bold]{esc(text)}[/bold]", end="")

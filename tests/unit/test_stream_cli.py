@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 import pipeline.cli
-from pipeline.cli.stream import enrolment_table, parse_sources
+from pipeline.cli.stream import parse_sources
 from pipeline.models.store import ModelStore
 
 
@@ -102,6 +102,7 @@ def test_run_enrolment_reports_an_unusable_photo_and_goes_on(
     from milvus_lite.server_manager import server_manager_instance
     from rich.console import Console
 
+    from pipeline.cli.stream import enrolment_table
     from pipeline.config.gallery import GalleryConfig
     from pipeline.config.models import ModelsConfig
     from pipeline.config.settings import Settings
