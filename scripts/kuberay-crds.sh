@@ -4,10 +4,10 @@
 # module github.com/ray-project/kuberay/ray-operator through the Go module proxy (the
 # module zip holds config/crd/bases/*.yaml), so no chart repository or GitHub access is
 # needed. Prints the folder that holds them.
-#   KUBERAY_VERSION  module version (default v1.5.0, the KubeRay release the chart targets)
+#   KUBERAY_VERSION  module version (default v1.5.1, the KubeRay release the chart targets)
 #   KUBERAY_CRDS     cache root (default ~/.cache/facestream/kuberay-crds)
 set -euo pipefail
-version="${KUBERAY_VERSION:-v1.5.0}"
+version="${KUBERAY_VERSION:-v1.5.1}"
 dest="${KUBERAY_CRDS:-$HOME/.cache/facestream/kuberay-crds}/$version"
 crds=(ray.io_rayclusters.yaml ray.io_rayjobs.yaml ray.io_rayservices.yaml)
 

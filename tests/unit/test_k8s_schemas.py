@@ -22,7 +22,7 @@ from pipeline.config.models import REPO_ROOT
 
 HELM = shutil.which("helm") or str(Path.home() / ".cache/facestream/bin/helm")
 CHART = REPO_ROOT / "charts" / "facestream"
-KUBERAY_VERSION = os.environ.get("KUBERAY_VERSION", "v1.5.0")
+KUBERAY_VERSION = os.environ.get("KUBERAY_VERSION", "v1.5.1")
 CRD_DIR = (
     Path(os.environ.get("KUBERAY_CRDS", Path.home() / ".cache/facestream/kuberay-crds"))
     / KUBERAY_VERSION

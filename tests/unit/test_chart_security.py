@@ -1,0 +1,87 @@
+"""The chart's Ray cluster is locked: token authentication on, its ports reachable only
+from the release's own pods (and the KubeRay operator / metrics scrapers), rendered with
+the real helm binary."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config.models import REPO_ROOT
+
+HELM = shutil.which("helm") or str(Path.home() / ".cache/facestream/bin/helm")
+CHART = REPO_ROOT / "charts" / "facestream"
+
+pytestmark = pytest.mark.skipif(
+    not Path(HELM).is_file(), reason="helm not installed (`make tools` installs it)"
+)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = [HELM, "template", "rel", str(CHART), "--set", "api.token=0123456789abcdef-token"]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_ray_token_authentication_is_on_by_default() -> None:
+    cluster = one(render(), "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    # Nothing in the chart turns it off again on a container.
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        for c in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("RAY_AUTH_MODE") in (None, "token"), c["name"]
+    off = one(render("pipeline.rayAuth.enabled=false"), "RayService")
+    assert "authOptions" not in off["spec"]["rayClusterConfig"]
+
+
+def test_only_the_release_reaches_the_ray_ports() -> None:
+    docs = render()
+    policy = one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    # It selects the Ray pods of the RayService.
+    head = one(docs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    labels = head["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    rules = spec["ingress"]
+    # Every rule without a port list admits only this release's pods.
+    unrestricted = [r for r in rules if "ports" not in r]
+    assert unrestricted == [
+        {
+            "from": [
+                {
+                    "podSelector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "facestream",
+                            "app.kubernetes.io/instance": "rel",
+                        }
+                    }
+                }
+            ]
+        }
+    ]
+    open_ports = {p["port"] for r in rules if "from" not in r for p in r["ports"]}
+    assert open_ports == {9400}  # metrics only; never 6379, 8265, 10001 or 8000
+    operator = [r for r in rules if "from" in r and "ports" in r]
+    assert {p["port"] for r in operator for p in r["ports"]} == {8265, 8000}
+    assert all(
+        f["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+        for r in operator
+        for f in r["from"]
+    )
+    assert not [
+        d for d in render("pipeline.networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
+    ]
