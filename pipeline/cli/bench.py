@@ -328,9 +328,116 @@ def bench_search(
         err.print(f"wrote {json_path}", highlight=False, markup=False)
 
 
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def bench_soak(
+    minutes: Annotated[
+        float, typer.Option(help="Length of the measured run.", callback=check_positive)
+    ] = 30.0,
+    peak_fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak processed fps; default: measured first (the clip once, flat out).",
+            callback=check_positive,
+        ),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Video file. Default: the shared Hamilton clip.")
+    ] = None,
+    enroll_opt: Annotated[
+        list[str] | None,
+        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Frames per second of video the peak run takes. Default: all.",
+            callback=check_positive,
+        ),
+    ] = None,
+    warmup: Annotated[
+        float, typer.Option(help="Seconds of load before the first memory sample.")
+    ] = 60.0,
+    sample_seconds: Annotated[
+        float, typer.Option(help="Seconds between lag and memory samples.", callback=check_positive)
+    ] = 10.0,
+    workers: Annotated[int, typer.Option(help="Recognition workers (consumers).")] = 2,
+    analyzers: Annotated[int, typer.Option(help="Frame analyzer replicas.")] = 2,
+    kafka: Annotated[
+        str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """The pipeline at half its peak for --minutes: RSS of every process (driver, Ray
+    actors and Serve replicas, Ray, Kafka, Milvus) after the warm-up and at the end, the
+    consumer lag over time, and the throughput."""
+    from pipeline.bench.soak import GROWTH_AIM_PCT, run_soak
+    from pipeline.stream.demo import default_input
+
+    if warmup < 0:
+        raise typer.BadParameter("--warmup must not be negative")
+    inp = default_input(Path(".facestream/demo"))
+    video = source or inp.video
+    people = parse_people(enroll_opt) if enroll_opt else inp.enroll
+    with err.status("soak") as status:
+        rep = run_soak(
+            state.settings,
+            video,
+            people,
+            minutes=minutes,
+            peak_fps=peak_fps,
+            peak_sample_fps=fps,
+            warmup_s=warmup,
+            sample_s=sample_seconds,
+            workers=workers,
+            analyzers=analyzers,
+            kafka=kafka,
+            on_step=status.update,
+        )
+    how = "measured" if rep.peak_measured else "given"
+    table = Table(
+        title=f"Soak, {rep.seconds / 60:.1f} min after a {rep.warmup_s:g} s warm-up, "
+        f"{rep.target_fps:.2f} fps ({rep.cameras} camera(s)) = half the {how} peak of "
+        f"{rep.peak_fps:.2f} fps; RSS growth aim {GROWTH_AIM_PCT:g}%"
+    )
+    for col in ("process", "pid", "RSS start MiB", "RSS end MiB", "growth", "aim"):
+        table.add_column(col, justify="left" if col == "process" else "right")
+    for p in rep.processes:
+        g = p.growth_pct
+        verdict = "-" if g is None else ("ok" if g <= GROWTH_AIM_PCT else "[red]over[/red]")
+        name = esc(p.name) + (" (restarted)" if p.restarted else "")
+        table.add_row(
+            name,
+            str(p.pid),
+            _mib(p.rss_start),
+            _mib(p.rss_end),
+            "-" if g is None else f"{g:+.1f}%",
+            verdict,
+        )
+    out.print(table)
+    out.print(
+        f"throughput: {rep.processed} frames processed in {rep.seconds:.0f} s = {rep.fps:.2f} "
+        f"fps (target {rep.target_fps:.2f}); produced {rep.produced}; consumer lag max "
+        f"{rep.lag_max if rep.lag_max is not None else '?'}, end "
+        f"{rep.lag_end if rep.lag_end is not None else '?'} frames; drained after: "
+        f"{'yes' if rep.drained else 'no'}; over the aim: "
+        f"{', '.join(p.name for p in rep.over_aim()) or 'none'}",
+        highlight=False,
+        markup=False,
+    )
+    if json_path is not None:
+        rep.write_json(json_path)
+        err.print(f"wrote {json_path}", highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` group to ``app``."""
     bench_app.command("embed")(cli_errors(bench_embed))
     bench_app.command("stream")(cli_errors(bench_stream))
     bench_app.command("search")(cli_errors(bench_search))
+    bench_app.command("soak")(cli_errors(bench_soak))
     app.add_typer(bench_app, name="bench")
