@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import (
+    check_probability,
     cli_errors,
     err,
     face_pipeline,
@@ -120,6 +121,7 @@ def calibrate(
             "--target-far",
             help="False-accept rate: of one comparison (default 1e-3), or with --open-set of "
             "a stranger searched against the whole gallery (default 0.01).",
+            callback=check_probability,
         ),
     ] = None,
     open_set: Annotated[
@@ -290,6 +292,7 @@ def eval_openset(
             "--calibrate",
             help="First calibrate at this FAR on the calibration split (stored in the "
             "manifest), then report on the other identities.",
+            callback=check_probability,
         ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where report.json goes.")] = Path(

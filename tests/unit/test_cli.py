@@ -169,3 +169,14 @@ def test_probability_check() -> None:
     for bad in (0.0, 1.0, -0.1, 5.0, float("nan"), float("inf")):
         with pytest.raises(typer.BadParameter, match=r"\(0, 1\)"):
             check_probability(bad)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "nan", "-0.1", "2"])
+def test_false_accept_rates_must_be_probabilities(value: str) -> None:
+    for args in (
+        ["calibrate", "--root", ".", "--target-far", value],
+        ["eval", "openset", "--root", ".", "--calibrate", value],
+    ):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "probability in (0, 1)" in res.output, res.output
