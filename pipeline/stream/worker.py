@@ -248,6 +248,13 @@ class RecognitionWorker:
             **client_kwargs(k),
         )
 
+    def _reset_producer(self) -> None:
+        """A new producer after Kafka refused a record for good: kafka-python's idempotent
+        producer then fails every later send, to any topic (the dead letter included)."""
+        with contextlib.suppress(Exception):
+            self.producer.close(timeout=5)
+        self.producer = self._make_producer()
+
     def _make_consumer(self) -> KafkaConsumer:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
@@ -831,6 +838,8 @@ class RecognitionWorker:
             detail = f"{len(failed)} of {len(sends)} outputs; {ev.event_id} to {topic}: {exc!r}"
             # Not retriable (too large, refused by the topic): the same frame fails again.
             fault = not any(_retriable(e) for _, _, e in failed)
+            if any(not _retriable(e) for _, _, e in failed):
+                self._reset_producer()
             raise StageFailed("publish", detail, frame_fault=fault)
         now = time.time() * 1000
         for ev in detections:
