@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestStats:
     camera: str
-    state: str = "starting"  # starting | connecting | streaming | finished | failed | stopped
+    # starting | connecting | streaming | flushing | finished | failed | stopped
+    state: str = "starting"
     read: int = 0  # frames decoded from the source
     sampled: int = 0  # frames kept by the fps sampler
     sent: int = 0  # handed to the producer (each got a seq)
@@ -322,9 +323,15 @@ class CameraIngester:
             self.stats.state, self.stats.error = "failed", f"{type(exc).__name__}: {exc}"
             return self.stats
         finally:
-            if self.stats.state not in ("finished", "failed"):
-                self.stats.state = "stopped"  # stop was asked for, mid-read or mid-backoff
+            final = self.stats.state
+            if final not in ("finished", "failed"):
+                final = "stopped"  # stop was asked for, mid-read or mid-backoff
+            if self.stats.in_flight:
+                # Not done until Kafka has the frames: whoever waits for "finished"
+                # (the runner's drain, a test's accounting) must not miss the last ones.
+                self.stats.state = "flushing"
             self.flush()
+            self.stats.state = final
 
     def _pump(self, cap: cv2.VideoCapture) -> int:
         """Read one opened capture until it ends; the number of frames it delivered."""
@@ -357,11 +364,26 @@ class CameraIngester:
             self.produce(rgb, None if self.live else pts_ms)
         return index
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        try:
-            self.producer.flush(timeout=timeout_s)
-        except Exception as exc:  # the counts say what was not acknowledged
-            log.warning("camera %s: flush failed: %s", self.camera.id, exc)
+    def flush(self, timeout_s: float = 30.0, attempts: int = 5) -> None:
+        """Wait for Kafka to acknowledge what was sent. A broker restart can outlast one
+        flush; frames still buffered when the camera says "finished" would land after a
+        reader that trusts that state has moved on, so a finished source keeps waiting,
+        bounded: the producer's own delivery timeout (2 min) fails what never lands, and
+        those frames are counted as ``send_failed``."""
+        tries = 1 if self.stop_event.is_set() else attempts
+        for attempt in range(1, tries + 1):
+            try:
+                self.producer.flush(timeout=timeout_s)
+                return
+            except Exception as exc:  # the counts say what was not acknowledged
+                log.warning(
+                    "camera %s: flush %d of %d failed, %d frames unacknowledged: %s",
+                    self.camera.id,
+                    attempt,
+                    tries,
+                    self.stats.in_flight,
+                    exc,
+                )
 
 
 class IngestActor:
