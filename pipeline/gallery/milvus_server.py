@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
@@ -36,9 +37,11 @@ from pipeline.gallery.errors import GalleryUnavailable
 from pipeline.procs import free_ports, pid_alive
 
 START_TIMEOUT_S = 180.0
+START_ATTEMPTS = 3
 # Milvus flushes its segments and closes etcd on SIGTERM; give it time before a SIGKILL.
 STOP_GRACE_S = 30.0
 STATE_FILE = "server.json"
+log = logging.getLogger(__name__)
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -138,6 +141,19 @@ class LocalMilvus:
     # -- start / stop ---------------------------------------------------------------------
 
     def _start(self) -> None:
+        # The package picks its components' ports by probing for free ones; another
+        # program (another Milvus starting beside this one) can take a probed port before
+        # the binary binds it. The binary then exits at once: start again, new ports.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return
+            except _PortTaken as exc:
+                if attempt == START_ATTEMPTS:
+                    raise GalleryUnavailable(str(exc)) from None
+                log.warning("local Milvus server: %s; starting again", exc.args[0][:200])
+
+    def _start_once(self) -> None:
         if _port_open(self.port):
             raise GalleryUnavailable(
                 f"port {self.port} is taken by another program, so the local Milvus server "
@@ -159,7 +175,7 @@ class LocalMilvus:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
-                raise GalleryUnavailable(
+                raise (_PortTaken if "address already in use" in tail else GalleryUnavailable)(
                     f"the local Milvus server exited at start-up (code {proc.returncode}); "
                     f"{log_path}:\n{tail}"
                 )
@@ -201,6 +217,10 @@ class LocalMilvus:
             time.sleep(0.2)
         self._signal_group(pid, signal.SIGKILL)
         (self.root / STATE_FILE).unlink(missing_ok=True)
+
+
+class _PortTaken(Exception):
+    """The server exited at start-up because a port it had probed was taken meanwhile."""
 
 
 def _supervise(root: Path, port: int) -> None:
