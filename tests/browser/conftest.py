@@ -132,7 +132,14 @@ def driver(chromium: tuple[str, str]) -> Iterator[WebDriver]:
         opts.add_argument(arg)
     # Console messages, so a test can assert the pages raise no script or CSP errors.
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        drv = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
+    except WebDriverException:
+        # On a starved machine Chromium can miss chromedriver's start-up deadline
+        # ("DevToolsActivePort file doesn't exist"); a second start is the cure.
+        drv = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
     try:
         yield drv
     finally:
