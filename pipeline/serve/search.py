@@ -27,7 +27,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -37,8 +37,12 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
+from pipeline.gallery.review_records import RecordedFace, RecordResult
 from pipeline.gallery.service import Gallery
 from pipeline.serve.options import replica_options
+
+if TYPE_CHECKING:
+    from pipeline.gallery.review import Review
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "GallerySearch"
@@ -91,6 +95,7 @@ class GallerySearchDeployment:
         # (vectors' version, searched collection's version) -> searches; and vectors.
         self._pairs: Counter[tuple[str, str | None]] = Counter()
         self._pair_vectors: Counter[tuple[str, str | None]] = Counter()
+        self._review: Review | None = None  # made on the first record() call
         self.search.set_max_batch_size(cfg.max_batch_vectors)
         self.search.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -194,6 +199,20 @@ class GallerySearchDeployment:
             ]
         mixed = sum(r["searches"] for r in rows if r["collection"] not in (None, r["vectors"]))
         return {"pairs": rows, "cross_version_searches": mixed, "refused": mixed}
+
+    # -- review loop -----------------------------------------------------------------------
+
+    def _record(self, faces: list[RecordedFace]) -> RecordResult:
+        if self._review is None:
+            from pipeline.gallery.review import Review
+
+            self._review = Review(self.gallery)
+        return self._review.record(faces)
+
+    async def record(self, faces: list[RecordedFace]) -> RecordResult:
+        """Keep the faces of a worker's batch (event crops, unknown faces) for review.
+        Outside the search lock: it writes the catalogue and its own collections."""
+        return await asyncio.to_thread(self._record, faces)
 
     def _run(self, requests: list[SearchRequest]) -> list[SearchResult]:
         by_version: dict[str, list[int]] = {}
