@@ -539,7 +539,9 @@ def run_blocking(
             )
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False)
+        from pipeline.stream.cluster import init_ray
+
+        init_ray(include_dashboard=False)
     stop = threading.Event()
     # SIGTERM is how Kubernetes and process managers stop a server; SIGINT is Ctrl-C
     # (set explicitly: a shell starts background jobs with SIGINT ignored).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Any
 
 import numpy as np
 import ray
@@ -33,32 +34,48 @@ def logical_cpus(c: StreamConfig) -> float:
 
 
 def start_ray(cfg: StreamConfig) -> bool:
-    """Connect to (or start) Ray; True when this call started it (and must stop it).
-
-    A local start is tried twice: on a loaded machine Ray's node can miss its own
-    start-up deadline ("The current node timed out during startup") and succeed on the
-    next try. What still fails is a ``StartupFailed`` naming Ray, not a traceback."""
+    """Connect to (or start) Ray for the pipeline; True when this call started it (and
+    must stop it)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        _check_reachable(address)
-    attempts = 1 if address else RAY_START_ATTEMPTS
+    if os.environ.get("RAY_ADDRESS"):
+        init_ray(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a cluster
+    else:
+        # Logical CPUs for scheduling the fractional actors; the OS shares the real cores.
+        init_ray(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, int(np.ceil(logical_cpus(cfg))) + 1),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    return True
+
+
+def init_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` for every facestream process (run, serve, train), failing as
+    one ``StartupFailed`` line naming Ray instead of a traceback.
+
+    A local start is tried twice: on a loaded machine Ray's node can miss its own
+    start-up deadline ("The current node timed out during startup") and succeed on the
+    next try. A cluster address that refuses TCP fails at once (Ray itself retries it
+    for minutes)."""
+    address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
+    joining = bool(address) and address != "local"
+    if joining:
+        _check_reachable(str(address))
+    attempts = 1 if joining else RAY_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            _init(cfg)
-            return True
+            ray.init(**kwargs)
+            return
         except Exception as exc:  # Ray raises plain Exceptions (RuntimeError, TimeoutError...)
             if ray.is_initialized():
                 ray.shutdown()
             if attempt == attempts:
-                where = os.environ.get("RAY_ADDRESS") or "a local Ray"
-                raise StartupFailed(
-                    "Ray", f"cannot start or join {where} ({exc})"
-                ) from None
+                where = address if joining else "a local Ray"
+                raise StartupFailed("Ray", f"cannot start or join {where} ({exc})") from None
             log.warning("Ray did not start (%s); trying once more", exc)
-    return True
 
 
 def _check_reachable(address: str) -> None:
@@ -76,16 +93,3 @@ def _check_reachable(address: str) -> None:
         raise StartupFailed(
             "Ray", f"no Ray cluster answers at RAY_ADDRESS={address} ({exc})"
         ) from None
-
-
-def _init(cfg: StreamConfig) -> None:
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a cluster
-    else:
-        # Logical CPUs for scheduling the fractional actors; the OS shares the real cores.
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, int(np.ceil(logical_cpus(cfg))) + 1),
-            include_dashboard=False,
-            log_to_driver=False,
-        )

@@ -286,7 +286,9 @@ def run_training(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(log_to_driver=True)
+        from pipeline.stream.cluster import init_ray
+
+        init_ray(log_to_driver=True)
     try:
         t = time.perf_counter()
         state, history = fit(prep, run_name)

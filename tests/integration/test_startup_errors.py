@@ -93,19 +93,19 @@ def test_local_ray_start_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     calls: list[int] = []
 
-    def flaky(cfg: StreamConfig) -> None:
+    def flaky(**kwargs: object) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("The current node timed out during startup")
 
-    monkeypatch.setattr(cluster, "_init", flaky)
+    monkeypatch.setattr(cluster.ray, "init", flaky)
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
     assert cluster.start_ray(StreamConfig()) is True
     assert len(calls) == 2
 
-    def broken(cfg: StreamConfig) -> None:
+    def broken(**kwargs: object) -> None:
         raise RuntimeError("The current node timed out during startup\n  at ...")
 
-    monkeypatch.setattr(cluster, "_init", broken)
+    monkeypatch.setattr(cluster.ray, "init", broken)
     with pytest.raises(StartupFailed, match=r"^Ray: cannot start or join a local Ray"):
         cluster.start_ray(StreamConfig())
