@@ -847,7 +847,7 @@ class RecognitionWorker:
 
     def _commit(self, records: list[Any]) -> None:
         from kafka import TopicPartition
-        from kafka.errors import CommitFailedError
+        from kafka.errors import CommitFailedError, KafkaTimeoutError
         from kafka.structs import OffsetAndMetadata
 
         last: dict[TopicPartition, int] = {}
@@ -856,10 +856,14 @@ class RecognitionWorker:
             last[tp] = max(last.get(tp, -1), r.offset)
         offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()}
         try:
-            self.consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group moved these partitions while we worked: the outputs are out, the
-            # new owner replays the frames, and consumers drop the repeated event ids.
+            # Bounded: without a timeout kafka-python retries a commit for as long as the
+            # broker or coordinator is away, and the worker (and its stop()) hangs.
+            timeout_ms = int(self.cfg.workers.output_timeout_s * 1000)
+            self.consumer.commit(offsets, timeout_ms=timeout_ms)
+        except (CommitFailedError, KafkaTimeoutError) as exc:
+            # The group moved these partitions while we worked, or the commit was not
+            # acknowledged in time: the outputs are out, the frames are replayed (by us or
+            # the new owner), and consumers drop the repeated event ids.
             self.stats.commit_failures += 1
             metrics.WORKER_COMMIT_FAILURES.inc()
             log.warning(
