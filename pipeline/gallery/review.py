@@ -270,8 +270,6 @@ class Review:
     ) -> str | None:
         """The cluster of the kept face (of another track) most similar to this track's
         faces, when at least ``cluster_similarity``; None: a new unknown person."""
-        if self.unknown_vectors.count(collection) == 0:
-            return None
         hits = self.unknown_vectors.search(
             Snapshot(collection, version), vecs, version, limit=NEIGHBOURS
         )
