@@ -75,10 +75,33 @@ def cli_errors(fn: F) -> F:
             err.print(f"[red]error:[/red] {esc(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
-            err.print(f"[red]invalid configuration:[/red] {esc(exc)}", highlight=False)
+            text = esc(config_errors(exc))
+            err.print(f"[red]invalid configuration:[/red] {text}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def config_errors(exc: ValidationError | FileNotFoundError) -> str:
+    """The settings' validation errors as "field: reason (got value)" lines; the value of
+    a secret setting is never shown (a token too short is still most of a token)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = [f"{exc.error_count()} invalid setting(s) in {exc.title}"]
+    for e in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        secret = any(w in where.lower() for w in SECRET_WORDS)
+        value = e.get("input")
+        shown = (
+            f" (got {value!r})"
+            if not secret and isinstance(value, str | int | float) and len(str(value)) <= 200
+            else ""
+        )
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+SECRET_WORDS = ("token", "password", "secret", "credential", "key")
 
 
 class State:

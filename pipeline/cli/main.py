@@ -20,7 +20,7 @@ from pipeline.cli import (
     stream,
     train,
 )
-from pipeline.cli.common import err, esc, state
+from pipeline.cli.common import config_errors, err, esc, state
 from pipeline.config.settings import load_settings
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ def main(
     try:
         state._settings = load_settings(config)
     except (ValidationError, FileNotFoundError) as exc:
-        err.print(f"[red]invalid configuration:[/red] {esc(exc)}", highlight=False)
+        err.print(f"[red]invalid configuration:[/red] {esc(config_errors(exc))}", highlight=False)
         raise typer.Exit(2) from None
 
 
