@@ -375,8 +375,8 @@ def bench_soak(
     """The pipeline at half its peak for --minutes: RSS of every process (driver, Ray
     actors and Serve replicas, Ray, Kafka, Milvus) after the warm-up and at the end, the
     consumer lag over time, and the throughput."""
-    from pipeline.bench.soak import GROWTH_AIM_PCT, run_soak
     from pipeline.stream.demo import default_input
+    from pipeline.stream.soak import GROWTH_AIM_PCT, run_soak
 
     if warmup < 0:
         raise typer.BadParameter("--warmup must not be negative")

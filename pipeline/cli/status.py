@@ -18,11 +18,14 @@ import os
 import socket
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pipeline.cli.common import esc, out, state
+
+if TYPE_CHECKING:
+    from pipeline.config.stream import KafkaConfig
 
 OK, DOWN, SKIPPED = "ok", "down", "skipped"
 
@@ -51,9 +54,17 @@ def _connects(host_port: str, timeout_s: float) -> bool:
         return False
 
 
-def check_kafka(bootstrap: str, group: str, topic: str, timeout_s: float) -> list[Part]:
+def check_kafka(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    timeout_s: float,
+    security: KafkaConfig | None = None,
+) -> list[Part]:
     """Brokers, then the group's members (the recognition workers) and its lag."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    from pipeline.stream.kafka_client import client_kwargs
 
     ms = int(timeout_s * 1000)
     # kafka-python's admin client keeps retrying its bootstrap for ~30 s whatever the
@@ -65,6 +76,7 @@ def check_kafka(bootstrap: str, group: str, topic: str, timeout_s: float) -> lis
             bootstrap_servers=bootstrap,
             client_id="facestream-status",
             request_timeout_ms=ms,
+            **client_kwargs(security),
         )
     except Exception as exc:
         return [Part("kafka", DOWN, f"no broker reachable at {bootstrap} ({_one_line(exc)})")]
@@ -78,6 +90,7 @@ def check_kafka(bootstrap: str, group: str, topic: str, timeout_s: float) -> lis
             client_id="facestream-status",
             enable_auto_commit=False,
             request_timeout_ms=max(ms, 11_000),  # kafka-python: must exceed the session
+            **client_kwargs(security),
         )
         parts = sorted(consumer.partitions_for_topic(topic) or [])
         if not parts:
@@ -241,7 +254,11 @@ def collect(
 ) -> list[Part]:
     cfg = state.settings.stream
     parts = check_kafka(
-        kafka or cfg.kafka.bootstrap_servers, cfg.kafka.group_id, cfg.topics.frames, timeout_s
+        kafka or cfg.kafka.bootstrap_servers,
+        cfg.kafka.group_id,
+        cfg.topics.frames,
+        timeout_s,
+        cfg.kafka,
     )
     parts.append(check_models())
     parts.append(check_gallery() if gallery else Part("gallery", SKIPPED, "--no-gallery"))

@@ -539,7 +539,7 @@ def run_blocking(
             )
     started = not ray.is_initialized()
     if started:
-        from pipeline.stream.cluster import init_ray
+        from pipeline.procs import init_ray
 
         init_ray(include_dashboard=False)
     stop = threading.Event()

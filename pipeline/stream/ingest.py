@@ -128,6 +128,7 @@ def resume_seq(cfg: StreamConfig, camera_id: str, *, timeout_s: float = 120.0) -
         client_id=f"{cfg.kafka.client_id}-resume",
         enable_auto_commit=False,
         max_poll_records=2_000,
+        **client_kwargs(cfg.kafka),
     )
     try:
         parts = consumer.partitions_for_topic(topic)

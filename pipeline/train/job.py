@@ -286,7 +286,7 @@ def run_training(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        from pipeline.stream.cluster import init_ray
+        from pipeline.procs import init_ray
 
         init_ray(log_to_driver=True)
     try:

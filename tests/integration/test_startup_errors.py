@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import procs
 from pipeline.procs import free_ports
 from pipeline.stream import cluster
 from tests.stores import gallery_env
@@ -98,14 +99,18 @@ def test_local_ray_start_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> Non
         if len(calls) == 1:
             raise RuntimeError("The current node timed out during startup")
 
-    monkeypatch.setattr(cluster.ray, "init", flaky)
-    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    import ray
+
+    monkeypatch.setattr(ray, "init", flaky)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert cluster.start_ray(StreamConfig()) is True
     assert len(calls) == 2
 
     def broken(**kwargs: object) -> None:
         raise RuntimeError("The current node timed out during startup\n  at ...")
 
-    monkeypatch.setattr(cluster.ray, "init", broken)
+    monkeypatch.setattr(ray, "init", broken)
     with pytest.raises(StartupFailed, match=r"^Ray: cannot start or join a local Ray"):
         cluster.start_ray(StreamConfig())
+    with pytest.raises(StartupFailed, match=r"^Ray: cannot start or join a local Ray"):
+        procs.init_ray(include_dashboard=False)  # `facestream serve` and `train`

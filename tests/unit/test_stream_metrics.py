@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+import pytest
+
 from pipeline import metrics
 
 
@@ -14,7 +16,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_metrics_are_served_on_the_configured_port() -> None:
+def test_metrics_are_served_on_the_configured_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The path of a process without Ray (`facestream ingest` alone): in `make test` an
+    # earlier test has connected this pytest process to Ray, which records through Ray's
+    # metrics agent instead (tests/unit/test_metrics_exposure.py covers that path).
+    monkeypatch.setattr(metrics, "_ray_connected", lambda: False)
     assert metrics.serve_metrics(None) is None  # off by default
     port = _free_port()
     assert metrics.serve_metrics(port, addr="127.0.0.1") == port
