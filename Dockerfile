@@ -23,8 +23,7 @@ RUN pip install --no-cache-dir . \
 # plain `docker run`; on Kubernetes they are volumes.
 ENV FACESTREAM_MODELS__STORE=/opt/facestream/models \
     FACESTREAM_GALLERY__DATA_DIR=/var/lib/facestream/gallery \
-    HOME=/home/facestream \
-    RAY_AUTH_MODE=disabled
+    HOME=/home/facestream
 RUN mkdir -p /var/lib/facestream/gallery /var/lib/facestream/models \
     && chown -R 65532:65532 /var/lib/facestream
 USER 65532:65532

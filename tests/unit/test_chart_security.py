@@ -85,3 +85,9 @@ def test_only_the_release_reaches_the_ray_ports() -> None:
     assert not [
         d for d in render("pipeline.networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
     ]
+
+
+def test_the_image_does_not_turn_ray_authentication_off() -> None:
+    """The image used to set RAY_AUTH_MODE=disabled for every process in it (issue 17)."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "RAY_AUTH_MODE" not in dockerfile
