@@ -8,6 +8,7 @@ unit-only run never starts a JVM or Ray.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
 
     from pipeline.gallery.milvus_server import LocalMilvus
 
-# Ray reads this when it is imported; local test clusters must not require a token.
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Every Ray cluster of the tests runs as facestream runs its own: token authentication
+# on, with one token for the session (the processes the tests start inherit it).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # Serve kills an HTTP proxy that is not ready within 5 s (health checks: 10 s); on a busy
 # 2-core machine a starting proxy can take longer, and the API tests then fail at
 # set-up. Processes the tests start inherit these.
@@ -93,9 +96,11 @@ def ray_local() -> Iterator[None]:
     """A local Ray instance for the session; its session files go to a removed temp dir."""
     import ray
 
+    from pipeline.procs import init_ray
+
     # Short path under /tmp: Ray puts unix sockets in it (108-byte path limit).
     temp_dir = tempfile.mkdtemp(prefix="fs-ray-", dir="/tmp")
-    ray.init(
+    init_ray(  # on loopback, as facestream starts a local Ray
         address="local",  # never attach to a cluster named by RAY_ADDRESS
         num_cpus=2,
         include_dashboard=False,

@@ -184,7 +184,6 @@ def check_serve(address: str | None) -> Part:
         import ray
         from ray import serve
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         st = serve.status()

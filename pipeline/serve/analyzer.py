@@ -42,6 +42,7 @@ from pipeline.face.image_io import decode_image
 from pipeline.face.records import Face
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import EmbedRequest
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.serve.search import SearchHit, SearchRequest
@@ -81,6 +82,7 @@ class FrameAnalyzerDeployment:
     def __init__(
         self, face: FaceConfig, embedder_app: str, search_app: str, call_timeout_s: float
     ) -> None:
+        keep_replica_on_loopback()
         # One OpenCV thread per replica: the replicas, not OpenCV, spread over the cores.
         cv2.setNumThreads(1)
         self.face = face

@@ -63,6 +63,7 @@ from pipeline.gallery.review import Review
 from pipeline.gallery.service import Gallery
 from pipeline.gallery.swap import reconcile
 from pipeline.serve.api_review import review_router
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.web import auth as web_auth
 from pipeline.serve.web import web_router
 
@@ -465,6 +466,7 @@ def deployment(num_cpus: float = 1.0) -> Any:
     @serve.ingress()
     class GalleryAPI:
         def __init__(self, config: GalleryConfig, face: FaceConfig, models: ModelsConfig) -> None:
+            keep_replica_on_loopback()
             self.config = config
             self.gallery = Gallery.from_settings(config, face, models)
 
@@ -507,7 +509,6 @@ def run_blocking(
     import os
     import signal
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Serve kills an HTTP proxy that is not ready within 5 s; on a busy small machine a
     # starting proxy can need longer, and `serve` would then die at start-up.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")

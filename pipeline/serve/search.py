@@ -39,6 +39,7 @@ from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
 from pipeline.gallery.review_records import RecordedFace, RecordResult
 from pipeline.gallery.service import Gallery
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class GallerySearchDeployment:
         models: ModelsConfig,
         cfg: SearchServeConfig,
     ) -> None:
+        keep_replica_on_loopback()
         self.cfg = cfg
         self.gallery = Gallery.from_settings(gallery, face, models)
         # Milvus Lite's client is not meant for concurrent calls from several threads.

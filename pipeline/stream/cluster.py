@@ -29,7 +29,6 @@ def logical_cpus(c: StreamConfig) -> float:
 def start_ray(cfg: StreamConfig) -> bool:
     """Connect to (or start) Ray for the pipeline; True when this call started it (and
     must stop it)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):

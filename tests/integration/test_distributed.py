@@ -82,7 +82,7 @@ def _ray_start(temp_dir: str, *args: str) -> None:
         f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={env_agent}", "--object-store-memory=200000000", *args,
     ]  # fmt: skip
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)  # token authentication on: the session's RAY_AUTH_TOKEN
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
@@ -214,7 +214,6 @@ def test_two_nodes_share_one_gallery_through_restarts(
     api_port = free_ports(1)[0]
     settings_env = {
         **os.environ,
-        "RAY_AUTH_MODE": "disabled",
         "FACESTREAM_MODELS__STORE": str(model_store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "gallery"),
         "FACESTREAM_GALLERY__CATALOGUE_URL": db_url,

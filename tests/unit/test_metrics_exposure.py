@@ -122,7 +122,8 @@ RAY_SCRIPT = textwrap.dedent(
     from pipeline import metrics
 
     port = int(sys.argv[1])
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+    from pipeline.procs import init_ray
+    init_ray(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=port, _temp_dir=sys.argv[2])
 
     def record_all():
@@ -166,7 +167,6 @@ def test_ray_processes_export_every_metric_through_the_node_agent(tmp_path: Path
             **os.environ,
             "PYTHONPATH": str(REPO_ROOT),
             "RAY_metrics_report_interval_ms": "500",
-            "RAY_AUTH_MODE": "disabled",
         }
         env.pop("RAY_ADDRESS", None)
         res = subprocess.run(
