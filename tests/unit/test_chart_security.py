@@ -22,16 +22,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def render(*sets: str) -> list[dict[str, Any]]:
-    args = [HELM, "template", "rel", str(CHART), "--set", "api.token=0123456789abcdef-token"]
-    for s in sets:
+BASE = ("api.token=0123456789abcdef-token",)
+
+
+def helm(*sets: str, base: tuple[str, ...] = BASE) -> subprocess.CompletedProcess[str]:
+    args = [HELM, "template", "rel", str(CHART)]
+    for s in (*base, *sets):
         args += ["--set", s]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (doc,) = [d for d in docs if d["kind"] == kind]
+def render(*sets: str, base: tuple[str, ...] = BASE) -> list[dict[str, Any]]:
+    res = helm(*sets, base=base)
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (doc,) = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     return doc
 
 
@@ -47,9 +57,9 @@ def test_ray_token_authentication_is_on_by_default() -> None:
     assert "authOptions" not in off["spec"]["rayClusterConfig"]
 
 
-def test_only_the_release_reaches_the_ray_ports() -> None:
+def test_only_the_pipeline_reaches_the_ray_ports() -> None:
     docs = render()
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", "rel-facestream-ray")
     spec = policy["spec"]
     # It selects the Ray pods of the RayService.
     head = one(docs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
@@ -57,7 +67,8 @@ def test_only_the_release_reaches_the_ray_ports() -> None:
     assert spec["podSelector"]["matchLabels"].items() <= labels.items()
     assert spec["policyTypes"] == ["Ingress"]
     rules = spec["ingress"]
-    # Every rule without a port list admits only this release's pods.
+    # Every rule without a port list admits only the pipeline's own Ray pods (not the
+    # API, which has no business with them).
     unrestricted = [r for r in rules if "ports" not in r]
     assert unrestricted == [
         {
@@ -67,6 +78,7 @@ def test_only_the_release_reaches_the_ray_ports() -> None:
                         "matchLabels": {
                             "app.kubernetes.io/name": "facestream",
                             "app.kubernetes.io/instance": "rel",
+                            "app.kubernetes.io/component": "pipeline",
                         }
                     }
                 }
@@ -74,7 +86,7 @@ def test_only_the_release_reaches_the_ray_ports() -> None:
         }
     ]
     open_ports = {p["port"] for r in rules if "from" not in r for p in r["ports"]}
-    assert open_ports == {9400}  # metrics only; never 6379, 8265, 10001 or 8000
+    assert open_ports == {8080}  # metrics only; never 6379, 8265, 10001 or 8000
     operator = [r for r in rules if "from" in r and "ports" in r]
     assert {p["port"] for r in operator for p in r["ports"]} == {8265, 8000}
     assert all(
@@ -83,7 +95,9 @@ def test_only_the_release_reaches_the_ray_ports() -> None:
         for f in r["from"]
     )
     assert not [
-        d for d in render("pipeline.networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
+        d
+        for d in render("pipeline.networkPolicy.enabled=false")
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rel-facestream-ray"
     ]
 
 
