@@ -105,3 +105,67 @@ def test_the_image_does_not_turn_ray_authentication_off() -> None:
     """The image used to set RAY_AUTH_MODE=disabled for every process in it (issue 17)."""
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "RAY_AUTH_MODE" not in dockerfile
+
+
+# --- which pod each policy covers, and what it opens ------------------------------------
+
+
+def _selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and In/NotIn expressions)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        value = labels.get(e["key"])
+        if e["operator"] == "In" and value not in e["values"]:
+            return False
+        if e["operator"] == "NotIn" and value in e["values"]:
+            return False
+    return True
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod template the chart renders (the RayJob's submitter included)."""
+    pods: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        spec = d.get("spec", {})
+        if d["kind"] == "Deployment":
+            pods[d["metadata"]["name"]] = spec["template"]
+        cluster = spec.get("rayClusterConfig") or spec.get("rayClusterSpec")
+        if cluster:
+            pods[f"{d['kind']}/head"] = cluster["headGroupSpec"]["template"]
+            for g in cluster.get("workerGroupSpecs", []):
+                pods[f"{d['kind']}/{g['groupName']}"] = g["template"]
+        if d["kind"] == "RayJob":
+            pods["RayJob/submitter"] = spec["submitterPodTemplate"]
+    return pods
+
+
+def _policies_of(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and _selected(d["spec"]["podSelector"], labels)
+    ]
+
+
+def _open_to_all(policy: dict[str, Any]) -> set[int]:
+    return {p["port"] for r in policy["spec"]["ingress"] if "from" not in r for p in r["ports"]}
+
+
+def test_api_pods_admit_only_the_api_port() -> None:
+    docs = render("api.port=8123")
+    pod = _pods(docs)["rel-facestream-api"]
+    (policy,) = _policies_of(docs, pod["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # One rule: the HTTP port, from anyone (the API is what clients call). The Ray that
+    # `facestream serve` starts inside the pod (GCS, raylet, dashboard agent) and its
+    # metrics agent (nothing scrapes it) stay closed.
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8123, "protocol": "TCP"}]}]
+    (container,) = pod["spec"]["containers"]
+    assert {p["containerPort"] for p in container["ports"]} == {8123}
+    # Sources can be narrowed (e.g. to the ingress controller's namespace).
+    peer = "api.networkPolicy.from[0].namespaceSelector.matchLabels.team=edge"
+    (rule,) = one(render(peer), "NetworkPolicy", "rel-facestream-api")["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]
+    off = render("api.networkPolicy.enabled=false")
+    assert not _policies_of(off, pod["metadata"]["labels"])
