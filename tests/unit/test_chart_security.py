@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-BASE = ("api.token=0123456789abcdef-token",)
+BASE = ("api.token=0123456789abcdef-token", "gallery.milvus.token=root:Milvus")
 
 
 def helm(*sets: str, base: tuple[str, ...] = BASE) -> subprocess.CompletedProcess[str]:
@@ -169,3 +169,21 @@ def test_api_pods_admit_only_the_api_port() -> None:
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]
     off = render("api.networkPolicy.enabled=false")
     assert not _policies_of(off, pod["metadata"]["labels"])
+
+
+# --- Milvus without a token -------------------------------------------------------------
+
+
+def test_an_anonymous_milvus_must_be_asked_for() -> None:
+    api_only = ("api.token=0123456789abcdef-token",)
+    res = helm(base=api_only)
+    assert res.returncode != 0
+    assert "gallery.milvus.token or gallery.milvus.existingSecret is required" in res.stderr
+    assert "gallery.milvus.allowAnonymous=true" in res.stderr
+    docs = render("gallery.milvus.allowAnonymous=true", base=api_only)
+    for where, pod in _pods(docs).items():
+        names = {e["name"] for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        assert "FACESTREAM_GALLERY__MILVUS_TOKEN" not in names, where
+    render("gallery.milvus.existingSecret=mv", base=api_only)
+    # A training-only release never opens Milvus.
+    render("api.enabled=false", "pipeline.enabled=false", "training.enabled=true", base=())

@@ -35,7 +35,7 @@ needs_helm = pytest.mark.skipif(
 
 def _render(*sets: str) -> list[dict[str, Any]]:
     args = [HELM, "template", "t", str(CHART), "--namespace", "vision"]
-    for s in ("api.token=0123456789abcdef-token", *sets):
+    for s in ("api.token=0123456789abcdef-token", "gallery.milvus.token=root:Milvus", *sets):
         args += ["--set", s]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]

@@ -73,6 +73,9 @@ Checks that stop a render which would deploy pods that cannot share one gallery.
 {{- if and .Values.api.enabled (not (include "facestream.ref.apiToken" .)) }}
 {{- fail "api.token (16+ characters) or api.existingSecret is required: writes to the gallery need a bearer token" }}
 {{- end }}
+{{- if and (or .Values.api.enabled .Values.pipeline.enabled) (not (include "facestream.ref.milvusToken" .)) (not .Values.gallery.milvus.allowAnonymous) }}
+{{- fail "gallery.milvus.token or gallery.milvus.existingSecret is required: whoever can write to an anonymous Milvus can plant faces under any identity. Set gallery.milvus.allowAnonymous=true only if Milvus runs without authorization on a network only facestream reaches" }}
+{{- end }}
 {{- if not (has .Values.models.persistence.accessMode (list "ReadWriteMany" "ReadWriteOnce")) }}
 {{- fail "models.persistence.accessMode must be ReadWriteMany or ReadWriteOnce" }}
 {{- end }}
