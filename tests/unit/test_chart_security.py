@@ -152,6 +152,15 @@ def _open_to_all(policy: dict[str, Any]) -> set[int]:
     return {p["port"] for r in policy["spec"]["ingress"] if "from" not in r for p in r["ports"]}
 
 
+def test_every_pod_is_covered_by_a_policy() -> None:
+    """A pod no NetworkPolicy selects takes connections from anyone in the cluster."""
+    docs = render("training.enabled=true")
+    pods = _pods(docs)
+    assert {"rel-facestream-api", "RayService/head", "RayJob/head", "RayJob/submitter"} <= set(pods)
+    for where, pod in pods.items():
+        assert len(_policies_of(docs, pod["metadata"]["labels"])) == 1, where
+
+
 def test_api_pods_admit_only_the_api_port() -> None:
     docs = render("api.port=8123")
     pod = _pods(docs)["rel-facestream-api"]
@@ -169,6 +178,118 @@ def test_api_pods_admit_only_the_api_port() -> None:
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]
     off = render("api.networkPolicy.enabled=false")
     assert not _policies_of(off, pod["metadata"]["labels"])
+
+
+def test_the_policies_open_the_port_the_podmonitor_scrapes() -> None:
+    """Issue 17: the policy opened 9400, where nothing listens, and not 8080 (Ray's metrics
+    agent), which the PodMonitor scrapes."""
+    docs = render("training.enabled=true", "metrics.podMonitor.enabled=true")
+    monitor = one(docs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    scraped_pods = {
+        where: pod
+        for where, pod in _pods(docs).items()
+        if _selected(monitor["spec"]["selector"], pod["metadata"]["labels"])
+        and any(
+            p.get("name") == endpoint["port"]
+            for c in pod["spec"]["containers"]
+            for p in c.get("ports", [])
+        )
+    }
+    assert {"RayService/head", "RayService/recognition", "RayJob/head"} <= set(scraped_pods)
+    for where, pod in scraped_pods.items():
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        (policy,) = _policies_of(docs, pod["metadata"]["labels"])
+        assert _open_to_all(policy) == {ports[endpoint["port"]]} == {8080}, where
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        assert 9400 not in _open_to_all(policy)
+
+
+# --- the training RayJob --------------------------------------------------------------------
+
+
+def test_training_cluster_uses_ray_token_auth() -> None:
+    job = one(render("training.enabled=true"), "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    head = cluster["headGroupSpec"]
+    # The operator polls the job through the dashboard: on the pod address like the
+    # RayService's (pipeline.dashboardHost), behind the token and the policy.
+    svc = one(render(), "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == svc["rayStartParams"]["dashboard-host"]
+    assert head["rayStartParams"]["metrics-export-port"] == "8080"
+    for c in head["template"]["spec"]["containers"]:
+        assert "RAY_AUTH_MODE" not in {e["name"] for e in c.get("env", [])}
+    off = one(render("training.enabled=true", "pipeline.rayAuth.enabled=false"), "RayJob")
+    assert "authOptions" not in off["spec"]["rayClusterSpec"]
+
+
+def test_training_cluster_admits_its_pods_the_operator_and_metrics_only() -> None:
+    docs = render("training.enabled=true")
+    pods = _pods(docs)
+    head, submitter = pods["RayJob/head"], pods["RayJob/submitter"]
+    (policy,) = _policies_of(docs, head["metadata"]["labels"])
+    assert policy["metadata"]["name"] == "rel-facestream-train"
+    # The submitter Job's pod (it calls the dashboard) is one of the cluster's own pods.
+    assert _policies_of(docs, submitter["metadata"]["labels"]) == [policy]
+    rules = policy["spec"]["ingress"]
+    own = [r for r in rules if "ports" not in r]
+    assert len(own) == 1
+    for peer in own[0]["from"]:
+        assert set(peer) == {"podSelector"}
+        assert _selected(peer["podSelector"], head["metadata"]["labels"])
+        assert _selected(peer["podSelector"], submitter["metadata"]["labels"])
+        for where, pod in pods.items():  # never the API's or the pipeline's pods
+            if not where.startswith("RayJob/"):
+                assert not _selected(peer["podSelector"], pod["metadata"]["labels"]), where
+    operator = [r for r in rules if "ports" in r and "from" in r]
+    assert [[p["port"] for p in r["ports"]] for r in operator] == [[8265]]
+    assert operator[0]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kuberay-operator"
+    }
+    assert _open_to_all(policy) == {8080}
+    sub = submitter["spec"]
+    assert sub["securityContext"]["runAsNonRoot"] is True
+    assert sub["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+    assert not _policies_of(
+        render("training.enabled=true", "training.networkPolicy.enabled=false"),
+        head["metadata"]["labels"],
+    )
+
+
+def test_training_pods_get_no_gallery_kafka_or_api_secret() -> None:
+    """`facestream train` reads identity folders and the model store, nothing else."""
+    docs = render(
+        "training.enabled=true",
+        "training.dataPVC=faces",
+        "gallery.catalogue.password=db-pw",
+        "kafka.securityProtocol=SASL_SSL",
+        "kafka.sasl.username=fs",
+        "kafka.sasl.password=kafka-pw",
+        "cameras[0].id=lobby",
+        "cameras[0].url=rtsp://u:p@cam/1",
+    )
+    pods = _pods(docs)
+    for where in ("RayJob/head", "RayJob/submitter"):
+        pod = pods[where]["spec"]
+        text = yaml.safe_dump(pod)
+        assert "secretKeyRef" not in text and "secret:" not in text, where
+        for c in pod["containers"] + pod.get("initContainers", []):
+            names = {e["name"] for e in c.get("env", [])}
+            assert not {
+                n for n in names if n.startswith(("FACESTREAM_GALLERY", "FACESTREAM_STREAM"))
+            }
+    head = pods["RayJob/head"]["spec"]
+    env = {e["name"]: e["value"] for e in head["containers"][0]["env"]}
+    assert env == {
+        "FACESTREAM_CONFIG": "/etc/facestream/facestream.toml",
+        "FACESTREAM_MODELS__STORE": "/var/lib/facestream/models",
+    }
+    mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert {"/var/lib/facestream/models", "/data", "/etc/facestream"} == mounts
+    # The pipeline still gets both secrets.
+    svc_env = {e["name"] for e in pods["RayService/head"]["spec"]["containers"][0]["env"]}
+    assert {"FACESTREAM_GALLERY__MILVUS_TOKEN", "FACESTREAM_GALLERY__CATALOGUE_PASSWORD"} <= svc_env
 
 
 # --- Milvus without a token -------------------------------------------------------------

@@ -82,12 +82,19 @@ Checks that stop a render which would deploy pods that cannot share one gallery.
 {{- end -}}
 
 {{/*
-Environment shared by every facestream container: the settings file, the one gallery
-(Milvus server and catalogue database) and the model store every pod must agree on.
+Environment, in the parts each pod needs, so no pod holds a secret it never uses (a pod
+that can be entered can be read): every pod gets the base (settings file, model store),
+the pods that read the gallery its stores, the pods that talk to Kafka its settings.
 */}}
-{{- define "facestream.env" -}}
+{{- define "facestream.env.base" -}}
 - name: FACESTREAM_CONFIG
   value: /etc/facestream/facestream.toml
+- name: FACESTREAM_MODELS__STORE
+  value: {{ .Values.models.store | quote }}
+{{- end -}}
+
+{{/* The one gallery (Milvus server and catalogue database): the API and the pipeline. */}}
+{{- define "facestream.env.gallery" -}}
 - name: FACESTREAM_GALLERY__MILVUS_URI
   value: {{ .Values.gallery.milvus.uri | quote }}
 {{- with include "facestream.ref.milvusToken" . }}
@@ -100,8 +107,10 @@ Environment shared by every facestream container: the settings file, the one gal
 {{- end }}
 - name: FACESTREAM_GALLERY__DATA_DIR
   value: {{ .Values.gallery.dataDir | quote }}
-- name: FACESTREAM_MODELS__STORE
-  value: {{ .Values.models.store | quote }}
+{{- end -}}
+
+{{/* Kafka: the pipeline's Ray pods only (the API and training never open a Kafka client). */}}
+{{- define "facestream.env.kafka" -}}
 - name: FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS
   value: {{ .Values.kafka.bootstrapServers | quote }}
 - name: FACESTREAM_STREAM__METRICS__PORT
@@ -113,7 +122,9 @@ Environment of the pipeline driver (`facestream run`). Every Ray node gets it: t
 runs in the supervisor replica, which Serve may place on the head or on any worker.
 */}}
 {{- define "facestream.pipelineEnv" -}}
-{{ include "facestream.env" . }}
+{{ include "facestream.env.base" . }}
+{{ include "facestream.env.gallery" . }}
+{{ include "facestream.env.kafka" . }}
 {{- with include "facestream.ref.cameras" . }}
 {{ include "facestream.secretEnv" (dict "name" "FACESTREAM_STREAM__CAMERAS" "ref" .) }}
 {{- end }}
