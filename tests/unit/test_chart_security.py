@@ -1,9 +1,12 @@
-"""The chart's Ray cluster is locked: token authentication on, its ports reachable only
-from the release's own pods (and the KubeRay operator / metrics scrapers), rendered with
-the real helm binary."""
+"""Every pod the chart runs is locked (issue 17), rendered with the real helm binary:
+Ray's token authentication on both Ray clusters, a NetworkPolicy on every pod that opens
+only what is used (the API port; a Ray cluster's ports to its own pods and the KubeRay
+operator; the metrics port that is scraped), only the secrets a pod uses, no anonymous
+Milvus unless asked for, and Kafka TLS/SASL with the password from a Secret."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -308,3 +311,150 @@ def test_an_anonymous_milvus_must_be_asked_for() -> None:
     render("gallery.milvus.existingSecret=mv", base=api_only)
     # A training-only release never opens Milvus.
     render("api.enabled=false", "pipeline.enabled=false", "training.enabled=true", base=())
+
+
+# --- Kafka TLS and SASL ----------------------------------------------------------------
+
+
+KAFKA_SASL_SSL = (
+    "kafka.securityProtocol=SASL_SSL",
+    "kafka.sasl.mechanism=SCRAM-SHA-512",
+    "kafka.sasl.username=facestream-pipeline",
+    "kafka.sasl.password=kafka-SECRET-pw",
+    "kafka.tls.ca.secret=my-cluster-cluster-ca-cert",
+    "kafka.tls.client.secret=facestream-pipeline",
+)
+
+
+def _kafka_env(container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in container.get("env", [])
+        if e["name"].startswith("FACESTREAM_STREAM__KAFKA__")
+    }
+
+
+def test_kafka_sasl_ssl_reaches_every_ray_pod_the_password_only_from_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.config.settings import Settings
+    from pipeline.stream.kafka_client import client_kwargs
+
+    docs = render(*KAFKA_SASL_SSL, "training.enabled=true")
+    secret = one(docs, "Secret")
+    assert secret["stringData"]["kafka-sasl-password"] == "kafka-SECRET-pw"
+    holders = [d["metadata"]["name"] for d in docs if "kafka-SECRET-pw" in yaml.safe_dump(d)]
+    assert holders == [secret["metadata"]["name"]]
+    pods = _pods(docs)
+    for where in ("RayService/head", "RayService/recognition"):
+        pod = pods[where]["spec"]
+        container = pod["containers"][0]
+        env = _kafka_env(container)
+        assert env["FACESTREAM_STREAM__KAFKA__SASL_PLAIN_PASSWORD"] == {
+            "secretKeyRef": {"name": secret["metadata"]["name"], "key": "kafka-sasl-password"}
+        }
+        # Certificates: files of one read-only projected volume.
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kafka-tls"]
+        assert mount["readOnly"] is True
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+        files = {
+            f"{mount['mountPath']}/{item['path']}": (src[kind]["name"], item["key"])
+            for src in volume["projected"]["sources"]
+            for kind in src
+            for item in src[kind]["items"]
+        }
+        assert files == {
+            "/etc/facestream-kafka/ca.crt": ("my-cluster-cluster-ca-cert", "ca.crt"),
+            "/etc/facestream-kafka/client.crt": ("facestream-pipeline", "user.crt"),
+            "/etc/facestream-kafka/client.key": ("facestream-pipeline", "user.key"),
+        }
+        assert volume["projected"]["defaultMode"] == 0o440
+        # What the pod's own settings make of it (the secret resolved as the kubelet would).
+        for name in [n for n in os.environ if n.startswith("FACESTREAM_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            if isinstance(value, dict):
+                value = secret["stringData"][value["secretKeyRef"]["key"]]
+            monkeypatch.setenv(name, value)
+        assert client_kwargs(Settings().stream.kafka) == {
+            "security_protocol": "SASL_SSL",
+            "ssl_cafile": "/etc/facestream-kafka/ca.crt",
+            "ssl_certfile": "/etc/facestream-kafka/client.crt",
+            "ssl_keyfile": "/etc/facestream-kafka/client.key",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": "facestream-pipeline",
+            "sasl_plain_password": "kafka-SECRET-pw",
+        }
+    # The API and the training job open no Kafka client: no Kafka settings, no password.
+    for where in ("rel-facestream-api", "RayJob/head"):
+        assert not _kafka_env(pods[where]["spec"]["containers"][0]), where
+        assert "kafka-tls" not in {v["name"] for v in pods[where]["spec"]["volumes"]}
+
+
+def test_kafka_password_and_ca_from_existing_objects() -> None:
+    docs = render(
+        "kafka.securityProtocol=SASL_SSL",
+        "kafka.sasl.mechanism=PLAIN",
+        "kafka.sasl.username=fs",
+        "kafka.sasl.existingSecret=fs-kafka-user",
+        "kafka.tls.ca.configMap=kafka-ca",
+        "kafka.tls.ca.key=ca.pem",
+    )
+    assert "kafka-sasl-password" not in one(docs, "Secret")["stringData"]
+    pod = _pods(docs)["RayService/head"]["spec"]
+    env = _kafka_env(pod["containers"][0])
+    assert env["FACESTREAM_STREAM__KAFKA__SASL_PLAIN_PASSWORD"] == {
+        "secretKeyRef": {"name": "fs-kafka-user", "key": "password"}
+    }
+    assert "FACESTREAM_STREAM__KAFKA__SSL_CERTFILE" not in env
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+    assert volume["projected"]["sources"] == [
+        {"configMap": {"name": "kafka-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}}
+    ]
+    # Plaintext (the default): the protocol says so, nothing else is rendered.
+    plain = _pods(render())["RayService/head"]["spec"]
+    assert set(_kafka_env(plain["containers"][0])) == {
+        "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS",
+        "FACESTREAM_STREAM__KAFKA__SECURITY_PROTOCOL",
+    }
+    assert "kafka-tls" not in {v["name"] for v in plain["volumes"]}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("kafka.securityProtocol=TLS",), "kafka.securityProtocol must be"),
+        (("kafka.securityProtocol=SASL_SSL",), "needs kafka.sasl.username and kafka.sasl.password"),
+        (
+            ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.username=u"),
+            "needs kafka.sasl.username and kafka.sasl.password",
+        ),
+        (
+            (
+                "kafka.securityProtocol=SASL_PLAINTEXT",
+                "kafka.sasl.mechanism=GSSAPI",
+                "kafka.sasl.username=u",
+                "kafka.sasl.password=p",
+            ),
+            "kafka.sasl.mechanism must be",
+        ),
+        (("kafka.sasl.password=p",), "kafka.sasl.* only apply"),
+        (("kafka.tls.ca.secret=ca",), "kafka.tls.* only apply"),
+        (
+            (
+                "kafka.securityProtocol=SASL_PLAINTEXT",
+                "kafka.sasl.username=u",
+                "kafka.sasl.password=p",
+                "kafka.tls.client.secret=c",
+            ),
+            "kafka.tls.* only apply",
+        ),
+        (
+            ("kafka.securityProtocol=SSL", "kafka.tls.ca.secret=a", "kafka.tls.ca.configMap=b"),
+            "not both",
+        ),
+    ],
+)
+def test_inconsistent_kafka_security_fails_the_render(sets: tuple[str, ...], message: str) -> None:
+    res = helm(*sets)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
