@@ -342,6 +342,29 @@ class Catalogue:
             rows = con.execute(query).all()
         return [self._face(r) for r in rows]
 
+    def first_faces(self, identity_ids: list[str]) -> dict[str, str]:
+        """Each identity's first enrolled face id (its thumbnail), in one query for a
+        whole page of identities."""
+        if not identity_ids:
+            return {}
+        first = (
+            sa.select(
+                faces.c.identity_id,
+                faces.c.face_id,
+                sa.func.row_number()
+                .over(
+                    partition_by=faces.c.identity_id,
+                    order_by=(faces.c.created_at, faces.c.face_id),
+                )
+                .label("rank"),
+            )
+            .where(faces.c.identity_id.in_(identity_ids))
+            .subquery()
+        )
+        query = sa.select(first.c.identity_id, first.c.face_id).where(first.c.rank == 1)
+        with self._reader() as con:
+            return {row.identity_id: row.face_id for row in con.execute(query)}
+
     def crop_png(self, face_id: str) -> bytes:
         with self._reader() as con:
             png = con.execute(sa.select(crops.c.png).where(crops.c.face_id == face_id)).scalar()

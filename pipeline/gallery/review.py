@@ -97,8 +97,8 @@ class FeedbackRefused(GalleryError):
 def _face_score(quality: dict[str, float]) -> float:
     """Which kept faces represent a cluster best: large, frontal, confidently detected."""
     yaw = min(abs(float(quality.get("yaw", 0.0))), 1.0)
-    return float(quality.get("face_px", 0.0)) * (1.0 - yaw) * float(
-        quality.get("detector_score", 1.0)
+    return (
+        float(quality.get("face_px", 0.0)) * (1.0 - yaw) * float(quality.get("detector_score", 1.0))
     )
 
 
@@ -162,9 +162,7 @@ class Review:
                 tracks = sorted({r["track_id"] for r in rows})
                 with self.catalogue.write_lock():
                     self._erase(
-                        sa.and_(
-                            sightings.c.decision == "unknown", sightings.c.track_id.in_(tracks)
-                        )
+                        sa.and_(sightings.c.decision == "unknown", sightings.c.track_id.in_(tracks))
                     )
         if unknown:
             with self.catalogue.write_lock():
@@ -209,13 +207,17 @@ class Review:
             by_track.setdefault((f.model_version, f.track_id), []).append(f)
         for (version, track), group in by_track.items():
             with self.catalogue._reader() as con:
-                kept = con.execute(
-                    sa.select(sightings.c.cluster_id).where(
-                        sightings.c.track_id == track,
-                        sightings.c.model_version == version,
-                        sightings.c.decision == "unknown",
+                kept = (
+                    con.execute(
+                        sa.select(sightings.c.cluster_id).where(
+                            sightings.c.track_id == track,
+                            sightings.c.model_version == version,
+                            sightings.c.decision == "unknown",
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
             room = self.cfg.faces_per_track - len(kept)
             if room <= 0:
                 continue
@@ -300,9 +302,7 @@ class Review:
         ids = [r["face_id"] for r in rows]
         if ids:
             with self.catalogue._reader() as con:
-                for f in con.execute(
-                    sa.select(feedback).where(feedback.c.event_id.in_(ids))
-                ).all():
+                for f in con.execute(sa.select(feedback).where(feedback.c.event_id.in_(ids))).all():
                     m = f._mapping
                     fb.setdefault(m["event_id"], []).append(
                         FeedbackRef(
@@ -335,9 +335,7 @@ class Review:
             )
         return out
 
-    _COLUMNS: ClassVar[list[Any]] = [
-        c for c in sightings.c if c.name not in ("crop", "embedding")
-    ]
+    _COLUMNS: ClassVar[list[Any]] = [c for c in sightings.c if c.name not in ("crop", "embedding")]
 
     def recent_events(self, limit: int = 50, camera: str | None = None) -> list[Sighting]:
         """The newest identification events that kept their face, newest first."""
@@ -452,7 +450,8 @@ class Review:
     def _identity_named(self, name: str) -> list[Identity]:
         wanted = name.strip().casefold()
         return [
-            i for i in self.gallery.list(limit=100, name_contains=name.strip())
+            i
+            for i in self.gallery.list(limit=100, name_contains=name.strip())
             if i.name.casefold() == wanted
         ]
 
@@ -482,9 +481,7 @@ class Review:
         images = [(f.face_id, self.crop_jpeg(f.face_id)) for f in chosen]
         rejected: dict[str, str] = {}
         try:
-            res = self.gallery.enroll(
-                images, name=name, identity_id=identity_id, crop_mode="tight"
-            )
+            res = self.gallery.enroll(images, name=name, identity_id=identity_id, crop_mode="tight")
         except EnrollmentRejected as exc:
             # All-or-nothing per request: enrol the crops that passed, say why the others
             # did not; with none usable the whole label is refused.
@@ -492,9 +489,7 @@ class Review:
             usable = [img for img in images if img[0] not in rejected]
             if not usable:
                 raise
-            res = self.gallery.enroll(
-                usable, name=name, identity_id=identity_id, crop_mode="tight"
-            )
+            res = self.gallery.enroll(usable, name=name, identity_id=identity_id, crop_mode="tight")
             images = usable
         self.purge(cluster_id)
         return LabelResult(
@@ -520,9 +515,7 @@ class Review:
                 )
         with self.catalogue.write_lock(), self.catalogue.transaction() as con:
             con.execute(
-                sightings.update()
-                .where(sightings.c.cluster_id.in_(others))
-                .values(cluster_id=into)
+                sightings.update().where(sightings.c.cluster_id.in_(others)).values(cluster_id=into)
             )
             con.execute(unknown_clusters.delete().where(unknown_clusters.c.cluster_id.in_(others)))
             con.execute(
@@ -598,7 +591,7 @@ class Review:
         identity_id: str | None = None,
         name: str | None = None,
     ) -> FeedbackResult:
-        """"not_this_person": the event's face stops matching its identity at once and is
+        """ "not_this_person": the event's face stops matching its identity at once and is
         kept as a hard negative of it. "this_is": the face is enrolled into
         ``identity_id`` (or the person called ``name``; a new one when nobody is)."""
         if kind not in ("not_this_person", "this_is"):
@@ -653,12 +646,17 @@ class Review:
             )
         ident = self.gallery.catalogue.get(event.identity_id)
         prior = next(
-            (f for f in event.feedback if f.kind == "not_this_person"
-             and f.identity_id == ident.identity_id),
+            (
+                f
+                for f in event.feedback
+                if f.kind == "not_this_person" and f.identity_id == ident.identity_id
+            ),
             None,
         )
-        fid = prior.feedback_id if prior else self._store_feedback(
-            event, "not_this_person", ident.identity_id, with_vector=True
+        fid = (
+            prior.feedback_id
+            if prior
+            else self._store_feedback(event, "not_this_person", ident.identity_id, with_vector=True)
         )
         return FeedbackResult(
             feedback_id=fid,

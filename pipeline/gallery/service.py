@@ -509,7 +509,7 @@ class Gallery:
     def _apply_exclusions(
         self, vectors: np.ndarray, version: str, cands: list[list[Candidate]]
     ) -> None:
-        """"Not this person" feedback: a probe at least as similar to a face reported as
+        """ "Not this person" feedback: a probe at least as similar to a face reported as
         not being X as to X's own best face is not matched to X (the face, and faces
         like it, stop matching at once; X's own photos still do)."""
         named = sorted({c.identity_id for row in cands for c in row if c.decision == "identity"})

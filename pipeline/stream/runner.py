@@ -33,14 +33,13 @@ import ray
 from ray import serve
 
 from pipeline.config.face import FaceConfig
-from pipeline.config.gallery import uses_local_milvus
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
 from pipeline.errors import FacestreamError, StartupFailed
 from pipeline.gallery.errors import EnrollmentRejected, GalleryError
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.service import Gallery
-from pipeline.gallery.swap import reconcile
+from pipeline.gallery.startup import attach_local_milvus, repair
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
 from pipeline.stream.broker import LocalKafka
@@ -222,17 +221,11 @@ class StreamRunner:
         """Attach to (or start) the local Milvus server when no server is configured. The
         gallery settings then name it, so the Serve replicas connect without attaching;
         `facestream gallery ...` and `facestream serve` attach to the same server."""
-        g = self.settings.gallery
-        if not uses_local_milvus(g):
+        g, self.local_milvus = attach_local_milvus(self.settings.gallery, log.info)
+        if self.local_milvus is None:
             return
-        self.local_milvus = LocalMilvus(
-            g.data_dir.expanduser().resolve() / "milvus", g.local_milvus_port
-        )
-        uri = self.local_milvus.attach(log=log.info)
-        self.settings = self.settings.model_copy(
-            update={"gallery": g.model_copy(update={"milvus_uri": uri})}
-        )
-        self.notes.append(f"local Milvus server at {uri}")
+        self.settings = self.settings.model_copy(update={"gallery": g})
+        self.notes.append(f"local Milvus server at {g.milvus_uri}")
 
     def _enroll(self, people: dict[str, Path], *, strict: bool = True) -> None:
         """Enrol ``people``. Either way reach both gallery stores first, so a Milvus or
@@ -240,15 +233,7 @@ class StreamRunner:
         the vectors of a catalogue whose vector store is empty."""
         s = self.settings
         with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
-            repaired = reconcile(gallery)  # a swap cut short: alias and ACTIVE disagree
-            if repaired is not None:
-                self.notes.append(repaired)
-            restored = gallery.restore_vectors()
-            if restored is not None:
-                self.notes.append(
-                    f"rebuilt {restored.collection} from the catalogue's {restored.faces} "
-                    "stored crops (the vector store had no active collection)"
-                )
+            self.notes.extend(repair(gallery))
             if people:
                 self.enrolments = enroll_each(gallery, people, strict=strict)
 

@@ -72,8 +72,7 @@ def web(
     import uvicorn
 
     from pipeline.config.review import ReviewConfig
-    from pipeline.gallery.review import Review
-    from pipeline.serve.api import create_app
+    from pipeline.serve.app import create_app
 
     token = f"tok-{uuid.uuid4().hex}"
     cfg = GalleryConfig(
@@ -86,10 +85,9 @@ def web(
         cfg, FaceConfig(), ModelsConfig(store=model_store.root), store=model_store
     )
     app = create_app(gallery, cfg)
-    # The app's own review service (create_app keeps it in app.state), so the test
-    # records through the very object the pages read.
-    review = getattr(app.state, "review", None) or Review(gallery)
-    app.state.review = review
+    # The app's own review service, so the test records through the very object the
+    # pages read.
+    review = app.state.ctx.review
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning")
     )

@@ -137,8 +137,9 @@ def signed_in(driver: WebDriver, web: Web) -> WebDriver:
     assert "Wrong token" in click_through(driver, button, "#error").text
     by_css(driver, "#login input[name=token]").send_keys(web.token)
     click_through(driver, driver.find_element("css selector", "#login button"), "#enrol-form")
-    cookie = driver.get_cookie("facestream_session")
+    cookie = driver.get_cookie("__Host-facestream_session")  # Secure by default (issue 17)
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["secure"] and cookie["path"] == "/"
     assert web.token not in cookie["value"]
     return driver
 
