@@ -213,3 +213,10 @@ def parse_people(items: list[str]) -> dict[str, Path]:
             raise FileNotFoundError(f"--enroll {name}: image not found: {p}")
         people[name.strip()] = p
     return people
+
+
+def audit(gallery: Gallery, action: str, subject: str | None, **detail: Any) -> None:
+    """Record a change made from this machine's command line in the gallery's audit."""
+    from pipeline.gallery.audit import cli_actor, record
+
+    record(gallery.catalogue, actor=cli_actor(), action=action, subject=subject, **detail)

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import check_threshold, cli_errors, err, esc, open_gallery, out, state
+from pipeline.cli.common import (
+    audit,
+    check_threshold,
+    cli_errors,
+    err,
+    esc,
+    open_gallery,
+    out,
+    state,
+)
 from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig
 
 if TYPE_CHECKING:
@@ -136,6 +145,8 @@ def enroll(
                 why = "; ".join(v.reasons) or "usable"
                 err.print(f"{mark} {esc(v.image)}: {esc(why)}", highlight=False)
             raise
+        action = "add_faces" if identity else "enrol"
+        audit(g, action, res.identity.identity_id, name=res.identity.name, faces=len(images))
     if as_json:
         _print_json(res)
         return
@@ -162,6 +173,7 @@ def remove(
     """Erase a person: vectors in every model version's collection and the stored crops."""
     with _gallery() as g:
         res = g.remove(identity)
+        audit(g, "remove", identity)
     if as_json:
         _print_json(res)
         return
@@ -212,6 +224,7 @@ def rename(
     """Change an identity's display name."""
     with _gallery() as g:
         res = g.rename(identity, name)
+        audit(g, "rename", identity, name=name)
     out.print(f"renamed {res.identity_id} to {res.name}", highlight=False, markup=False)
 
 

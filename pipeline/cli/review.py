@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, esc, open_gallery, out
+from pipeline.cli.common import audit, cli_errors, esc, open_gallery, out
 from pipeline.cli.gallery import gallery_config
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ def label(
         raise typer.BadParameter("give --as NAME or --to IDENTITY_ID (one of them)")
     with _review() as review:
         res = review.label(cluster, name=as_name, identity_id=to)
+        audit(review.gallery, "label", cluster, identity_id=res.identity.identity_id)
     out.print(
         f"enrolled {len(res.enrolled_faces)} faces as {esc(res.identity.name)} "
         f"({res.identity.identity_id}); cluster {res.cluster_id} is gone",
@@ -155,6 +156,7 @@ def merge(
     """Merge unknown people that are the same person."""
     with _review() as review:
         c = review.merge(into, others)
+        audit(review.gallery, "merge", into, others=others)
     out.print(f"{c.cluster_id}: {c.n_faces} faces, {c.n_tracks} tracks", highlight=False)
 
 
@@ -162,9 +164,7 @@ def merge(
 @cli_errors
 def purge(
     cluster: Annotated[str | None, typer.Argument(help="Cluster id; none: see --all.")] = None,
-    purge_all: Annotated[
-        bool, typer.Option("--all", help="Erase every unknown face.")
-    ] = False,
+    purge_all: Annotated[bool, typer.Option("--all", help="Erase every unknown face.")] = False,
     expired: Annotated[
         bool, typer.Option("--expired", help="Erase what passed gallery.review.retention_hours.")
     ] = False,
@@ -174,6 +174,8 @@ def purge(
         raise typer.BadParameter("give a CLUSTER, --all or --expired (one of them)")
     with _review() as review:
         res = review.expire() if expired else review.purge(cluster)
+        action = "purge_expired" if expired else "purge" if cluster else "purge_all"
+        audit(review.gallery, action, cluster)
     out.print(
         f"erased {res.faces} faces ({res.vectors} vectors) and {res.clusters} unknown people",
         highlight=False,
@@ -192,6 +194,7 @@ def not_this_person(
     """The event named the wrong person: its face stops matching them at once."""
     with _review() as review:
         _feedback_line(review.feedback(event, "not_this_person"))
+        audit(review.gallery, "feedback", event, kind="not_this_person")
 
 
 @feedback_app.command("this-is")
@@ -208,6 +211,7 @@ def this_is(
         raise typer.BadParameter("give --name NAME or --to IDENTITY_ID (one of them)")
     with _review() as review:
         _feedback_line(review.feedback(event, "this_is", identity_id=to, name=name))
+        audit(review.gallery, "feedback", event, kind="this_is", identity_id=to)
 
 
 @feedback_app.command("export")

@@ -135,6 +135,12 @@ def _cli_session(
     assert all(f["decision"] != "identity" for f in json.loads(out)["faces"])
     code, _, err = cli(env, "gallery", "show", ident)
     assert code == 2 and "no identity" in err
+    # The audit names the command line's user for every change (issue 17).
+    from pipeline.gallery.audit import cli_actor, entries
+
+    trail = entries(catalogue, subject=ident)
+    assert [e.action for e in trail] == ["remove", "rename", "enrol"]
+    assert {e.actor for e in trail} == {cli_actor()} and trail[1].detail == {"name": "A. Gul"}
     # --milvus-uri points elsewhere: a different (empty) vector store
     code, out, _ = cli(
         env, "gallery", "--milvus-uri", str(tmp_path / "other.db"), "status", "--json"
