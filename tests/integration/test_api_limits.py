@@ -397,3 +397,34 @@ def test_wrong_tokens_are_throttled_per_client(server: Server) -> None:
         r = c.post("/ui/login", data={"token": server.token})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert "Too many wrong tokens" in r.text
+
+
+def test_the_identities_page_costs_the_same_queries_for_any_number_of_rows(
+    server: Server,
+) -> None:
+    """Issue 18: the page made one catalogue query per row for its thumbnails."""
+    import sqlalchemy as sa
+
+    engine = server.gallery.catalogue.engine
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    def page_queries(c: httpx.Client) -> int:
+        statements.clear()
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            assert c.get("/ui/identities").status_code == 200
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        return len(statements)
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        _sign_in(c, server.token)
+        _enrol_without_faces(server)
+        few = page_queries(c)
+        for _ in range(12):
+            _enrol_without_faces(server)
+        many = page_queries(c)
+    assert many == few, f"{few} queries for a short page, {many} for a longer one"
