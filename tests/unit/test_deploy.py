@@ -17,6 +17,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from pipeline.config.face import FaceConfig
 from pipeline.config.models import REPO_ROOT
 from pipeline.config.settings import Settings
 
@@ -133,7 +134,7 @@ def test_rendered_config_and_env_are_valid_settings(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "from pipeline.config.settings import load_settings; import sys; "
-            "s = load_settings(); print(s.stream.cameras[0].url, s.face.detector.upsample, "
+            "s = load_settings(); print(s.stream.cameras[0].url, s.face.detector.backend, "
             "s.gallery.catalogue_password.get_secret_value(), s.models.store)",
         ],
         capture_output=True,
@@ -143,7 +144,9 @@ def test_rendered_config_and_env_are_valid_settings(tmp_path: Path) -> None:
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["rtsp://cam/1", "1", "pw-0123", "/var/lib/facestream/models"]
+    # The chart runs the package's default (fast) detector, not dlib's HOG (issue 19).
+    fast = FaceConfig().detector.backend
+    assert res.stdout.split() == ["rtsp://cam/1", fast, "pw-0123", "/var/lib/facestream/models"]
     assert "cameras" not in tomllib.loads(toml_text).get("stream", {})
     names = set().union(*(_env_names(d) for d in docs))
     assert "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS" in names
