@@ -4,11 +4,14 @@ and a finished connection leaves no thread or socket behind."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,36 @@ def test_a_closed_target_port_closes_the_client() -> None:
             assert client.recv(1) == b""
     finally:
         fwd.close()
+
+
+def test_without_namespaces_the_supervisor_goes_on_exposed_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Where unshare is refused, the host-side ports are given back (the binary binds
+    them itself) and both the supervisor and the process that started it warn."""
+    from pipeline.gallery import milvus_server
+    from pipeline.gallery.loopback import IsolationUnavailable
+    from pipeline.procs import free_ports
+
+    def refused() -> None:
+        raise IsolationUnavailable("network namespace: Operation not permitted")
+
+    monkeypatch.setattr(milvus_server, "isolate_network", refused)
+    port, metrics = free_ports(2)
+    with caplog.at_level(logging.WARNING):
+        assert milvus_server._isolate(port, metrics) is None
+    assert "listens on ALL interfaces" in caplog.text
+    for p in (port, metrics):
+        bind_loopback(p).close()  # free again
+
+    server = milvus_server.LocalMilvus(tmp_path, port)
+    state = {"pid": os.getpid(), "port": port, "metrics_port": metrics, "loopback_only": False}
+    (tmp_path / milvus_server.STATE_FILE).write_text(json.dumps(state))
+    told: list[str] = []
+    server._warn_if_exposed(told.append)
+    assert told and "ALL interfaces" in told[0]
+    state["loopback_only"] = True
+    (tmp_path / milvus_server.STATE_FILE).write_text(json.dumps(state))
+    told.clear()
+    server._warn_if_exposed(told.append)
+    assert not told
