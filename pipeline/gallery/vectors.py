@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -382,9 +382,22 @@ class VectorStore:
 
     @_milvus_call
     def search(
-        self, snap: Snapshot, vectors: np.ndarray, model_version: str, limit: int
+        self,
+        snap: Snapshot,
+        vectors: np.ndarray,
+        model_version: str,
+        limit: int,
+        *,
+        catalogued: Callable[[list[str]], Mapping[str, str]] | None = None,
     ) -> list[list[Hit]]:
-        """Top ``limit`` identities (best face each) per vector, within ``snap`` only."""
+        """Top ``limit`` identities (best face each) per vector, within ``snap`` only.
+
+        ``catalogued`` maps face ids to the identity the catalogue holds each under; it
+        is called once with the face ids of every row found, and a row whose
+        (face id, identity id) is not such a pair is skipped before each person's best
+        face is picked. Anyone who can write to Milvus can add rows; only the catalogue
+        says who is enrolled with which face.
+        """
         if model_version != snap.version:
             raise ModelVersionMismatch(
                 f"embedding of model {model_version} cannot be searched in collection "
@@ -411,6 +424,9 @@ class VectorStore:
             search_params=search_params(self.index_type, limit=fetch),
             output_fields=OUTPUT_FIELDS,
         )
+        owners = None
+        if catalogued is not None:
+            owners = catalogued(sorted({h["entity"]["face_id"] for hits in res for h in hits}))
         out = []
         for hits in res:
             row_hits: list[Hit] = []
@@ -424,12 +440,14 @@ class VectorStore:
                         f"row {ent.get('face_id')} of collection {snap.collection} was made by "
                         f"model {ent['model_version']}, the probe by {model_version}"
                     )
+                if owners is not None and owners.get(ent["face_id"]) != ent["identity_id"]:
+                    continue  # not a catalogued face of that identity (or not committed yet)
                 if ent["identity_id"] in seen:
                     continue
                 seen.add(ent["identity_id"])
                 row_hits.append(
                     Hit(
-                        face_id=str(h.get("face_id", ent.get("face_id"))),
+                        face_id=str(ent["face_id"]),
                         identity_id=ent["identity_id"],
                         similarity=float(h["distance"]),
                     )
