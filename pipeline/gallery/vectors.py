@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipeline.face.errors import ModelError
 from pipeline.gallery.errors import (
     GalleryBusy,
     GalleryError,
@@ -38,6 +39,7 @@ from pipeline.gallery.errors import (
     ModelVersionMismatch,
 )
 from pipeline.gallery.index import VECTOR_FIELD, index_params, search_params
+from pipeline.models.store import check_version_id
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -234,6 +236,13 @@ class VectorStore:
                 f"collection {collection} carries no {VERSION_PROPERTY} property; refusing to "
                 "search vectors of an unknown model version"
             )
+        try:
+            check_version_id(version)  # it names a folder of the model store
+        except ModelError as exc:
+            raise ModelVersionMismatch(
+                f"collection {collection}: its {VERSION_PROPERTY} property is not a model "
+                f"version ({exc})"
+            ) from None
         self._versions[desc["collection_name"]] = version
         return version
 
