@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from pipeline.files import private_dir, private_file
 from pipeline.gallery.errors import (
     DuplicateExternalId,
     GalleryError,
@@ -136,7 +137,10 @@ class Catalogue:
             db = Path(self.url.database or "")
             if not self.url.database or self.url.database == ":memory:":
                 raise GalleryError("the catalogue needs a database file or a server")
-            db.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(db.parent)
+            # Created owner-only before SQLite opens it: SQLite gives its -wal and -shm
+            # files the database file's mode.
+            os.close(private_file(db))
             self._lock_path = db.with_name(db.name + ".lock")
             self.engine: Engine = sa.create_engine(self.url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -181,7 +185,7 @@ class Catalogue:
     @contextlib.contextmanager
     def _file_lock(self, suffix: str) -> Iterator[None]:
         assert self._lock_path is not None
-        fd = os.open(str(self._lock_path) + suffix, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = private_file(str(self._lock_path) + suffix)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.files import PRIVATE_UMASK, private_dir, private_file
 from pipeline.gallery.errors import GalleryUnavailable
 from pipeline.gallery.loopback import (
     Forwarder,
@@ -104,11 +105,11 @@ class LocalMilvus:
         """Use the server (starting it when none runs and ``start``); its URI."""
         if self._users_fd is not None:
             return self.uri
-        self.root.mkdir(parents=True, exist_ok=True)
-        start_fd = os.open(self.root / "start.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        private_dir(self.root)
+        start_fd = private_file(self.root / "start.lock")
         try:
             fcntl.flock(start_fd, fcntl.LOCK_EX)  # one starter at a time
-            users_fd = os.open(self.root / "users.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            users_fd = private_file(self.root / "users.lock")
             # Blocks while a last user is stopping the server: we then start a new one.
             fcntl.flock(users_fd, fcntl.LOCK_SH)
             try:
@@ -191,13 +192,15 @@ class LocalMilvus:
         (self.root / STATE_FILE).unlink(missing_ok=True)
         log_path = self.root / "supervisor.log"
         argv = [sys.executable, "-m", __name__, "--data", str(self.root), "--port", str(self.port)]
-        with log_path.open("ab") as log_file:
+        with os.fdopen(private_file(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives its starter; stopped by the last user
+                # The server's data, logs and state hold face vectors: owner-only.
+                umask=PRIVATE_UMASK,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -337,6 +340,11 @@ def _supervise(root: Path, port: int) -> None:
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     server.start()
+    # The package extracts the binary and its libraries mode 0755 into the data folder and
+    # copies its glog.conf with the mode it has in site-packages (the umask does not
+    # apply to either); nothing there needs to be anyone else's.
+    for path in [*(root / "bin").iterdir(), *(root / "configs").iterdir()]:
+        path.chmod(path.stat().st_mode & 0o700)
     forwarder = Forwarder()
     if listeners is not None:
         # Clients dial the host-side ports; the binary's own may differ inside.

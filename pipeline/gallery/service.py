@@ -46,6 +46,7 @@ from pipeline.face.errors import FaceError, MultipleFacesError
 from pipeline.face.image_io import decode_image
 from pipeline.face.manifest import Threshold
 from pipeline.face.records import Face
+from pipeline.files import private_dir
 from pipeline.gallery.blobs import decode_crop, encode_crop
 from pipeline.gallery.catalogue import Catalogue, FaceOwner
 from pipeline.gallery.errors import (
@@ -158,7 +159,7 @@ class Gallery:
         self.batch_size = batch_size
         self.intra_op_threads = intra_op_threads
         self.data_dir, self.milvus_uri, url = resolved_paths(config)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # faces: owner-only (pipeline.files)
         password = config.catalogue_password
         self.catalogue = Catalogue(url, password.get_secret_value() if password else None)
         self.local_milvus: LocalMilvus | None = None

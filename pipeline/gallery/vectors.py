@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from pipeline.face.errors import ModelError
+from pipeline.files import private_dir, private_umask
 from pipeline.gallery.errors import (
     GalleryBusy,
     GalleryError,
@@ -164,14 +165,17 @@ class VectorStore:
         from pymilvus.exceptions import MilvusException
 
         if self.is_lite:
-            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.uri).parent)
         # Milvus Lite logs a traceback when its file is locked by another process; the
         # GalleryBusy below says it in one line.
         quiet = logging.getLogger("milvus_lite.server_manager")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
         try:
-            return MilvusClient(self.uri, token=self._token or "")
+            # Milvus Lite starts its server process here: it inherits the umask, so the
+            # database it writes is owner-only.
+            with private_umask():
+                return MilvusClient(self.uri, token=self._token or "")
         except MilvusException as exc:
             if self.is_lite and lite_lock_holder_busy(self.uri):
                 raise GalleryBusy(

@@ -18,6 +18,7 @@ from typing import Literal
 from pipeline.face.embed import Backend, Embedder
 from pipeline.face.errors import ModelError
 from pipeline.face.manifest import MANIFEST_NAME, ModelManifest, read_manifest, verify_files
+from pipeline.files import private_dir, write_private
 
 ACTIVE_FILE = "ACTIVE"
 BackendName = Literal["auto", "onnxruntime", "dlib", "tensorrt"]
@@ -73,9 +74,9 @@ class ModelStore:
 
     def set_active(self, version: str) -> None:
         self.manifest(version)  # refuse unknown versions
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         tmp = self.root / f".{ACTIVE_FILE}.tmp"
-        tmp.write_text(version + "\n")
+        write_private(tmp, version + "\n")
         os.replace(tmp, self.root / ACTIVE_FILE)  # atomic flip
 
     def resolve(self, version: str | None) -> ModelManifest:
