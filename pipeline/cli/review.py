@@ -18,6 +18,7 @@ from rich.table import Table
 
 from pipeline.cli.common import audit, cli_errors, esc, open_gallery, out
 from pipeline.cli.gallery import gallery_config
+from pipeline.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from pipeline.gallery.review import Review
@@ -75,7 +76,7 @@ def list_(
         table.add_column(col)
     for c in clusters:
         table.add_row(
-            c.cluster_id,
+            esc(c.cluster_id),
             str(c.n_faces),
             str(c.n_tracks),
             _when(c.first_seen_ms),
@@ -98,15 +99,15 @@ def show(
     with _review() as review:
         detail = review.cluster(cluster)
         if crops is not None:
-            crops.mkdir(parents=True, exist_ok=True)
+            private_dir(crops)  # faces: owner-only
             for f in detail.faces:
                 name = f.face_id.replace(":", "_").replace("/", "_")
-                (crops / f"{name}.jpg").write_bytes(review.crop_jpeg(f.face_id))
+                write_private(crops / f"{name}.jpg", review.crop_jpeg(f.face_id))
     if as_json:
         _json(detail)
         return
     table = Table(
-        title=f"unknown person {detail.cluster_id}: {detail.n_faces} faces, "
+        title=f"unknown person {esc(detail.cluster_id)}: {detail.n_faces} faces, "
         f"{detail.n_tracks} tracks, model {esc(detail.model_version)}"
     )
     for col in ("face (event) id", "camera", "track", "seen (UTC)", "best"):
@@ -140,7 +141,7 @@ def label(
         audit(review.gallery, "label", cluster, identity_id=res.identity.identity_id)
     out.print(
         f"enrolled {len(res.enrolled_faces)} faces as {esc(res.identity.name)} "
-        f"({res.identity.identity_id}); cluster {res.cluster_id} is gone",
+        f"({esc(res.identity.identity_id)}); cluster {esc(res.cluster_id)} is gone",
         highlight=False,
     )
     for face, why in res.rejected.items():
@@ -157,7 +158,7 @@ def merge(
     with _review() as review:
         c = review.merge(into, others)
         audit(review.gallery, "merge", into, others=others)
-    out.print(f"{c.cluster_id}: {c.n_faces} faces, {c.n_tracks} tracks", highlight=False)
+    out.print(f"{esc(c.cluster_id)}: {c.n_faces} faces, {c.n_tracks} tracks", highlight=False)
 
 
 @unknowns_app.command("purge")
@@ -183,7 +184,9 @@ def purge(
 
 
 def _feedback_line(res: Any) -> None:
-    out.print(f"{res.kind} recorded ({res.feedback_id}): {esc(res.effect)}", highlight=False)
+    out.print(
+        f"{esc(res.kind)} recorded ({esc(res.feedback_id)}): {esc(res.effect)}", highlight=False
+    )
 
 
 @feedback_app.command("not-this-person")

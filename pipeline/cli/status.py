@@ -312,7 +312,7 @@ def status(
             table.add_row(esc(p.name), f"[{colour[p.status]}]{p.status}[/]", esc(p.summary))
         out.print(table)
         for p in down:
-            out.print(f"{p.name} down: {p.summary}", markup=False, highlight=False)
+            out.print(f"{esc(p.name)} down: {esc(p.summary, lines=True)}", highlight=False)
     if down:
         raise typer.Exit(1)
 

@@ -23,6 +23,7 @@ from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import load_image
 from pipeline.face.records import Face
+from pipeline.files import private_dir, private_umask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OK, NO_FACE, LOW_QUALITY = 0, 1, 2
@@ -102,6 +103,7 @@ class EmbeddingCache:
         self.entries[str(path.resolve())] = (*self._stamp(path), emb)
         self.dirty = True
 
+    @private_umask()  # embeddings of faces: owner-only (pipeline.files)
     def save(self, dim: int) -> None:
         if not self.dirty:
             return
@@ -111,7 +113,7 @@ class EmbeddingCache:
             v = self.entries[k][2].vector
             if v is not None:
                 vecs[i] = v
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(
             tmp,

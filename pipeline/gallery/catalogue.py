@@ -30,13 +30,14 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from pipeline.files import private_dir, private_file
 from pipeline.gallery.errors import (
     DuplicateExternalId,
     GalleryError,
@@ -50,6 +51,16 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # and schema migrations across every process and pod.
 WRITE_LOCK_KEY = 0x46535F47414C  # "FS_GAL"
 MIGRATE_LOCK_KEY = WRITE_LOCK_KEY + 1
+# Ids per IN (...) query: SQLite takes 32766 bind parameters, PostgreSQL 65535.
+IN_CHUNK = 10_000
+
+
+class FaceOwner(NamedTuple):
+    """Whom a catalogued face belongs to (what a search candidate shows)."""
+
+    identity_id: str
+    name: str
+    external_id: str | None
 
 metadata = sa.MetaData()
 identities = sa.Table(
@@ -126,7 +137,10 @@ class Catalogue:
             db = Path(self.url.database or "")
             if not self.url.database or self.url.database == ":memory:":
                 raise GalleryError("the catalogue needs a database file or a server")
-            db.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(db.parent)
+            # Created owner-only before SQLite opens it: SQLite gives its -wal and -shm
+            # files the database file's mode.
+            os.close(private_file(db))
             self._lock_path = db.with_name(db.name + ".lock")
             self.engine: Engine = sa.create_engine(self.url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -171,7 +185,7 @@ class Catalogue:
     @contextlib.contextmanager
     def _file_lock(self, suffix: str) -> Iterator[None]:
         assert self._lock_path is not None
-        fd = os.open(str(self._lock_path) + suffix, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = private_file(str(self._lock_path) + suffix)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -329,6 +343,24 @@ class Catalogue:
                 _SELECT_IDENTITY.where(identities.c.identity_id.in_(identity_ids))
             ).all()
         return {r._mapping["identity_id"]: self._identity(r) for r in rows}
+
+    def face_owners(self, face_ids: Collection[str]) -> dict[str, FaceOwner]:
+        """Face id -> the identity the catalogue holds that face under, for the catalogued
+        faces among ``face_ids`` (the others are absent). One query for a search batch
+        (chunked only beyond what a database takes as bind parameters)."""
+        ids = sorted(set(face_ids))
+        out: dict[str, FaceOwner] = {}
+        if not ids:
+            return out
+        query = sa.select(
+            faces.c.face_id, identities.c.identity_id, identities.c.name, identities.c.external_id
+        ).join_from(faces, identities, faces.c.identity_id == identities.c.identity_id)
+        with self._reader() as con:
+            for i in range(0, len(ids), IN_CHUNK):
+                for row in con.execute(query.where(faces.c.face_id.in_(ids[i : i + IN_CHUNK]))):
+                    m = row._mapping
+                    out[m["face_id"]] = FaceOwner(m["identity_id"], m["name"], m["external_id"])
+        return out
 
     def detail(self, identity_id: str) -> IdentityDetail:
         ident = self.get(identity_id)

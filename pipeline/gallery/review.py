@@ -37,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from pipeline.config.review import ReviewConfig
+from pipeline.files import private_dir, private_umask, write_private
 from pipeline.gallery.errors import (
     EnrollmentRejected,
     GalleryError,
@@ -717,16 +718,17 @@ class Review:
 
         Returns counts per kind."""
         counts = {"this_is": 0, "not_this_person": 0, "enrolled": 0}
-        out_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(out_dir)  # face crops: owner-only
         folder = {"this_is": "corrections", "not_this_person": "negatives"}
         people: set[str] = set()
 
         def put(rel: Path, data: bytes) -> str:
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (out_dir / rel).write_bytes(data)
+            private_dir((out_dir / rel).parent)
+            write_private(out_dir / rel, data)
             return rel.as_posix()
 
         with (
+            private_umask(),  # the index files below
             self.catalogue._reader() as con,
             (out_dir / "feedback.jsonl").open("w") as index,
             (out_dir / "manifest.jsonl").open("w") as manifest,

@@ -46,8 +46,9 @@ from pipeline.face.errors import FaceError, MultipleFacesError
 from pipeline.face.image_io import decode_image
 from pipeline.face.manifest import Threshold
 from pipeline.face.records import Face
+from pipeline.files import private_dir
 from pipeline.gallery.blobs import decode_crop, encode_crop
-from pipeline.gallery.catalogue import Catalogue
+from pipeline.gallery.catalogue import Catalogue, FaceOwner
 from pipeline.gallery.errors import (
     EnrollmentRejected,
     GalleryError,
@@ -158,7 +159,7 @@ class Gallery:
         self.batch_size = batch_size
         self.intra_op_threads = intra_op_threads
         self.data_dir, self.milvus_uri, url = resolved_paths(config)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # faces: owner-only (pipeline.files)
         password = config.catalogue_password
         self.catalogue = Catalogue(url, password.get_secret_value() if password else None)
         self.local_milvus: LocalMilvus | None = None
@@ -499,10 +500,19 @@ class Gallery:
         k = top_k or self.config.top_k
         if not 1 <= k <= 100:
             raise GalleryError(f"top_k must be in 1..100, got {k}")
-        hits = self.vectors.search(snap, np.atleast_2d(vectors), model_version, limit=k + 2)
-        # One catalogue query for the whole batch (a stream worker's poll is many probes).
-        known = self.catalogue.find(sorted({h.identity_id for row in hits for h in row}))
-        cands = [self._candidates(h, known, thr.value, k) for h in hits]
+        # A hit counts only when its (face, identity) pair is a catalogued face: a row
+        # written straight into Milvus must not make a stranger someone. One catalogue
+        # query for the whole batch (a stream worker's poll is many probes).
+        owners: dict[str, FaceOwner] = {}
+
+        def catalogued(face_ids: list[str]) -> dict[str, str]:
+            owners.update(self.catalogue.face_owners(face_ids))
+            return {f: o.identity_id for f, o in owners.items()}
+
+        hits = self.vectors.search(
+            snap, np.atleast_2d(vectors), model_version, limit=k + 2, catalogued=catalogued
+        )
+        cands = [self._candidates(h, owners, thr.value, k) for h in hits]
         self._apply_exclusions(np.atleast_2d(vectors), model_version, cands)
         return snap, thr, cands
 
@@ -530,12 +540,14 @@ class Gallery:
 
     @staticmethod
     def _candidates(
-        hits: list[Hit], known: dict[str, Identity], thr: float, k: int
+        hits: list[Hit], owners: dict[str, FaceOwner], thr: float, k: int
     ) -> list[Candidate]:
         out = []
         for h in hits:
-            ident = known.get(h.identity_id)
-            if ident is None:  # enrolment not committed yet, or being removed
+            ident = owners.get(h.face_id)
+            # Not catalogued (enrolment not committed yet, being removed, or never
+            # enrolled at all), or catalogued under someone else.
+            if ident is None or ident.identity_id != h.identity_id:
                 continue
             out.append(
                 Candidate(

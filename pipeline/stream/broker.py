@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.files import PRIVATE_UMASK, private_dir
 from pipeline.procs import free_ports
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,7 @@ class LocalKafka:
             self.data_dir = Path(tempfile.mkdtemp(prefix="facestream-kafka-"))
             self._owns_data_dir = True
         else:
-            self.data_dir = self._requested_data_dir.resolve()
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir = private_dir(self._requested_data_dir.resolve())
 
         try:
             # The script bounds its own wait; the margin covers its stop-on-timeout path.
@@ -199,6 +199,8 @@ class LocalKafka:
             proc = subprocess.run(
                 ["bash", str(self.script), command],
                 env=self._env(),
+                # The broker's log segments are camera frames (faces): owner-only.
+                umask=PRIVATE_UMASK,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

@@ -32,6 +32,7 @@ from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import decode_image, read_image_bytes
+from pipeline.files import private_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
 CACHE_FORMAT = 1
@@ -180,7 +181,7 @@ class CropCache:
 
     @staticmethod
     def _write(path: Path, rec: CropRecord) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # face chips: owner-only (mkstemp files are 0600)
         meta = {
             "has_chip": rec.chip is not None,
             "passed": rec.passed,

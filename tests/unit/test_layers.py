@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2] / "pipeline"
 # Lowest first. A package may import packages of lower layers; within a layer, sideways
 # imports are allowed as long as they make no cycle.
 LAYERS: list[set[str]] = [
-    {"errors", "procs"},
+    {"errors", "procs", "files"},
     {"config", "metrics"},
     {"shared_data"},
     {"face"},  # the pure face core
