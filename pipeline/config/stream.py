@@ -387,11 +387,9 @@ def load_stream_file(path: Path) -> StreamConfig:
 
 __all__ = [
     "CameraConfig",
-    "EmbedderServeConfig",
     "IngestConfig",
     "KafkaConfig",
     "MetricsConfig",
-    "SearchServeConfig",
     "StreamConfig",
     "TopicsConfig",
     "TrackerConfig",

@@ -45,7 +45,3 @@ def replica_options(
         "downscale_delay_s": a.downscale_delay_s,
     }
     return options
-
-
-def max_replicas(replicas: int, autoscaling: AutoscalingConfig | None) -> int:
-    return autoscaling.max_replicas if autoscaling is not None else replicas

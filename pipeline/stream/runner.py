@@ -352,10 +352,6 @@ class StreamRunner:
         s.lag = self._lag()
         return s
 
-    def ingest_finished(self) -> bool:
-        done_states = {"finished", "failed", "stopped"}
-        return all(v.get("state") in done_states for v in self.ingest_stats().values())
-
     def drained(self, summary: Summary | None = None) -> bool:
         """Every camera finished and every produced frame committed by the group."""
         s = summary or self.summary()
