@@ -341,7 +341,6 @@ def read_topic(
     stop: Callable[[], bool] | None = None,
     idle_timeout_s: float = 5.0,
     dedupe: bool = True,
-    client_id: str = "facestream-events",
     kafka: KafkaConfig | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the JSON events of ``topic`` (all partitions, no consumer group).
@@ -350,17 +349,12 @@ def read_topic(
     it waits for new events until ``stop()`` returns True. Duplicate event ids (the
     at-least-once repeats) are dropped unless ``dedupe`` is False.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from pipeline.stream.kafka_client import client_kwargs
+    from pipeline.stream import kafka_client
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_kwargs(kafka),
-    )
+    at = kafka_client.with_bootstrap(bootstrap_servers, kafka)
+    consumer = kafka_client.consumer(at, "events", auto_offset_reset="earliest")
     seen = Deduper()
     try:
         parts = consumer.partitions_for_topic(topic)

@@ -51,6 +51,7 @@ from pipeline.gallery.review_records import RecordedFace
 from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
+from pipeline.stream import kafka_client
 from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
 from pipeline.stream.events import (
     Match,
@@ -60,7 +61,6 @@ from pipeline.stream.events import (
     face_out,
     identity_event,
 )
-from pipeline.stream.kafka_client import client_kwargs
 from pipeline.stream.schemas import (
     DlqEvent,
     FaceOut,
@@ -231,21 +231,14 @@ class RecognitionWorker:
     # -- set-up --------------------------------------------------------------------------
 
     def _make_producer(self) -> KafkaProducer:
-        from kafka import KafkaProducer
-
-        k = self.cfg.kafka
-        return KafkaProducer(
-            bootstrap_servers=k.bootstrap_servers,
-            client_id=f"{k.client_id}-worker-{self.worker_id}",
-            acks="all",
-            enable_idempotence=True,
+        return kafka_client.producer(
+            self.cfg.kafka,
+            f"worker-{self.worker_id}",
             linger_ms=2,
             max_block_ms=10_000,
-            request_timeout_ms=k.request_timeout_ms,
             # An output larger than this fails at send() (MessageSizeTooLargeError, not
             # retriable) instead of at the broker: dead letters are cut to fit it.
             max_request_size=self.cfg.workers.max_record_bytes + 64 * 1024,
-            **client_kwargs(k),
         )
 
     def _reset_producer(self) -> None:
@@ -256,15 +249,13 @@ class RecognitionWorker:
         self.producer = self._make_producer()
 
     def _make_consumer(self) -> KafkaConsumer:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka import ConsumerRebalanceListener
 
         w, k = self.cfg.workers, self.cfg.kafka
-        consumer = KafkaConsumer(
-            bootstrap_servers=k.bootstrap_servers,
-            client_id=f"{k.client_id}-worker-{self.worker_id}",
+        consumer = kafka_client.consumer(
+            k,
+            f"worker-{self.worker_id}",
             group_id=k.group_id,
-            enable_auto_commit=False,
-            **client_kwargs(k),
             auto_offset_reset="earliest",
             max_poll_records=w.max_poll_records,
             max_partition_fetch_bytes=w.max_partition_fetch_bytes,
