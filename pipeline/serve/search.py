@@ -37,6 +37,7 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.gallery.review_records import RecordedFace, RecordResult
 from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
@@ -68,12 +69,11 @@ class SearchHit:
 class SearchResult:
     model_version: str
     collection: str | None  # None: no collection of that version (nothing to compare with)
-    threshold: float | None
+    # The threshold and why that value (kind, target FAR, gallery size, extrapolated,
+    # provenance); None when there was no collection.
+    threshold: ThresholdInfo | None
     candidates: list[list[SearchHit]] = field(default_factory=list)  # per vector, best first
     note: str | None = None
-    # ThresholdInfo as a plain dict (value, kind, target_far, gallery_size, provenance,
-    # extrapolated): why ``threshold`` has that value; None when there was no collection.
-    threshold_info: dict[str, Any] | None = None
 
 
 def _vectors(requests: list[SearchRequest]) -> int:
@@ -167,9 +167,7 @@ class GallerySearchDeployment:
             ]
             for row in cands
         ]
-        return SearchResult(
-            version, collection, float(thr.value), hits, threshold_info=thr.model_dump(mode="json")
-        )
+        return SearchResult(version, collection, thr, hits)
 
     # -- live model swap -------------------------------------------------------------------
 
@@ -236,7 +234,6 @@ class GallerySearchDeployment:
                         res.threshold,
                         res.candidates[start : start + n],
                         res.note,
-                        res.threshold_info,
                     )
                     start += n
         return [r for r in out if r is not None]

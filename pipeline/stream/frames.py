@@ -50,7 +50,6 @@ from pipeline.stream.schemas import (
     FaceOut,
     IdentityEvent,
     IdentityRef,
-    ThresholdRef,
 )
 from pipeline.stream.tracker import Observation, Tracker, TrackResult
 
@@ -245,19 +244,12 @@ class FrameStep:
         tracks = self.tracker.update(
             msg.camera_id, msg.seq, msg.capture_ts_ms, _observations(res, matches)
         )
-        threshold = (
-            ThresholdRef.model_validate(
-                {k: res.threshold_info.get(k) for k in ThresholdRef.model_fields}
-            )
-            if res.threshold_info
-            else None
-        )
         outs: list[FaceOut] = []
         for i, (f, tr) in enumerate(zip(res.faces, tracks, strict=True)):
             fo = face_out(msg, i, f, matches.get(id(f)), tr, self._name(tr.confirmed_identity))
             outs.append(fo)
             self._keep_unknown(msg, res, f, fo, tr, kept)
-            event = self._announce(msg, res, f, fo, tr, threshold, kept)
+            event = self._announce(msg, res, f, fo, tr, kept)
             if event is not None:
                 identities.append(event)
         embedded = bool(res.embedded)
@@ -270,7 +262,6 @@ class FrameStep:
             model_version=res.model_version if embedded else None,
             collection=res.collection if embedded else None,
             threshold=res.threshold if embedded else None,
-            threshold_detail=threshold if embedded else None,
             worker=self.worker_id,
             analyzer=res.analyzer,
             timings_ms={f"{k}_ms": v * 1000 for k, v in res.timings.items()},
@@ -331,7 +322,6 @@ class FrameStep:
         face: Face,
         fo: FaceOut,
         track: TrackResult,
-        threshold: ThresholdRef | None,
         kept: list[RecordedFace],
     ) -> IdentityEvent | None:
         """The identity event of a track confirmed (or changed) on this face, with its
@@ -357,7 +347,7 @@ class FrameStep:
             self._name(track.announcement.previous_identity_id),
             model_version=version,
             collection=collection,
-            threshold=threshold,
+            threshold=res.threshold,
             crop_id=crop.face_id if crop is not None else None,
         )
 

@@ -4,6 +4,7 @@ track, the dead letters and the crops to keep, with deterministic ids."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from pipeline.config.face import ImageLimits
 from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
 from pipeline.face.records import Detection, Face, Landmarks, QualityReport
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
 from pipeline.serve.search import SearchHit
 from pipeline.stream.codec import FrameMessage, frame_headers
@@ -69,15 +71,9 @@ def answer(*hits: SearchHit | None, rejected: tuple[str, str] | None = None) -> 
         candidates=[[h] if h is not None else [] for h in hits],
         model_version=VERSION,
         collection="faces_m_1",
-        threshold=0.9,
-        threshold_info={
-            "value": 0.9,
-            "kind": "open_set",
-            "target_far": 0.01,
-            "gallery_size": 5,
-            "extrapolated": False,
-            "provenance": "test",
-        },
+        threshold=ThresholdInfo(
+            value=0.9, kind="open_set", target_far=0.01, gallery_size=5, provenance="test"
+        ),
         timings={"detect": 0.01},
         rejected=rejected,
     )
@@ -176,3 +172,20 @@ def _valid(raw: bytes, kind: str) -> None:
     jsonschema.validate(json.loads(raw), load_schema(kind))
     model = DetectionEvent if kind == "detection" else IdentityEvent
     model.model_validate_json(raw)
+
+
+def test_events_carry_the_whole_threshold_explanation_extrapolated_included() -> None:
+    """A gallery larger than the calibration could measure: the curve's last threshold
+    holds and the explanation says so; events must carry that flag (the README says
+    they do), as the REST API and the CLI do."""
+    big = [answer(ANN), answer(ANN)]
+    for a in big:
+        assert a.threshold is not None
+        a.threshold = a.threshold.model_copy(update={"gallery_size": 50_000, "extrapolated": True})
+    out = step().run([frame(0), frame(1)], Analyzer(big))
+    detection = json.loads(to_json(out.detections[1]))
+    identity = json.loads(to_json(out.identities[0]))
+    for explained in (detection["threshold_detail"], identity["threshold"]):
+        assert explained["extrapolated"] is True and explained["gallery_size"] == 50_000
+    for schema in (load_schema("detection"), load_schema("identity")):
+        assert "extrapolated" in schema["$defs"]["ThresholdRef"]["required"]
