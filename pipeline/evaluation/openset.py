@@ -48,7 +48,7 @@ GROWTH = 10  # the second gallery size, as a multiple of the first
 
 
 @dataclass
-class Splits:
+class OpenSetSplits:
     calibration: dict[str, list[Path]]
     enrolled: dict[str, list[Path]]
     never_enrolled: dict[str, list[Path]]
@@ -62,7 +62,7 @@ def make_splits(
     enrol_fraction: float = 0.5,
     *,
     everyone: dict[str, list[Path]] | None = None,
-) -> Splits:
+) -> OpenSetSplits:
     """Split ``identities`` (those with enough photos to probe); the report-split people
     of ``everyone`` (the whole folder) who are not in ``identities`` become distractors.
     The calibration split is by name, so distractors never include calibration people."""
@@ -79,7 +79,7 @@ def make_splits(
         for name, paths in (everyone or {}).items()
         if name not in identities and split_of(name) >= calib_fraction
     }
-    return Splits(calib, enrolled, never, distractors)
+    return OpenSetSplits(calib, enrolled, never, distractors)
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _enrol_distractors(
 def evaluate_openset(
     pipe: FacePipeline,
     gallery: Gallery,
-    splits: Splits,
+    splits: OpenSetSplits,
     embeddings: dict[Path, ImageEmbedding],
     *,
     enrol_per_identity: int = 2,
@@ -324,7 +324,7 @@ def evaluate_openset(
 def run_openset(
     pipe: FacePipeline,
     gallery_factory: Callable[[GalleryConfig], Gallery],
-    splits: Splits,
+    splits: OpenSetSplits,
     cache: EmbeddingCache | None,
     *,
     growth: int = GROWTH,

@@ -39,7 +39,7 @@ from pipeline.face.manifest import ModelManifest, Threshold
 from pipeline.models.store import ModelStore
 from pipeline.train.data import (
     CropCache,
-    Splits,
+    TrainSplits,
     check_sampler_fits,
     list_images,
     load_faces,
@@ -73,7 +73,7 @@ class Prepared:
     base: ModelManifest
     pipeline: FacePipeline
     cache: CropCache
-    splits: Splits
+    splits: TrainSplits
     guards: list[GuardChips]
     replay_chips: np.ndarray | None = None
     replay_info: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +231,7 @@ def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[di
     return state, history
 
 
-def calibrate(
+def calibrate_on_heldout(
     vectors: np.ndarray,
     labels: np.ndarray,
     target_far: float,
@@ -339,7 +339,7 @@ def run_training(
 
 
 @dataclass
-class Candidate:
+class CandidateModel:
     version: str | None  # None when not registered
     manifest: ModelManifest | None
     base_eval: ModelEval
@@ -359,7 +359,7 @@ def register_candidate(
     batch_size: int = 32,
     intra_op_threads: int = 0,
     wall: dict[str, float] | None = None,
-) -> Candidate:
+) -> CandidateModel:
     """Export, evaluate against the base, calibrate, write the report, and (with
     ``register``) add the model to the store as a new inactive version."""
     from pipeline.train.export import stage_version
@@ -387,7 +387,7 @@ def register_candidate(
         )
         wall["eval_s"] = time.perf_counter() - t
         heldout_digest = ho.digest(prep.cache.salt)
-        threshold = calibrate(
+        threshold = calibrate_on_heldout(
             cand_emb.embed(ho.chips),
             ho.labels,
             cfg.calibrate_far,
@@ -454,7 +454,7 @@ def register_candidate(
     finally:
         if staged.scratch.exists():
             staged.discard()
-    return Candidate(
+    return CandidateModel(
         manifest.version if manifest else None,
         manifest,
         base_eval,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluation.openset_curve import Pool, StrangerFAR, gallery_grid
+from pipeline.evaluation.openset_curve import CalibrationFaces, StrangerFAR, gallery_grid
 from pipeline.face.align import dlib_chip_template
 from pipeline.face.manifest import (
     MANIFEST_NAME,
@@ -33,7 +33,9 @@ from pipeline.models.bootstrap import (
 from pipeline.models.store import ModelStore
 
 
-def synthetic_pool(n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 5) -> Pool:
+def synthetic_pool(
+    n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 5
+) -> CalibrationFaces:
     """Identities as noisy copies of a random centre; a few look-alike pairs of identities
     share most of their centre, so false accepts cluster as they do on real faces."""
     rng = np.random.default_rng(seed)
@@ -47,10 +49,10 @@ def synthetic_pool(n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 
             labels.append(i)
     v = np.array(vecs, dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return Pool(v, np.array(labels), n_ids)
+    return CalibrationFaces(v, np.array(labels), n_ids)
 
 
-def brute_force_far(pool: Pool, t: float, n: int) -> float:
+def brute_force_far(pool: CalibrationFaces, t: float, n: int) -> float:
     """FAR(t, n) straight from the definition, every pair scored."""
     sims = pool.vectors @ pool.vectors.T
     out = []
