@@ -20,13 +20,14 @@ def most_replicas(section: AnalyzerServeConfig | EmbedderServeConfig) -> int:
 
 
 def logical_cpus(c: StreamConfig) -> float:
-    """Ray CPUs the pipeline reserves: workers, analyzer, embedder and search replicas,
-    ingesters."""
+    """Ray CPUs the pipeline reserves: workers, analyzer, embedder, search and review
+    recorder replicas, ingesters."""
     return (
         c.workers.count * c.workers.num_cpus
         + c.analyzer.num_cpus * most_replicas(c.analyzer)
         + c.embedder.num_cpus * most_replicas(c.embedder)
         + c.search.num_cpus * c.search.replicas
+        + c.recorder.num_cpus * c.recorder.replicas
         + c.ingest.num_cpus * max(len(c.cameras), 1)
     )
 

@@ -53,7 +53,7 @@ from pipeline.config.stream import StreamConfig
 from pipeline.gallery.review_records import RecordedFace
 from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
-from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
+from pipeline.serve.recorder import DEPLOYMENT_NAME as RECORDER
 from pipeline.stream import kafka_client
 from pipeline.stream.frames import FrameStep
 from pipeline.stream.publisher import Publisher
@@ -101,7 +101,7 @@ class RecognitionWorker:
 
             analyzer_handle = serve.get_deployment_handle(ANALYZER, app_name=cfg.analyzer.app_name)
         self.analyzer = analyzer_handle
-        self._search: Any = None  # the search deployment keeps faces for review
+        self._recorder: Any = None  # the review recorder deployment, at the first kept face
 
         self.consumer = self._make_consumer()
         self.publisher = Publisher(cfg, self._make_producer, self.consumer, self.stats)
@@ -275,17 +275,19 @@ class RecognitionWorker:
             raise StageFailed("analyze", f"{type(exc).__name__}: {exc}") from exc
 
     def _keep_faces(self, faces: list[RecordedFace]) -> None:
-        """Hand the batch's kept faces to the gallery before its events are published, so
-        an event's crop_id can be fetched as soon as the event is read. Idempotent (face
-        ids), so a retried batch writes nothing twice."""
+        """Hand the batch's kept faces to the review recorder before its events are
+        published, so an event's crop_id can be fetched as soon as the event is read.
+        Idempotent (face ids), so a retried batch writes nothing twice."""
         if not faces:
             return
-        if self._search is None:
+        if self._recorder is None:
             from ray import serve
 
-            self._search = serve.get_deployment_handle(SEARCH, app_name=self.cfg.search.app_name)
+            app = self.cfg.recorder.app_name
+            self._recorder = serve.get_deployment_handle(RECORDER, app_name=app)
+        timeout_s = 2 * self.cfg.workers.call_timeout_s
         try:
-            self._search.record.remote(faces).result(timeout_s=2 * self.cfg.workers.call_timeout_s)
+            self._recorder.record.remote(faces).result(timeout_s=timeout_s)
         except Exception as exc:
             raise StageFailed("keep_faces", f"{type(exc).__name__}: {exc}") from exc
 

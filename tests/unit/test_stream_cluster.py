@@ -24,6 +24,7 @@ def _reserved(cfg: StreamConfig) -> float:
         + cfg.analyzer.num_cpus * analyzers
         + cfg.embedder.num_cpus * embedders
         + cfg.search.num_cpus * cfg.search.replicas
+        + cfg.recorder.num_cpus * cfg.recorder.replicas
         + cfg.ingest.num_cpus * max(len(cfg.cameras), 1)
     )
 
