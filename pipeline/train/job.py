@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from pipeline.train.data import (
 )
 from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_epoch
 from pipeline.train.model import load_torch_model
+
+if TYPE_CHECKING:
+    from pipeline.train.export import StagedVersion
 
 PARITY_CHIPS = 16
 
@@ -348,6 +351,58 @@ class CandidateModel:
     roc_path: Path
 
 
+def _lineage(
+    prep: Prepared,
+    run_name: str,
+    staged: StagedVersion,
+    base_eval: ModelEval,
+    cand_eval: ModelEval,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Where a candidate comes from: parent, run, data digests, the training recipe, the
+    held-out comparison, its files and the export's parity (the manifest's lineage)."""
+    cfg = prep.cfg
+    heldout_digest = prep.splits.heldout.digest(prep.cache.salt)
+    steps = steps_per_epoch(cfg, len(prep.splits.train))
+    return {
+        "parent": prep.base.version,
+        "run": run_name,
+        "storage": storage_path(cfg) + "/" + run_name,
+        "data": {
+            "source": str(cfg.data.root or cfg.data.manifest),
+            "digest": prep.splits.all_faces.digest(prep.cache.salt),
+            "train_digest": prep.splits.train.digest(prep.cache.salt),
+            "heldout_digest": heldout_digest,
+            "split_seed": cfg.data.split_seed,
+            "heldout_fraction": cfg.data.heldout_fraction,
+            "crop_cache_key": prep.cache.salt,
+            **prep.splits.describe(),
+        },
+        "loss": cfg.loss.model_dump(mode="json"),
+        "optim": cfg.optim.model_dump(mode="json"),
+        "sampler": cfg.sampler.model_dump(mode="json"),
+        "augment": cfg.augment.model_dump(mode="json"),
+        "freeze": cfg.freeze,
+        "init_head": cfg.init_head,
+        "epochs": cfg.epochs,
+        "steps": cfg.epochs * steps,
+        "seed": cfg.seed,
+        "training": training,
+        "replay": prep.replay_info or None,
+        "evaluation": {
+            "heldout_digest": heldout_digest,
+            "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
+            "models": {
+                prep.base.version: base_eval.summary(),
+                staged.version: cand_eval.summary(),
+            },
+        },
+        "metrics": cand_eval.summary(),
+        "files": {role: f.sha256 for role, f in staged.draft.files.items()},
+        "parity": staged.parity,
+    }
+
+
 def register_candidate(
     prep: Prepared,
     model: torch.nn.Module,
@@ -395,44 +450,7 @@ def register_candidate(
             f"({ho.n_identities} identities)",
             prep.base.threshold,
         )
-        steps = steps_per_epoch(cfg, len(prep.splits.train))
-        lineage: dict[str, Any] = {
-            "parent": prep.base.version,
-            "run": run_name,
-            "storage": storage_path(cfg) + "/" + run_name,
-            "data": {
-                "source": str(cfg.data.root or cfg.data.manifest),
-                "digest": prep.splits.all_faces.digest(prep.cache.salt),
-                "train_digest": prep.splits.train.digest(prep.cache.salt),
-                "heldout_digest": heldout_digest,
-                "split_seed": cfg.data.split_seed,
-                "heldout_fraction": cfg.data.heldout_fraction,
-                "crop_cache_key": prep.cache.salt,
-                **prep.splits.describe(),
-            },
-            "loss": cfg.loss.model_dump(mode="json"),
-            "optim": cfg.optim.model_dump(mode="json"),
-            "sampler": cfg.sampler.model_dump(mode="json"),
-            "augment": cfg.augment.model_dump(mode="json"),
-            "freeze": cfg.freeze,
-            "init_head": cfg.init_head,
-            "epochs": cfg.epochs,
-            "steps": cfg.epochs * steps,
-            "seed": cfg.seed,
-            "training": training or {},
-            "replay": prep.replay_info or None,
-            "evaluation": {
-                "heldout_digest": heldout_digest,
-                "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
-                "models": {
-                    prep.base.version: base_eval.summary(),
-                    staged.version: cand_eval.summary(),
-                },
-            },
-            "metrics": cand_eval.summary(),
-            "files": {role: f.sha256 for role, f in staged.draft.files.items()},
-            "parity": staged.parity,
-        }
+        lineage = _lineage(prep, run_name, staged, base_eval, cand_eval, training or {})
         report_path, roc_path = write_report(
             out_dir,
             base_eval,
