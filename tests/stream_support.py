@@ -45,6 +45,7 @@ def stream_cfg(bootstrap: str, prefix: str = "s", **sections: Any) -> StreamConf
         "analyzer": {"app_name": f"ana-{tag}", "num_cpus": 0.3},
         "embedder": {"app_name": f"emb-{tag}", "num_cpus": 0.3},
         "search": {"app_name": f"search-{tag}", "num_cpus": 0.1},
+        "recorder": {"app_name": f"rec-{tag}", "num_cpus": 0.05},
         "ingest": {"num_cpus": 0.05},
     }
     for key, value in sections.items():

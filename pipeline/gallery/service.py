@@ -78,7 +78,7 @@ from pipeline.gallery.records import (
 )
 from pipeline.gallery.review_store import exclusion_vectors
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
-from pipeline.models.bootstrap import upgrade_default_threshold
+from pipeline.models.bootstrap import add_shipped_curves
 from pipeline.models.store import ModelStore
 
 ImageInput = tuple[str, bytes | np.ndarray]
@@ -158,6 +158,9 @@ class Gallery:
         self.default_version = default_version
         self.batch_size = batch_size
         self.intra_op_threads = intra_op_threads
+        # A default model built before it shipped calibrated gets its open-set curve here,
+        # once, at start-up, not in a search (in memory only where the store is read-only).
+        self._thresholds_in_memory = add_shipped_curves(store)
         self.data_dir, self.milvus_uri, url = resolved_paths(config)
         private_dir(self.data_dir)  # faces: owner-only (pipeline.files)
         password = config.catalogue_password
@@ -452,8 +455,7 @@ class Gallery:
         # Read every time: `facestream calibrate` may update the manifest while we serve.
         thr = self.store.manifest(version).threshold
         if thr.open_set is None:
-            # A default model built before it shipped calibrated gets its curve in place.
-            thr = upgrade_default_threshold(self.store, version, thr)
+            thr = self._thresholds_in_memory.get(version, thr)
         return thr
 
     def gallery_faces(self) -> int:

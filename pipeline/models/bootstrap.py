@@ -183,3 +183,21 @@ def upgrade_default_threshold(
     except OSError as exc:
         log.warning("model %s: open-set curve not written into the manifest: %s", version, exc)
     return upgraded
+
+
+def add_shipped_curves(store: ModelStore, path: Path = DEFAULT_OPEN_SET) -> dict[str, Threshold]:
+    """Start-up, once per process that opens a gallery: a store bootstrapped before the
+    default model shipped calibrated gets the shipped curve in its manifest, so that no
+    search has to add it. Returns what could only be kept in memory (a read-only store):
+    version -> its threshold with the curve."""
+    shipped = load_shipped_curve(path)
+    if shipped is None or shipped.model_version not in store.versions():
+        return {}
+    version = shipped.model_version
+    threshold = store.manifest(version).threshold
+    if threshold.open_set is not None:
+        return {}
+    upgraded = upgrade_default_threshold(store, version, threshold, path)
+    if store.manifest(version).threshold.open_set is not None:
+        return {}
+    return {version: upgraded}

@@ -40,6 +40,7 @@ from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import ImageError
 from pipeline.face.image_io import decode_image
 from pipeline.face.records import Face
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import EmbedRequest
 from pipeline.serve.loopback import keep_replica_on_loopback
@@ -66,8 +67,7 @@ class AnalyzeResult:
     candidates: list[list[SearchHit]] = field(default_factory=list)  # per embedded face
     model_version: str | None = None
     collection: str | None = None
-    threshold: float | None = None
-    threshold_info: dict[str, Any] | None = None  # why that threshold (target, gallery size)
+    threshold: ThresholdInfo | None = None  # its value and why (target, gallery size, ...)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     rejected: tuple[str, str] | None = None  # (reason, detail): dead-letter the frame
     failed: tuple[str, str] | None = None  # (stage, detail): retry the batch
@@ -182,8 +182,6 @@ class FrameAnalyzerDeployment:
         out.model_version = res.model_version
         out.collection = res.collection
         out.threshold = res.threshold
-        info = getattr(res, "threshold_info", None)
-        out.threshold_info = info.model_dump() if hasattr(info, "model_dump") else info
         out.candidates = res.candidates
 
 

@@ -88,11 +88,6 @@ class LocalKafka:
     def running(self) -> bool:
         return self._running
 
-    @property
-    def log_dir(self) -> Path | None:
-        """Where the broker's ``server.log`` is written, once a data dir is chosen."""
-        return self.data_dir / "logs" if self.data_dir is not None else None
-
     def fetch(self) -> None:
         """Resolve the Kafka jars into the cache (a no-op when they are already there)."""
         self._run("fetch", timeout=FETCH_TIMEOUT_S)

@@ -8,8 +8,9 @@ Start-up order, each stage its own process or actor pool:
    that name is already there; one with an unusable photo is reported and left out, or,
    strict, undoes the others and fails the start-up), then the gallery is handed to its
    search deployment.
-3. Ray (local unless already initialised) and Ray Serve with two applications: the
-   batched embedder and the gallery search.
+3. Ray (local unless already initialised) and Ray Serve with its applications: the
+   batched embedder, the gallery search, the review recorder (when the review keeps
+   faces) and the frame analyzer.
 4. ``workers.count`` recognition actors in one consumer group.
 5. One ingest actor per camera.
 
@@ -160,7 +161,9 @@ class StreamRunner:
         self.broker: LocalKafka | None = None
         self.local_milvus: LocalMilvus | None = None
         self.started_ray = False
-        self.apps = ServeApps(cfg.embedder, cfg.search, settings.models, cfg.analyzer)
+        self.apps = ServeApps(
+            cfg.embedder, cfg.search, settings.models, cfg.analyzer, recorder=cfg.recorder
+        )
         self.live_file: Path | None = None
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
@@ -193,7 +196,7 @@ class StreamRunner:
             with starting("the gallery (Milvus server and catalogue database)"):
                 self._enroll(enroll or {}, strict=strict_enroll)
             self.started_ray = start_ray(self.cfg)
-            with starting("Ray Serve (embedder, search, analyzer deployments)"):
+            with starting("Ray Serve (embedder, search, review, analyzer deployments)"):
                 self._deploy()
             self.monitor = Monitor(self.cfg)
             with starting("the recognition workers"):
@@ -241,6 +244,9 @@ class StreamRunner:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
         self.apps.deploy_embedder()
         self.deploy_search()
+        review = self.settings.gallery.review
+        if review.event_crops or review.keep_unknowns:
+            self.apps.deploy_recorder(self.settings.gallery, self.settings.face)
         self.apps.deploy_analyzer(self.analyzer_face_config(), self.cfg.workers.call_timeout_s)
         # `facestream models promote|rollback` finds this file and swaps live.
         self.live_file = announce(self.apps)
@@ -336,10 +342,6 @@ class StreamRunner:
             self._lag = LagProbe(self.cfg)
         s.lag = self._lag()
         return s
-
-    def ingest_finished(self) -> bool:
-        done_states = {"finished", "failed", "stopped"}
-        return all(v.get("state") in done_states for v in self.ingest_stats().values())
 
     def drained(self, summary: Summary | None = None) -> bool:
         """Every camera finished and every produced frame committed by the group."""

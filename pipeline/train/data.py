@@ -327,7 +327,7 @@ def split_identities(
 
 
 @dataclass
-class Splits:
+class TrainSplits:
     train: FaceSet
     heldout: FaceSet
     all_faces: FaceSet
@@ -342,9 +342,9 @@ class Splits:
         }
 
 
-def make_splits(faces: FaceSet, cfg: DataConfig) -> Splits:
+def make_splits(faces: FaceSet, cfg: DataConfig) -> TrainSplits:
     train_names, held_names = split_identities(faces.names, cfg.heldout_fraction, cfg.split_seed)
-    return Splits(faces.subset(train_names), faces.subset(held_names), faces)
+    return TrainSplits(faces.subset(train_names), faces.subset(held_names), faces)
 
 
 def check_sampler_fits(train: FaceSet, p: int) -> None:

@@ -6,6 +6,7 @@ gallery sizes."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_threshold_follows_the_gallery_size_and_explains_itself(
         assert shrunk.value < grown.threshold.value
         asked = g.search_image(probe, threshold=0.5).threshold
         assert (asked.kind, asked.value, asked.overridden) == ("request", 0.5, True)
-        # the stream's search deployment hands the whole explanation on with the float
+        # the stream's search deployment hands the whole explanation on
         vec = g.search_image(probe)  # embed through the gallery's own face core
         assert vec.faces and vec.faces[0].similarity is not None
         cls = GallerySearchDeployment.func_or_class
@@ -86,12 +87,12 @@ def test_threshold_follows_the_gallery_size_and_explains_itself(
         face = pipe.analyze(load_image(photos(lfw, PEOPLE[0])[-1]), pick="center")[0]
         assert face.embedding is not None
         out = dep._search_version(version, face.embedding[None, :])
-        assert out.threshold == curve.at(5)[0]
-        assert out.threshold_info is not None
-        assert out.threshold_info["kind"] == "open_set"
-        assert out.threshold_info["gallery_size"] == 5
-        assert out.threshold_info["value"] == out.threshold
-        assert json.dumps(out.threshold_info)  # plain data: it travels to the workers
+        assert out.threshold is not None
+        assert out.threshold.value == curve.at(5)[0]
+        assert out.threshold.kind == "open_set"
+        assert out.threshold.gallery_size == 5
+        # the object itself travels to the workers (Ray pickles it), whole
+        assert pickle.loads(pickle.dumps(out.threshold)) == out.threshold
     finally:
         g.close()
 

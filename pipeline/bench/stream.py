@@ -68,16 +68,19 @@ class StreamBench:
     analyzers: int
 
 
-def _tagged(cfg: StreamConfig, kafka: str | None, workers: int, analyzers: int) -> StreamConfig:
-    """This run's own topics and consumer group (a shared broker keeps other runs' data)."""
+def tagged_config(
+    cfg: StreamConfig, kafka: str | None, workers: int, analyzers: int, prefix: str = "bench"
+) -> StreamConfig:
+    """This run's own topics and consumer group (a shared broker keeps other runs' data),
+    ``workers`` workers and ``analyzers`` analyzer replicas, no configured camera."""
     tag = uuid.uuid4().hex[:8]
     data = cfg.model_dump()
-    data["kafka"].update({"group_id": f"bench-{tag}", "bootstrap_servers": kafka})
+    data["kafka"].update({"group_id": f"{prefix}-{tag}", "bootstrap_servers": kafka})
     data["topics"] = {
-        "frames": f"bench{tag}.frames",
-        "detections": f"bench{tag}.detections",
-        "identities": f"bench{tag}.identities",
-        "dlq": f"bench{tag}.frames.dlq",
+        "frames": f"{prefix}{tag}.frames",
+        "detections": f"{prefix}{tag}.detections",
+        "identities": f"{prefix}{tag}.identities",
+        "dlq": f"{prefix}{tag}.frames.dlq",
     }
     data["workers"]["count"] = workers
     data["analyzer"]["replicas"] = analyzers
@@ -95,7 +98,16 @@ def _read(cfg: StreamConfig, topic: str, camera: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _summarise(cfg: StreamConfig, camera: str) -> StreamRun:
+def clip_fps(video: str) -> float:
+    """The video's own frame rate."""
+    cap = open_capture(video)
+    try:
+        return native_fps(cap)
+    finally:
+        cap.release()
+
+
+def summarise(cfg: StreamConfig, camera: str) -> StreamRun:
     detections = _read(cfg, cfg.topics.detections, camera)
     run = StreamRun(frames=len(detections))
     if not detections:
@@ -138,19 +150,15 @@ def bench_stream(
 ) -> StreamBench:
     """Run the three steps of the module docstring and return their figures."""
     say = on_step or (lambda _: None)
-    cap = open_capture(video)
-    try:
-        clip_fps = native_fps(cap)
-    finally:
-        cap.release()
-    rate = min(fps or clip_fps, 120.0)
+    native = clip_fps(video)
+    rate = min(fps or native, 120.0)
     max_side = CameraConfig(id=PEAK, url=video).max_side  # the cameras' default cap
 
     say(f"face_recognition's loop on {video} at {rate:g} fps of video")
     frames = (f.image for f in iter_frames(video, rate, max_side))
     peer = run_loop(frames, people, on_frame=on_frame)
 
-    cfg = _tagged(settings.stream, kafka, workers, analyzers)
+    cfg = tagged_config(settings.stream, kafka, workers, analyzers)
     with tempfile.TemporaryDirectory(prefix="fs-bench-kafka-") as kafka_dir:
         runner = StreamRunner(cfg, settings, kafka_data_dir=Path(kafka_dir))
         try:
@@ -161,8 +169,8 @@ def bench_stream(
             peak_cam = CameraConfig(id=PEAK, url=video, fps=rate, max_side=max_side, realtime=False)
             runner.add_camera(peak_cam)
             runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
-            peak = _summarise(cfg, PEAK)
-            rt_fps = round(min(max(peak.fps / 2, 0.5), clip_fps, 120.0), 2)
+            peak = summarise(cfg, PEAK)
+            rt_fps = round(min(max(peak.fps / 2, 0.5), native, 120.0), 2)
             say(f"real time at {rt_fps:g} fps (half the peak) for {latency_s:g} s")
             rt_cam = CameraConfig(
                 id=REALTIME, url=video, fps=rt_fps, max_side=max_side, realtime=True, loop=True
@@ -171,7 +179,7 @@ def bench_stream(
             time.sleep(latency_s)
             ray.get(runner.ingesters[REALTIME].stop.remote(), timeout=60)
             runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
-            realtime = _summarise(cfg, REALTIME)
+            realtime = summarise(cfg, REALTIME)
         finally:
             runner.stop()
     return StreamBench(video, peer, peak, realtime, rt_fps, workers, analyzers)

@@ -23,7 +23,6 @@ import contextlib
 import json
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,11 +35,10 @@ import ray
 # it is not (yet) a dependency of its own.
 import psutil  # isort: skip
 
+from pipeline.bench.stream import clip_fps, summarise, tagged_config
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig
-from pipeline.stream.bench import _summarise
 from pipeline.stream.runner import StreamRunner
-from pipeline.stream.video import native_fps, open_capture
 
 GROWTH_AIM_PCT = 5.0
 PEAK_CAMERA = "soak-peak"
@@ -249,29 +247,66 @@ class MemoryWatch:
 # -- the run ---------------------------------------------------------------------------
 
 
-def _tagged(cfg: StreamConfig, kafka: str | None, workers: int, analyzers: int) -> StreamConfig:
-    """This run's own topics and consumer group (a shared broker keeps other runs' data)."""
-    tag = uuid.uuid4().hex[:8]
-    data = cfg.model_dump()
-    data["kafka"].update({"group_id": f"soak-{tag}", "bootstrap_servers": kafka})
-    data["topics"] = {
-        "frames": f"soak{tag}.frames",
-        "detections": f"soak{tag}.detections",
-        "identities": f"soak{tag}.identities",
-        "dlq": f"soak{tag}.frames.dlq",
-    }
-    data["workers"]["count"] = workers
-    data["analyzer"]["replicas"] = analyzers
-    data["cameras"] = []
-    return StreamConfig.model_validate(data)
+def _peak(runner: StreamRunner, video: str, rate: float, timeout_s: float) -> float:
+    """Processed fps of the clip once, flat out (a non-real-time camera)."""
+    max_side = CameraConfig(id=PEAK_CAMERA, url=video).max_side
+    runner.add_camera(
+        CameraConfig(id=PEAK_CAMERA, url=video, fps=rate, max_side=max_side, realtime=False)
+    )
+    runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
+    fps = summarise(runner.cfg, PEAK_CAMERA).fps
+    if fps <= 0:
+        raise RuntimeError("the peak run processed no frame; see the workers' logs")
+    return fps
 
 
-def clip_fps(video: str) -> float:
-    cap = open_capture(video)
-    try:
-        return native_fps(cap)
-    finally:
-        cap.release()
+def _add_soak_cameras(runner: StreamRunner, video: str, n_cams: int, target: float) -> None:
+    """``n_cams`` real-time looped cameras of the clip, ``target`` fps in all."""
+    max_side = CameraConfig(id=PEAK_CAMERA, url=video).max_side
+    for i in range(n_cams):
+        runner.add_camera(
+            CameraConfig(
+                id=f"soak{i}",
+                url=video,
+                fps=target / n_cams,
+                max_side=max_side,
+                realtime=True,
+                loop=True,
+            )
+        )
+
+
+def _watch(
+    runner: StreamRunner,
+    report: SoakReport,
+    sample_s: float,
+    say: Callable[[str], None],
+) -> None:
+    """Sample lag and memory every ``sample_s`` for ``report.minutes``; fill the report's
+    window figures."""
+    watch = MemoryWatch(runner)
+    t0 = time.monotonic()
+    first = runner.summary()
+    watch.sample(0.0, discover=True)
+    report.lag.append((0.0, first.lag))
+    end = t0 + report.minutes * 60.0
+    while (now := time.monotonic()) < end:
+        time.sleep(min(sample_s, end - now))
+        t = time.monotonic() - t0
+        say(f"soak: {t / 60:.1f} of {report.minutes:g} min")
+        report.lag.append((t, runner.summary().lag))
+        # New actors after the first sample (a restarted worker) join under their
+        # name; only the first sample decides which processes are watched.
+        watch.sample(t, discover=False)
+    last = runner.summary()
+    t_end = time.monotonic() - t0
+    watch.sample(t_end, discover=False)
+    report.lag.append((t_end, last.lag))
+    report.seconds = t_end
+    report.produced = last.produced - first.produced
+    report.processed = last.processed - first.processed
+    order = ("driver", "actor", "ray", "kafka", "milvus")
+    report.processes = sorted(watch.procs.values(), key=lambda p: (order.index(p.kind), p.name))
 
 
 def run_soak(
@@ -295,24 +330,16 @@ def run_soak(
     ``stream`` replaces the settings' stream section (tests: small CPU shares)."""
     say = on_step or (lambda _: None)
     native = clip_fps(video)
-    cfg = _tagged(stream or settings.stream, kafka, workers, analyzers)
-    max_side = CameraConfig(id=PEAK_CAMERA, url=video).max_side
+    cfg = tagged_config(stream or settings.stream, kafka, workers, analyzers, "soak")
     runner = StreamRunner(cfg, settings)
     try:
         say("starting the pipeline (Kafka, Milvus, Ray, Serve, workers)")
         runner.start(people, ingest=False)
-        cfg = runner.cfg  # with the local broker's address
         measured = peak_fps is None
         if peak_fps is None:
             rate = min(peak_sample_fps or native, native)
             say(f"peak: the clip once, flat out ({rate:g} fps of video)")
-            runner.add_camera(
-                CameraConfig(id=PEAK_CAMERA, url=video, fps=rate, max_side=max_side, realtime=False)
-            )
-            runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
-            peak_fps = _summarise(cfg, PEAK_CAMERA).fps
-            if peak_fps <= 0:
-                raise RuntimeError("the peak run processed no frame; see the workers' logs")
+            peak_fps = _peak(runner, video, rate, timeout_s)
         target = peak_fps / 2
         n_cams = max(1, math.ceil(target / native))
         report = SoakReport(
@@ -327,45 +354,9 @@ def run_soak(
             analyzers=analyzers,
         )
         say(f"soak: {n_cams} real-time camera(s), {target:.2f} fps in all; warm-up {warmup_s:g}s")
-        for i in range(n_cams):
-            runner.add_camera(
-                CameraConfig(
-                    id=f"soak{i}",
-                    url=video,
-                    fps=target / n_cams,
-                    max_side=max_side,
-                    realtime=True,
-                    loop=True,
-                )
-            )
+        _add_soak_cameras(runner, video, n_cams, target)
         time.sleep(warmup_s)  # the warm-up is a span of load, not an event to wait for
-        watch = MemoryWatch(runner)
-        t0 = time.monotonic()
-        first = runner.summary()
-        watch.sample(0.0, discover=True)
-        report.lag.append((0.0, first.lag))
-        end = t0 + minutes * 60.0
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            time.sleep(min(sample_s, end - now))
-            t = time.monotonic() - t0
-            say(f"soak: {t / 60:.1f} of {minutes:g} min")
-            last = runner.summary()
-            report.lag.append((t, last.lag))
-            # New actors after the first sample (a restarted worker) join under their
-            # name; only the first sample decides which processes are watched.
-            watch.sample(t, discover=False)
-        last = runner.summary()
-        t_end = time.monotonic() - t0
-        watch.sample(t_end, discover=False)
-        report.lag.append((t_end, last.lag))
-        report.seconds = t_end
-        report.produced = last.produced - first.produced
-        report.processed = last.processed - first.processed
-        order = ("driver", "actor", "ray", "kafka", "milvus")
-        report.processes = sorted(watch.procs.values(), key=lambda p: (order.index(p.kind), p.name))
+        _watch(runner, report, sample_s, say)
         say("stopping the cameras and draining")
         for actor in runner.ingesters.values():
             ray.get(actor.stop.remote(), timeout=60)

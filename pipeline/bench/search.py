@@ -4,10 +4,7 @@
 ``pipeline/gallery/INDEX.md``. Nothing heavy is imported at module level (the CLI
 imports this lazily, and pymilvus takes a second to import).
 
-The vectors imitate a face gallery, not uniform noise: unit vectors in ``dim``
-dimensions drawn around one centre per identity (4 faces each), and the probes are new
-draws around enrolled centres. Uniform random vectors are the worst case for
-approximate indexes and would understate their recall on faces.
+The vectors imitate a face gallery (``pipeline.bench.synthetic``), not uniform noise.
 
 The collection has the schema of ``VectorStore.create`` (string ids, the quality and
 crop columns, Session consistency), and the timed searches are the call the gallery
@@ -29,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.bench.synthetic import DIM, SyntheticGallery, make_gallery
 from pipeline.gallery.index import (
     BUILD_PARAMS,
     SEARCH_KEYS,
@@ -48,16 +45,13 @@ from pipeline.gallery.index import (
     search_params,
 )
 from pipeline.gallery.vectors import FACES_PER_PERSON_FETCHED, MAX_TOPK
+from pipeline.procs import free_ports
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-DIM = 128
-FACES_PER_IDENTITY = 4
-SPREAD = 0.6
 INSERT_BATCH = 5_000
 BATCH_PROBES = 64
-RECALL_K = 10
 INDEX_WAIT_S = 900.0
 OUTPUT_FIELDS = ["face_id", "identity_id", "model_version"]  # as VectorStore.search
 MODEL_VERSION = "bench"
@@ -143,44 +137,6 @@ class Result:
         return self.insert_s + self.index_s
 
 
-@dataclass
-class Gallery:
-    """Face-like vectors, their identities, probes and the exact answers."""
-
-    vectors: np.ndarray  # (rows, dim) unit float32
-    identity: np.ndarray  # (rows,) identity index of each face
-    probes: np.ndarray  # (probes, dim) unit float32
-    exact: np.ndarray  # (probes, RECALL_K) face indexes, best first
-
-
-def face_like(
-    n: int, dim: int, rng: np.random.Generator, spread: float = SPREAD
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` unit vectors around n / FACES_PER_IDENTITY centres, and the centres."""
-    centres = rng.standard_normal((max(1, n // FACES_PER_IDENTITY), dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    owner = np.arange(n) % len(centres)
-    v = centres[owner] + spread * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), centres
-
-
-def make_gallery(rows: int, probes: int, dim: int = DIM, seed: int = 7) -> Gallery:
-    rng = np.random.default_rng(seed)
-    vectors, centres = face_like(rows, dim, rng)
-    identity = np.arange(rows) % len(centres)
-    q = centres[rng.integers(0, len(centres), probes)]
-    q = q + SPREAD * rng.standard_normal(q.shape).astype(np.float32) / np.sqrt(dim)
-    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-    k = min(RECALL_K, rows)
-    exact = np.empty((probes, k), dtype=np.int64)
-    for i in range(0, probes, 128):  # chunks keep the score matrix small at 100k rows
-        scores = q[i : i + 128] @ vectors.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        exact[i : i + 128] = np.take_along_axis(top, order, axis=1)
-    return Gallery(vectors, identity, q, exact)
-
-
 def _face_id(hit: Any) -> str:
     # The server names the primary key "id" in a hit, Milvus Lite by its field name.
     for key in ("id", "face_id"):
@@ -218,7 +174,7 @@ def _create(client: MilvusClient, name: str, variant: Variant, dim: int) -> None
 
 
 def _insert(
-    client: MilvusClient, name: str, gallery: Gallery, progress: Progress, what: str
+    client: MilvusClient, name: str, gallery: SyntheticGallery, progress: Progress, what: str
 ) -> None:
     rows = len(gallery.vectors)
     progress(what, 0, rows)
@@ -275,7 +231,7 @@ def _measure(
     client: MilvusClient,
     name: str,
     variant: Variant,
-    gallery: Gallery,
+    gallery: SyntheticGallery,
     top_k: int,
     repeats: int,
     result: Result,
@@ -352,7 +308,7 @@ def _measure(
 def bench_store(
     client: MilvusClient,
     store: str,
-    gallery: Gallery,
+    gallery: SyntheticGallery,
     variants: Sequence[Variant],
     *,
     top_k: int,
@@ -405,12 +361,6 @@ def bench_store(
 # -- the two stores ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server_client(root: Path, log: Callable[[str], None] | None = None) -> Iterator[MilvusClient]:
     """A throwaway local Milvus server (the gallery's default store) in ``root``."""
@@ -419,7 +369,7 @@ def server_client(root: Path, log: Callable[[str], None] | None = None) -> Itera
     from pipeline.gallery.milvus_server import LocalMilvus
 
     # A free port of its own, never the gallery's: the bench must not touch real data.
-    srv = LocalMilvus(root / "milvus", free_port())
+    srv = LocalMilvus(root / "milvus", free_ports(1)[0])
     try:
         client = MilvusClient(srv.attach(log=log))
         try:

@@ -1,9 +1,9 @@
-"""Benchmarks of the model lifecycle (print tables; no pass/fail).
+"""Benchmarks of the model lifecycle (they print lines; no pass/fail).
 
-``python -m pipeline.train.bench throughput``: training images/s of ``Training`` steps
-(the body of the Ray worker loop) per batch size and freeze depth, on this machine.
+``facestream bench train``: training images/s of ``Training`` steps (the body of the Ray
+worker loop) per batch size and freeze depth, on this machine.
 
-``python -m pipeline.train.bench reembed --faces 10000 --to VERSION``: how long
+``facestream bench reembed --faces 10000 --to VERSION``: how long
 ``Gallery.reembed`` takes to move N enrolled faces to another model version (read the
 stored crops, embed them with the new version, insert into its collection, flip the
 alias). The gallery is filled through its own catalogue, crop store and collection
@@ -14,15 +14,17 @@ placeholders because re-embedding never reads them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.models.store import ModelStore
 
 
 def _chips_from_cache(cache_dir: Path, limit: int) -> np.ndarray:
@@ -34,20 +36,22 @@ def _chips_from_cache(cache_dir: Path, limit: int) -> np.ndarray:
         if len(chips) >= limit:
             break
     if not chips:
-        raise SystemExit(f"no cached chips under {cache_dir}; run `facestream train` first")
+        raise FileNotFoundError(
+            f"no cached chips under {cache_dir}; run `facestream train` first (or give --crops)"
+        )
     return np.stack(chips)
 
 
-def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path) -> None:
+def bench_reembed(
+    store: ModelStore, to_version: str, faces: int, cache_dir: Path, say: Callable[[str], None]
+) -> None:
     from pipeline.config.face import FaceConfig
     from pipeline.config.gallery import GalleryConfig
     from pipeline.config.models import ModelsConfig
     from pipeline.gallery.blobs import encode_crop
     from pipeline.gallery.records import FaceRecord
     from pipeline.gallery.service import Gallery, crop_ref, template_digest
-    from pipeline.models.store import ModelStore
 
-    store = ModelStore(store_root)
     src = store.active_version()
     chips = _chips_from_cache(cache_dir, min(faces, 5000))
     scratch = Path(tempfile.mkdtemp(prefix="fs-reembed-bench-"))
@@ -101,8 +105,8 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
         per_chip = (time.perf_counter() - t0) / len(sample)
         res = g.reembed(to_version)
         g.close()
-        print(f"gallery filled with {faces} faces ({faces // per_id} identities) in {fill:.1f} s")
-        print(
+        say(f"gallery filled with {faces} faces ({faces // per_id} identities) in {fill:.1f} s")
+        say(
             f"re-embed {src} -> {to_version}: {res.faces} faces in {res.seconds:.1f} s "
             f"({res.faces / res.seconds:.1f} faces/s); embedding alone "
             f"{1000 * per_chip:.1f} ms/face (tta={emb.manifest.preprocessing.tta}), "
@@ -113,20 +117,24 @@ def bench_reembed(store_root: Path, to_version: str, faces: int, cache_dir: Path
 
 
 def bench_throughput(
-    store_root: Path, cache_dir: Path, batches: list[int], freezes: list[int], steps: int, loss: str
+    store: ModelStore,
+    cache_dir: Path,
+    batches: list[int],
+    freezes: list[int],
+    steps: int,
+    loss: str,
+    say: Callable[[str], None],
 ) -> None:
     import torch
 
     from pipeline.config.train import DataConfig, SamplerConfig, TrainConfig, loss_config
-    from pipeline.models.store import ModelStore
     from pipeline.train.loop import Training, WorkerData
     from pipeline.train.model import load_torch_model
 
-    store = ModelStore(store_root)
     net, manifest = load_torch_model(store, store.active_version())
     chips = _chips_from_cache(cache_dir, max(batches))
-    print(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, loss {loss}")
-    print(f"{'batch':>6}{'freeze':>8}{'images/s':>10}{'s/step':>8}")
+    say(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, loss {loss}")
+    say(f"{'batch':>6}{'freeze':>8}{'images/s':>10}{'s/step':>8}")
     for bs in batches:
         labels = np.repeat(np.arange(bs // 4), 4)
         for freeze in freezes:
@@ -146,37 +154,4 @@ def bench_throughput(
             for _ in range(steps):
                 tr.train_step(chips[:bs], labels)
             dt = (time.perf_counter() - t0) / steps
-            print(f"{bs:>6}{freeze:>8}{bs / dt:>10.1f}{dt:>8.2f}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("reembed")
-    r.add_argument("--store", type=Path, default=Path("models"))
-    r.add_argument("--to", required=True, help="Version to re-embed into.")
-    r.add_argument("--faces", type=int, default=10_000)
-    r.add_argument("--crops", type=Path, default=Path(".facestream/crops"))
-    t = sub.add_parser("throughput")
-    t.add_argument("--store", type=Path, default=Path("models"))
-    t.add_argument("--crops", type=Path, default=Path(".facestream/crops"))
-    t.add_argument("--batch", default="16,32,64")
-    t.add_argument("--freeze", default="0,8,12,16")
-    t.add_argument("--steps", type=int, default=3)
-    t.add_argument("--loss", default="arcface")
-    a = ap.parse_args(argv)
-    if a.cmd == "reembed":
-        bench_reembed(a.store, a.to, a.faces, a.crops)
-    else:
-        bench_throughput(
-            a.store,
-            a.crops,
-            [int(x) for x in a.batch.split(",")],
-            [int(x) for x in a.freeze.split(",")],
-            a.steps,
-            a.loss,
-        )
-
-
-if __name__ == "__main__":
-    main()
+            say(f"{bs:>6}{freeze:>8}{bs / dt:>10.1f}{dt:>8.2f}")
