@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.evaluation.embcache import identity_folders
 from pipeline.gallery.catalogue import Catalogue
 from pipeline.gallery.milvus_server import LocalMilvus
+from pipeline.image_folders import identity_folders
 from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
 from tests.gallery.support import lfw_root, photos, two_version_store

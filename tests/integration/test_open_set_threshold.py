@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.serve import SearchServeConfig
 from pipeline.evaluation.calibrate import write_threshold
-from pipeline.evaluation.embcache import identity_folders, split_of
+from pipeline.evaluation.embcache import split_of
 from pipeline.face.image_io import load_image
+from pipeline.image_folders import identity_folders
 from pipeline.models.bootstrap import load_shipped_curve
 from pipeline.models.store import ModelStore
 from pipeline.serve.search import GallerySearchDeployment
