@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ identities = sa.Table(
     metadata,
     sa.Column("identity_id", sa.String(64), primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
+    # name_key(name), indexed: the exact-name lookup (migration 0004).
+    sa.Column("name_key", sa.String(32), index=True),
     sa.Column("external_id", sa.Text, unique=True),
     sa.Column("metadata", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -102,6 +106,18 @@ _N_FACES = (
     .label("n_faces")
 )
 _SELECT_IDENTITY = sa.select(identities, _N_FACES)
+
+
+def fold_name(name: str) -> str:
+    """A name as people compare names: whole, without case (Unicode case folding) or
+    surrounding spaces."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold()).strip()
+
+
+def name_key(name: str) -> str:
+    """The indexed key of :func:`fold_name` (a digest: small index entries whatever the
+    name's length; migration 0004 restates it)."""
+    return hashlib.sha256(fold_name(name).encode()).hexdigest()[:32]
 
 
 def catalogue_url(url: str, password: str | None) -> URL:
@@ -242,6 +258,7 @@ class Catalogue:
                     identities.insert().values(
                         identity_id=identity_id,
                         name=name,
+                        name_key=name_key(name),
                         external_id=external_id,
                         metadata=json.dumps(meta),
                         created_at=now,
@@ -273,7 +290,7 @@ class Catalogue:
             res = con.execute(
                 identities.update()
                 .where(identities.c.identity_id == identity_id)
-                .values(name=name, updated_at=time.time())
+                .values(name=name, name_key=name_key(name), updated_at=time.time())
             )
             if res.rowcount == 0:
                 raise IdentityNotFound(f"no identity {identity_id!r}")
@@ -369,6 +386,17 @@ class Catalogue:
         with self._reader() as con:
             rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
+
+    def find_by_name(self, name: str) -> list[Identity]:
+        """Everyone called ``name`` (the whole name, compared by :func:`fold_name`), oldest
+        first; an indexed lookup, however many other names contain this one."""
+        query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
+            identities.c.created_at, identities.c.identity_id
+        )
+        with self._reader() as con:
+            rows = con.execute(query).all()
+        wanted = fold_name(name)
+        return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
 
     def counts(self) -> tuple[int, int]:
         with self._reader() as con:

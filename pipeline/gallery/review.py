@@ -42,7 +42,6 @@ from pipeline.gallery.errors import (
     GalleryError,
     ModelVersionMismatch,
 )
-from pipeline.gallery.records import Identity
 from pipeline.gallery.review_records import (
     FeedbackKind,
     FeedbackRef,
@@ -449,13 +448,6 @@ class Review:
 
     # -- labelling, merging, purging ------------------------------------------------------
 
-    def _identity_named(self, name: str) -> list[Identity]:
-        wanted = name.strip().casefold()
-        return [
-            i for i in self.gallery.list(limit=100, name_contains=name.strip())
-            if i.name.casefold() == wanted
-        ]
-
     def label(
         self, cluster_id: str, name: str | None = None, identity_id: str | None = None
     ) -> LabelResult:
@@ -468,7 +460,7 @@ class Review:
             self.gallery.catalogue.get(identity_id)  # IdentityNotFound: 404
         else:
             assert name is not None
-            taken = self._identity_named(name)
+            taken = self.catalogue.find_by_name(name)
             if taken:
                 ids = ", ".join(i.identity_id for i in taken)
                 raise NameTaken(
@@ -678,7 +670,7 @@ class Review:
         new_name = None
         if identity_id is None:
             assert name is not None
-            taken = self._identity_named(name)
+            taken = self.catalogue.find_by_name(name)
             if len(taken) > 1:
                 ids = ", ".join(i.identity_id for i in taken)
                 raise NameTaken(f"{len(taken)} identities are named {name!r} ({ids}): give one id")

@@ -375,6 +375,22 @@ def test_identity_records_rename_list_show_external_ids(gallery: Gallery, lfw: P
         gallery.vectors.delete_identity('x" or identity_id != "')
 
 
+def test_run_enroll_finds_a_person_among_many_whose_names_contain_theirs(
+    gallery: Gallery, lfw: Path
+) -> None:
+    """``facestream run --enroll Ann=...`` when "Ann" is enrolled after 101 people whose
+    names contain "Ann" (issue 18, bug 3): already enrolled, not enrolled twice."""
+    from pipeline.stream.runner import enroll_each
+
+    with gallery.catalogue.transaction() as con:
+        for i in range(101):
+            gallery.catalogue.add_identity(con, f"ann{i:03d}", f"Ann {i:03d}", None, {})
+        gallery.catalogue.add_identity(con, "ann", "Ann", None, {})
+    (done,) = enroll_each(gallery, {"Ann": photos(lfw, ENROLLED[0])[0]}, strict=True)
+    assert (done.status, done.identity_id) == ("already enrolled", "ann")
+    assert gallery.catalogue.counts() == (102, 0)
+
+
 def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) -> None:
     import sqlalchemy as sa
 
