@@ -174,7 +174,9 @@ class Catalogue:
             ) from None
 
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[Connection]:
+    def reader(self) -> Iterator[Connection]:
+        """A connection for reads (outages raise ``GalleryUnavailable``): the catalogue's
+        own queries and those of the tables beside it (the review loop's store)."""
         with self._available(), self.engine.connect() as con:
             yield con
 
@@ -238,7 +240,7 @@ class Catalogue:
     def revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 
-        with self._reader() as con:
+        with self.reader() as con:
             return MigrationContext.configure(con).get_current_revision()
 
     # -- writes (inside a transaction) -------------------------------------------------
@@ -300,7 +302,7 @@ class Catalogue:
     def delete_identity(con: Connection, identity_id: str) -> None:
         # Explicit rather than relying on the cascade alone: SQLite enforces foreign
         # keys only on connections that turned them on.
-        from pipeline.gallery.review_store import delete_identity_rows
+        from pipeline.gallery.review.store import delete_identity_rows
 
         delete_identity_rows(con, identity_id)
         face_ids = sa.select(faces.c.face_id).where(faces.c.identity_id == identity_id)
@@ -329,7 +331,7 @@ class Catalogue:
         return FaceRecord(**{**m, "quality": json.loads(m["quality"])})
 
     def get(self, identity_id: str) -> Identity:
-        with self._reader() as con:
+        with self.reader() as con:
             row = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id == identity_id)
             ).first()
@@ -341,7 +343,7 @@ class Catalogue:
         """The committed identities among ``identity_ids`` (others are simply absent)."""
         if not identity_ids:
             return {}
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id.in_(identity_ids))
             ).all()
@@ -355,12 +357,12 @@ class Catalogue:
         query = sa.select(faces).order_by(faces.c.created_at, faces.c.face_id)
         if identity_id is not None:
             query = query.where(faces.c.identity_id == identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query).all()
         return [self._face(r) for r in rows]
 
     def crop_png(self, face_id: str) -> bytes:
-        with self._reader() as con:
+        with self.reader() as con:
             png = con.execute(sa.select(crops.c.png).where(crops.c.face_id == face_id)).scalar()
         if png is None:
             raise GalleryError(f"stored crop of face {face_id} missing from {self.address}")
@@ -372,7 +374,7 @@ class Catalogue:
             query = query.join(faces, faces.c.face_id == crops.c.face_id).where(
                 faces.c.identity_id == identity_id
             )
-        with self._reader() as con:
+        with self.reader() as con:
             return int(con.execute(query).scalar() or 0)
 
     def list(
@@ -383,7 +385,7 @@ class Catalogue:
             esc = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(identities.c.name.ilike(f"%{esc}%", escape="\\"))
         query = query.order_by(identities.c.created_at, identities.c.identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
 
@@ -393,13 +395,13 @@ class Catalogue:
         query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
             identities.c.created_at, identities.c.identity_id
         )
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query).all()
         wanted = fold_name(name)
         return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
 
     def counts(self) -> tuple[int, int]:
-        with self._reader() as con:
+        with self.reader() as con:
             n_id = con.execute(sa.select(sa.func.count()).select_from(identities)).scalar()
             n_faces = con.execute(sa.select(sa.func.count()).select_from(faces)).scalar()
         return int(n_id or 0), int(n_faces or 0)

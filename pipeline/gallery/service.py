@@ -75,7 +75,7 @@ from pipeline.gallery.records import (
     ThresholdInfo,
     VerifyResult,
 )
-from pipeline.gallery.review_store import exclusion_vectors
+from pipeline.gallery.review.store import exclusion_vectors
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
 from pipeline.models.bootstrap import upgrade_default_threshold
 from pipeline.models.store import ModelStore
@@ -515,7 +515,7 @@ class Gallery:
         named = sorted({c.identity_id for row in cands for c in row if c.decision == "identity"})
         if not named:
             return
-        with self.catalogue._reader() as con:
+        with self.catalogue.reader() as con:
             excluded = exclusion_vectors(con, named, version)
         for probe, row in zip(vectors, cands, strict=True):
             for c in row:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from pipeline.gallery.review import Review
-from pipeline.gallery.review_records import (
+from pipeline.gallery.review.records import (
     FeedbackKind,
     FeedbackResult,
     LabelResult,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
 
-    from pipeline.gallery.review_records import RecordedFace
+    from pipeline.gallery.review.records import RecordedFace
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -100,7 +100,7 @@ def kept_faces(
     """What the stream would hand over for these photos: each one's aligned chip (as a
     JPEG) and embedding from the gallery's own face core."""
     from pipeline.face.image_io import load_image
-    from pipeline.gallery.review_records import RecordedFace
+    from pipeline.gallery.review.records import RecordedFace
 
     version = web.gallery.serving_version()
     pipe = web.gallery.pipeline(version)

@@ -22,8 +22,8 @@ from pipeline.gallery.review import (
     NameTaken,
     Review,
 )
-from pipeline.gallery.review_records import RecordedFace
-from pipeline.gallery.review_store import feedback, sightings
+from pipeline.gallery.review.records import RecordedFace
+from pipeline.gallery.review.store import feedback, sightings
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
 from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
