@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from tests.browser.conftest import WAIT_S, Web, screenshot
-from tests.gallery.support import photos
+from tests.support.gallery import photos
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.gallery.catalogue import MIGRATIONS, Catalogue
-from tests.stores import postgres_database
+from tests.support.stores import postgres_database
 
 pytestmark = pytest.mark.integration
 
