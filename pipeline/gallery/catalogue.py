@@ -377,6 +377,17 @@ class Catalogue:
         with self.reader() as con:
             return int(con.execute(query).scalar() or 0)
 
+    def find_by_name(self, name: str) -> list[Identity]:
+        """Everyone called ``name`` (the whole name, compared by :func:`fold_name`), oldest
+        first; an indexed lookup, however many other names contain this one."""
+        query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
+            identities.c.created_at, identities.c.identity_id
+        )
+        with self.reader() as con:
+            rows = con.execute(query).all()
+        wanted = fold_name(name)
+        return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
+
     def list(
         self, limit: int = 100, offset: int = 0, name_contains: str | None = None
     ) -> list[Identity]:
@@ -388,17 +399,6 @@ class Catalogue:
         with self.reader() as con:
             rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
-
-    def find_by_name(self, name: str) -> list[Identity]:
-        """Everyone called ``name`` (the whole name, compared by :func:`fold_name`), oldest
-        first; an indexed lookup, however many other names contain this one."""
-        query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
-            identities.c.created_at, identities.c.identity_id
-        )
-        with self.reader() as con:
-            rows = con.execute(query).all()
-        wanted = fold_name(name)
-        return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
 
     def counts(self) -> tuple[int, int]:
         with self.reader() as con:

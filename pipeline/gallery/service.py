@@ -25,6 +25,7 @@ Consistency rules:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -485,7 +486,7 @@ class Gallery:
         collection: str | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
-    ) -> tuple[Snapshot, ThresholdInfo, list[list[Candidate]]]:
+    ) -> tuple[Snapshot, ThresholdInfo, builtins.list[builtins.list[Candidate]]]:
         """Open-set 1:N search of embeddings made by ``model_version``.
 
         ``collection`` None searches the active collection. An embedding of another
@@ -507,7 +508,7 @@ class Gallery:
         return snap, thr, cands
 
     def _apply_exclusions(
-        self, vectors: np.ndarray, version: str, cands: list[list[Candidate]]
+        self, vectors: np.ndarray, version: str, cands: builtins.list[builtins.list[Candidate]]
     ) -> None:
         """"Not this person" feedback: a probe at least as similar to a face reported as
         not being X as to X's own best face is not matched to X (the face, and faces
@@ -530,8 +531,8 @@ class Gallery:
 
     @staticmethod
     def _candidates(
-        hits: list[Hit], known: dict[str, Identity], thr: float, k: int
-    ) -> list[Candidate]:
+        hits: builtins.list[Hit], known: dict[str, Identity], thr: float, k: int
+    ) -> builtins.list[Candidate]:
         out = []
         for h in hits:
             ident = known.get(h.identity_id)
