@@ -126,7 +126,7 @@ def decode_image(
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        img: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         width, height = img.size
         if width * height > max_pixels:
             raise ImageTooLargeError(

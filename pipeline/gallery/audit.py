@@ -1,5 +1,5 @@
 """The audit trail of the gallery and the web UI's revoked sessions, in the catalogue
-database (migration 0004), shared by every replica, pod and CLI process.
+database (migration 0005), shared by every replica, pod and CLI process.
 
 An entry says who changed the gallery: the principal (``api-token``, ``ui-session:<id>``
 or ``cli:<user>@<host>``), the client address when there is one, the action

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,6 +70,8 @@ identities = sa.Table(
     metadata,
     sa.Column("identity_id", sa.String(64), primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
+    # name_key(name), indexed: the exact-name lookup (migration 0004).
+    sa.Column("name_key", sa.String(32), index=True),
     sa.Column("external_id", sa.Text, unique=True),
     sa.Column("metadata", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -113,6 +117,18 @@ _N_FACES = (
     .label("n_faces")
 )
 _SELECT_IDENTITY = sa.select(identities, _N_FACES)
+
+
+def fold_name(name: str) -> str:
+    """A name as people compare names: whole, without case (Unicode case folding) or
+    surrounding spaces."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold()).strip()
+
+
+def name_key(name: str) -> str:
+    """The indexed key of :func:`fold_name` (a digest: small index entries whatever the
+    name's length; migration 0004 restates it)."""
+    return hashlib.sha256(fold_name(name).encode()).hexdigest()[:32]
 
 
 def catalogue_url(url: str, password: str | None) -> URL:
@@ -172,7 +188,9 @@ class Catalogue:
             ) from None
 
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[Connection]:
+    def reader(self) -> Iterator[Connection]:
+        """A connection for reads (outages raise ``GalleryUnavailable``): the catalogue's
+        own queries and those of the tables beside it (the review loop's store)."""
         with self._available(), self.engine.connect() as con:
             yield con
 
@@ -236,7 +254,7 @@ class Catalogue:
     def revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 
-        with self._reader() as con:
+        with self.reader() as con:
             return MigrationContext.configure(con).get_current_revision()
 
     # -- writes (inside a transaction) -------------------------------------------------
@@ -256,6 +274,7 @@ class Catalogue:
                     identities.insert().values(
                         identity_id=identity_id,
                         name=name,
+                        name_key=name_key(name),
                         external_id=external_id,
                         metadata=json.dumps(meta),
                         created_at=now,
@@ -287,7 +306,7 @@ class Catalogue:
             res = con.execute(
                 identities.update()
                 .where(identities.c.identity_id == identity_id)
-                .values(name=name, updated_at=time.time())
+                .values(name=name, name_key=name_key(name), updated_at=time.time())
             )
             if res.rowcount == 0:
                 raise IdentityNotFound(f"no identity {identity_id!r}")
@@ -297,7 +316,7 @@ class Catalogue:
     def delete_identity(con: Connection, identity_id: str) -> None:
         # Explicit rather than relying on the cascade alone: SQLite enforces foreign
         # keys only on connections that turned them on.
-        from pipeline.gallery.review_store import delete_identity_rows
+        from pipeline.gallery.review.store import delete_identity_rows
 
         delete_identity_rows(con, identity_id)
         face_ids = sa.select(faces.c.face_id).where(faces.c.identity_id == identity_id)
@@ -326,7 +345,7 @@ class Catalogue:
         return FaceRecord(**{**m, "quality": json.loads(m["quality"])})
 
     def get(self, identity_id: str) -> Identity:
-        with self._reader() as con:
+        with self.reader() as con:
             row = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id == identity_id)
             ).first()
@@ -338,7 +357,7 @@ class Catalogue:
         """The committed identities among ``identity_ids`` (others are simply absent)."""
         if not identity_ids:
             return {}
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id.in_(identity_ids))
             ).all()
@@ -370,7 +389,7 @@ class Catalogue:
         query = sa.select(faces).order_by(faces.c.created_at, faces.c.face_id)
         if identity_id is not None:
             query = query.where(faces.c.identity_id == identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query).all()
         return [self._face(r) for r in rows]
 
@@ -398,7 +417,7 @@ class Catalogue:
             return {row.identity_id: row.face_id for row in con.execute(query)}
 
     def crop_png(self, face_id: str) -> bytes:
-        with self._reader() as con:
+        with self.reader() as con:
             png = con.execute(sa.select(crops.c.png).where(crops.c.face_id == face_id)).scalar()
         if png is None:
             raise GalleryError(f"stored crop of face {face_id} missing from {self.address}")
@@ -410,8 +429,19 @@ class Catalogue:
             query = query.join(faces, faces.c.face_id == crops.c.face_id).where(
                 faces.c.identity_id == identity_id
             )
-        with self._reader() as con:
+        with self.reader() as con:
             return int(con.execute(query).scalar() or 0)
+
+    def find_by_name(self, name: str) -> list[Identity]:
+        """Everyone called ``name`` (the whole name, compared by :func:`fold_name`), oldest
+        first; an indexed lookup, however many other names contain this one."""
+        query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
+            identities.c.created_at, identities.c.identity_id
+        )
+        with self.reader() as con:
+            rows = con.execute(query).all()
+        wanted = fold_name(name)
+        return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
 
     def list(
         self, limit: int = 100, offset: int = 0, name_contains: str | None = None
@@ -421,12 +451,12 @@ class Catalogue:
             esc = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(identities.c.name.ilike(f"%{esc}%", escape="\\"))
         query = query.order_by(identities.c.created_at, identities.c.identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
 
     def counts(self) -> tuple[int, int]:
-        with self._reader() as con:
+        with self.reader() as con:
             n_id = con.execute(sa.select(sa.func.count()).select_from(identities)).scalar()
             n_faces = con.execute(sa.select(sa.func.count()).select_from(faces)).scalar()
         return int(n_id or 0), int(n_faces or 0)

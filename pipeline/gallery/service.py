@@ -25,6 +25,7 @@ Consistency rules:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -76,7 +77,7 @@ from pipeline.gallery.records import (
     ThresholdInfo,
     VerifyResult,
 )
-from pipeline.gallery.review_store import exclusion_vectors
+from pipeline.gallery.review.store import exclusion_vectors
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
 from pipeline.models.bootstrap import add_shipped_curves
 from pipeline.models.store import ModelStore
@@ -488,7 +489,7 @@ class Gallery:
         collection: str | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
-    ) -> tuple[Snapshot, ThresholdInfo, list[list[Candidate]]]:
+    ) -> tuple[Snapshot, ThresholdInfo, builtins.list[builtins.list[Candidate]]]:
         """Open-set 1:N search of embeddings made by ``model_version``.
 
         ``collection`` None searches the active collection. An embedding of another
@@ -519,7 +520,7 @@ class Gallery:
         return snap, thr, cands
 
     def _apply_exclusions(
-        self, vectors: np.ndarray, version: str, cands: list[list[Candidate]]
+        self, vectors: np.ndarray, version: str, cands: builtins.list[builtins.list[Candidate]]
     ) -> None:
         """ "Not this person" feedback: a probe at least as similar to a face reported as
         not being X as to X's own best face is not matched to X (the face, and faces
@@ -527,7 +528,7 @@ class Gallery:
         named = sorted({c.identity_id for row in cands for c in row if c.decision == "identity"})
         if not named:
             return
-        with self.catalogue._reader() as con:
+        with self.catalogue.reader() as con:
             excluded = exclusion_vectors(con, named, version)
         for probe, row in zip(vectors, cands, strict=True):
             for c in row:
@@ -542,8 +543,8 @@ class Gallery:
 
     @staticmethod
     def _candidates(
-        hits: list[Hit], owners: dict[str, FaceOwner], thr: float, k: int
-    ) -> list[Candidate]:
+        hits: builtins.list[Hit], owners: dict[str, FaceOwner], thr: float, k: int
+    ) -> builtins.list[Candidate]:
         out = []
         for h in hits:
             ident = owners.get(h.face_id)

@@ -25,7 +25,7 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import RecorderServeConfig
-from pipeline.gallery.review_records import RecordedFace, RecordResult
+from pipeline.gallery.review.records import RecordedFace, RecordResult
 from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options

@@ -31,7 +31,7 @@ from pipeline.config.face import ImageLimits
 from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
 from pipeline.face.records import Face
-from pipeline.gallery.review_records import RecordedFace
+from pipeline.gallery.review.records import RecordedFace
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
 from pipeline.stream.codec import FrameMessage, FrameRejected, parse_record
 from pipeline.stream.events import (

@@ -99,7 +99,7 @@ def enroll_each(gallery: Gallery, people: dict[str, Path], *, strict: bool) -> l
     cannot be reached fails the whole call either way."""
     done: list[Enrolment] = []
     for name, path in people.items():
-        existing = [i for i in gallery.list(limit=100, name_contains=name) if i.name == name]
+        existing = gallery.catalogue.find_by_name(name)
         if existing:
             ident = existing[0].identity_id
             done.append(Enrolment(name, path, "already enrolled", ident, ident))

@@ -33,23 +33,21 @@ from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import decode_image, read_image_bytes
 from pipeline.files import private_dir
+from pipeline.image_folders import identity_folders
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
 CACHE_FORMAT = 1
 
 
 # -- listing images ----------------------------------------------------------------------
 
 
-def identity_folders(root: Path) -> dict[str, list[Path]]:
-    """Identity (sub-folder name) -> its sorted image files."""
-    if not root.is_dir():
-        raise TrainConfigError(f"not a folder of identity sub-folders: {root}")
-    out: dict[str, list[Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if imgs:
-            out[d.name] = imgs
+def identity_images(root: Path) -> dict[str, list[Path]]:
+    """Identity (sub-folder name) -> its sorted image files (``identity_folders``), as a
+    training data source: a missing or empty folder is a configuration error."""
+    try:
+        out = identity_folders(root)
+    except FileNotFoundError:
+        raise TrainConfigError(f"not a folder of identity sub-folders: {root}") from None
     if not out:
         raise TrainConfigError(f"{root}: no identity sub-folders with images")
     return out
@@ -89,7 +87,7 @@ def manifest_images(manifest: Path) -> dict[str, list[Path]]:
 
 def list_images(cfg: DataConfig) -> dict[str, list[Path]]:
     if cfg.root is not None:
-        return identity_folders(cfg.root)
+        return identity_images(cfg.root)
     assert cfg.manifest is not None
     return manifest_images(cfg.manifest)
 
@@ -368,7 +366,7 @@ def replay_images(cfg: ReplayConfig, exclude: set[str]) -> list[Path]:
     in ``exclude`` (evaluated or held-out identities) left out, ``max_images`` in all."""
     import random
 
-    images = identity_folders(cfg.root) if cfg.root is not None else None
+    images = identity_images(cfg.root) if cfg.root is not None else None
     if images is None:
         assert cfg.manifest is not None
         images = manifest_images(cfg.manifest)

@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pipeline.config.models import ModelsConfig
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
 from pipeline.serve.app import BODY_SLACK, create_app, max_request_bytes
+from tests.support.servers import serve_app
 
 pytestmark = [pytest.mark.integration]
 
@@ -58,8 +58,6 @@ def server(
     model_store: ModelStore,
     milvus_space_module: dict[str, str],
 ) -> Iterator[Server]:
-    import uvicorn
-
     token = f"tok-{uuid.uuid4().hex}"
     cfg = GalleryConfig(
         data_dir=tmp_path_factory.mktemp("limits-gallery"),
@@ -74,20 +72,10 @@ def server(
         cfg, FaceConfig(), ModelsConfig(store=model_store.root), store=model_store
     )
     app = create_app(gallery, cfg)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, name="api-limits-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the REST app did not start")
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Server(f"http://127.0.0.1:{port}", token, gallery, app)
+        with serve_app(app, "api-limits-server") as url:
+            yield Server(url, token, gallery, app)
     finally:
-        srv.should_exit = True
-        thread.join(30)
         gallery.close()
 
 

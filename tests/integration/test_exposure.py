@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import psutil
 import pytest
 
 from pipeline.procs import free_ports
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,15 +60,14 @@ def _listening(procs: list[psutil.Process]) -> list[tuple[str, int, int, str]]:
 def _wait_until(
     what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path
 ) -> None:
-    deadline = time.monotonic() + START_S
-    while not ready():
+    def running_and_ready() -> bool:
         if proc.poll() is not None:
             pytest.fail(
                 f"{what}: the process exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
             )
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {START_S:.0f} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
+        return ready()
+
+    wait_until(what, running_and_ready, START_S, context=lambda: log.read_text()[-4000:])
 
 
 def _agent_ports(procs: list[psutil.Process]) -> list[int]:

@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.serve import SearchServeConfig
 from pipeline.evaluation.calibrate import write_threshold
-from pipeline.evaluation.embcache import identity_folders, split_of
+from pipeline.evaluation.embcache import split_of
 from pipeline.face.image_io import load_image
+from pipeline.image_folders import identity_folders
 from pipeline.models.bootstrap import load_shipped_curve
 from pipeline.models.store import ModelStore
 from pipeline.serve.search import GallerySearchDeployment
-from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
+from tests.support.gallery import as_input, lfw_root, open_gallery, photos
+from tests.support.models import TwoVersions, private_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -34,21 +36,17 @@ def lfw(shared_dir: Path) -> Path:
     return lfw_root(shared_dir)
 
 
-def private_store(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[ModelStore, str]:
+@pytest.fixture
+def flip_store(tmp_path: Path, two_versions: TwoVersions) -> tuple[ModelStore, str]:
     """A store holding a copy of the default (flip) version, for tests that rewrite it."""
-    store, v_flip, _ = two_version_store(tmp_path_factory)
-    private = ModelStore(tmp_path / "models")
-    shutil.copytree(store.folder(v_flip), private.folder(v_flip))
-    private.set_active(v_flip)
-    return private, v_flip
+    v_flip = two_versions.flip
+    return private_store(two_versions.store, tmp_path / "models", v_flip), v_flip
 
 
 def test_threshold_follows_the_gallery_size_and_explains_itself(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     curve = store.manifest(version).threshold.open_set
     assert curve is not None  # bootstrap ships the default version calibrated
     g = open_gallery(tmp_path / "g", store)
@@ -98,9 +96,9 @@ def test_threshold_follows_the_gallery_size_and_explains_itself(
 
 
 def test_an_older_default_manifest_gets_the_shipped_curve_in_place(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     shipped = load_shipped_curve()
     assert shipped is not None and shipped.model_version == version
     old = store.manifest(version).threshold.model_copy(update={"open_set": None})
@@ -121,9 +119,9 @@ def test_an_older_default_manifest_gets_the_shipped_curve_in_place(
 
 
 def test_calibrate_open_set_replaces_the_shipped_curve(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     before = store.manifest(version).threshold
     subset = tmp_path / "lfw"
     # 60 calibration-split people, up to 3 photos each: ~140 faces measure a 5% FAR
@@ -158,9 +156,9 @@ def test_calibrate_open_set_replaces_the_shipped_curve(
 
 
 def test_eval_openset_reports_both_gallery_sizes_at_the_gallery_threshold(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     curve = store.manifest(version).threshold.open_set
     assert curve is not None
     # 30 people with >= 4 photos (6 at most) to probe, and 60 with fewer: distractors

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "pipeline"
 LAYERS: list[set[str]] = [
     {"errors", "procs", "files"},
     {"config", "metrics"},
-    {"shared_data"},
+    {"shared_data", "image_folders"},
     {"face"},  # the pure face core
     {"runtime", "nets"},
     {"models"},  # model store, default build, promotion

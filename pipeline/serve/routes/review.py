@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from pipeline.gallery.review_records import (
+from pipeline.gallery.review.records import (
     FeedbackKind,
     FeedbackResult,
     LabelResult,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.config.models import ModelsConfig
+from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 
 LIN = "Lin-Manuel Miranda"
@@ -54,3 +58,14 @@ def stream_cfg(bootstrap: str, prefix: str = "s", **sections: Any) -> StreamConf
         else:
             data[key] = value
     return StreamConfig.model_validate(data)
+
+
+@contextlib.contextmanager
+def stream_settings(env: dict[str, str]) -> Iterator[Settings]:
+    """``env`` (``tests.support.stores.facestream_env``) in the environment while the
+    block runs (the CLI and the runner's processes read their settings there), and the
+    settings to run with."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield Settings(models=ModelsConfig(store=Path(env["FACESTREAM_MODELS__STORE"])))

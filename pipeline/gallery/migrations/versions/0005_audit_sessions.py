@@ -7,8 +7,8 @@ signed-out sessions.
 - ``revoked_sessions``: a browser session ended by "sign out" (its nonce), kept until
   the cookie would have expired anyway, so a copied cookie dies with the sign-out.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

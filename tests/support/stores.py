@@ -1,10 +1,15 @@
 """Helpers over the real stores the fixtures start (tests/conftest.py): private corners
-of the shared Milvus server, and databases on the session's PostgreSQL."""
+of the shared Milvus server, databases on the session's PostgreSQL, and the settings
+that point a facestream process at them."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.models.store import ModelStore
 
 
 def milvus_space_settings(uri: str) -> dict[str, str]:
@@ -31,6 +36,18 @@ def drop_milvus_space(space: dict[str, str]) -> None:
 def gallery_env(space: dict[str, str]) -> dict[str, str]:
     """The same settings as FACESTREAM_GALLERY__* environment variables."""
     return {f"FACESTREAM_GALLERY__{k.upper()}": v for k, v in space.items()}
+
+
+def facestream_env(
+    store: ModelStore, space: dict[str, str], gallery_dir: Path, **gallery: str
+) -> dict[str, str]:
+    """The FACESTREAM_* variables of a test's own facestream: the model store, a corner
+    ``space`` of the session's Milvus server, the gallery's folder (its SQLite
+    catalogue), and further ``gallery`` settings (``review__keep_unknowns="true"``)."""
+    return {
+        "FACESTREAM_MODELS__STORE": str(store.root),
+        **gallery_env({**space, "data_dir": str(gallery_dir), **gallery}),
+    }
 
 
 def postgres_database(server: tuple[str, str, Path], name: str) -> tuple[str, str]:

@@ -1,5 +1,5 @@
-"""Shared helpers of the gallery tests (imported by tests/integration/test_gallery_*.py and
-test_api.py): a model store with two real model versions, LFW people, tight crops."""
+"""Helpers of the gallery tests: galleries on the session's stores, LFW people, tight
+crops."""
 
 from __future__ import annotations
 
@@ -14,26 +14,6 @@ from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
-
-# Two versions of the default model: the same weights with and without flip test-time
-# augmentation have different version ids, so they are really two embedding spaces.
-PLAIN_TTA, FLIP_TTA = "none", "flip"
-
-
-def two_version_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
-    """(store, v_flip, v_plain), bootstrapped once per test session; v_flip is active."""
-    from pipeline.models.bootstrap import bootstrap_default
-
-    root = tmp_path_factory.getbasetemp() / "gallery-models"
-    store = ModelStore(root)
-    marker = root / "versions.txt"
-    if not marker.is_file():
-        plain = bootstrap_default(store, tta=PLAIN_TTA, activate=False).version
-        flip = bootstrap_default(store, tta=FLIP_TTA, activate=True).version
-        marker.write_text(f"{flip}\n{plain}\n")
-    flip, plain = marker.read_text().split()
-    store.set_active(flip)
-    return store, flip, plain
 
 
 def lfw_root(shared_dir: Path) -> Path:
