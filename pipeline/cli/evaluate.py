@@ -339,6 +339,7 @@ def eval_openset(
     from pipeline.image_folders import identity_folders
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
+    assert pipe.embedder is not None
     ver = pipe.embedder.model_version
     everyone = identity_folders(root, min_images=1)
     probed = {k: v for k, v in everyone.items() if len(v) >= min_images}

@@ -114,10 +114,11 @@ def verify(
 ) -> None:
     """Are the two faces the same person? Prints the decision, similarity and threshold."""
     from pipeline.face.errors import FaceError
+    from pipeline.face.records import embeddings_of
 
     pipe = face_pipeline()
     assert pipe.embedder is not None
-    vecs = []
+    faces = []
     for path in (image_a, image_b):
         try:
             face = pipe.single_face(load_image_checked(path), pick=pick, gate=False)
@@ -125,7 +126,8 @@ def verify(
             # Image errors already start with the path; say it once.
             msg = str(exc)
             raise type(exc)(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
-        vecs.append(face.embedding)
+        faces.append(face)
+    vecs = embeddings_of(faces)
     sim = float(vecs[0] @ vecs[1])
     thr_info = pipe.embedder.manifest.threshold
     thr = threshold if threshold is not None else thr_info.value

@@ -24,7 +24,7 @@ from pipeline.config.face import PickPolicy
 from pipeline.config.gallery import CropMode
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError, MultipleFacesError
-from pipeline.face.records import Face
+from pipeline.face.records import Face, embeddings_of
 from pipeline.gallery.base import GalleryBase, ImageInput, crop_ref, template_digest
 from pipeline.gallery.blobs import encode_crop
 from pipeline.gallery.errors import (
@@ -214,7 +214,7 @@ class Enrolment(GalleryBase):
                     )
                     self.catalogue.add_face(con, rec, png)
                     rows.append(rec.model_dump())
-                vecs = np.stack([f.embedding for _, f in faces])
+                vecs = embeddings_of([f for _, f in faces])
                 self.vectors.insert(snap.collection, version, rows, vecs)
                 inserted = True
         except BaseException:

@@ -274,7 +274,8 @@ def _isolate(port: int, metrics_port: int) -> list[socket.socket] | None:
                 sock.close()
             # "address already in use" as the binary words it: the starter then tries
             # again with other free ports.
-            print(f"listen tcp 127.0.0.1:{p}: bind: {exc.strerror.lower()}", flush=True)
+            why = (exc.strerror or str(exc)).lower()
+            print(f"listen tcp 127.0.0.1:{p}: bind: {why}", flush=True)
             raise SystemExit(3) from None
     try:
         isolate_network()
@@ -309,7 +310,7 @@ def _milvus_server(
     )
     os.environ["ETCD_CONFIG_PATH"] = str(etcd_conf)  # Milvus reads settings from env too
 
-    class _Config(MilvusServerConfig):  # type: ignore[misc]
+    class _Config(MilvusServerConfig):
         def try_bind_port(self, port: int) -> socket.socket | None:
             # The package probes ports without SO_REUSEADDR, so a server restarted on its
             # port fails for a minute (TIME_WAIT of the old connections); Milvus itself

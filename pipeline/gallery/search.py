@@ -16,6 +16,7 @@ from pipeline.config.face import PickPolicy
 from pipeline.config.gallery import CropMode
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.manifest import Threshold
+from pipeline.face.records import embeddings_of
 from pipeline.gallery.base import GalleryBase
 from pipeline.gallery.catalogue import FaceOwner
 from pipeline.gallery.errors import GalleryError, IdentityNotFound, ModelVersionMismatch
@@ -209,7 +210,7 @@ class Search(GalleryBase):
         results = []
         cands: list[list[Candidate]] = []
         if usable:
-            vecs = np.stack([f.embedding for f in usable])
+            vecs = embeddings_of(usable)
             _, thr, cands = self.search_vectors(
                 vecs,
                 pipe.embedder.model_version,
