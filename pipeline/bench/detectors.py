@@ -77,7 +77,7 @@ def box_mapping(images: list[Path], embedder: Embedder, say: Callable[[str], Non
 def speed(video: str, say: Callable[[str], None], frames: int = 100) -> None:
     cv2.setNumThreads(1)
     cap = cv2.VideoCapture(video)
-    imgs = []
+    imgs: list[np.ndarray] = []
     while len(imgs) < frames:
         ok, bgr = cap.read()
         if not ok:

@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 # Tables piped to a file or a CI log keep their columns (Rich assumes 80 off a terminal).
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 # C0 and C1 control characters, DEL, and the Unicode marks that end lines or reorder text
@@ -88,11 +89,11 @@ def check_positive(value: float | None) -> float | None:
     return value
 
 
-def cli_errors(fn: F) -> F:
+def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn expected failures into one red line on stderr and exit code 2."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except (FacestreamError, FileNotFoundError) as exc:
@@ -103,7 +104,7 @@ def cli_errors(fn: F) -> F:
             err.print(f"[red]invalid configuration:[/red] {text}", highlight=False)
             raise typer.Exit(2) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def config_errors(exc: ValidationError | FileNotFoundError) -> str:

@@ -33,6 +33,45 @@ eval_app = typer.Typer(help="Accuracy evaluation on real faces.", no_args_is_hel
 CacheOpt = Annotated[Path, typer.Option(help="Embedding cache folder.")]
 DEFAULT_CACHE = Path(".facestream/cache/embeddings")
 
+# `facestream calibrate`'s longer options.
+CalPairsOpt = Annotated[
+    Path | None,
+    typer.Option("--pairs", help="Use this pairs TSV (path_a, path_b, same) under --root."),
+]
+CalTargetFarOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-far",
+        help="False-accept rate: of one comparison (default 1e-3), or with --open-set of "
+        "a stranger searched against the whole gallery (default 0.01).",
+        callback=check_probability,
+    ),
+]
+CalOpenSetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--open-set",
+        help="Calibrate the threshold per gallery size (the stranger FAR grows with the "
+        "gallery) from every photo of --root, and store that curve (it decides 1:N "
+        "searches; the per-comparison threshold stays for 1:1 verification).",
+    ),
+]
+CalShipOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ship",
+        help="--open-set: write the curve to this file as the default model's shipped "
+        "curve (pipeline/models/default_open_set.json), not into the manifest.",
+    ),
+]
+CalSplitOpt = Annotated[
+    Literal["all", "calibration"],
+    typer.Option(
+        help="Identities to use: all, or calibration (the third that `eval openset` never "
+        "reports on)."
+    ),
+]
+
 
 def _pipeline_and_cache(
     version: str | None, cache_dir: Path
@@ -111,49 +150,17 @@ def _print_eval(result: dict[str, Any], out_dir: Path) -> None:
 
 def calibrate(
     root: Annotated[Path, typer.Option("--root", help="Folder of identity sub-folders.")],
-    pairs: Annotated[
-        Path | None,
-        typer.Option("--pairs", help="Use this pairs TSV (path_a, path_b, same) under --root."),
-    ] = None,
-    target_far: Annotated[
-        float | None,
-        typer.Option(
-            "--target-far",
-            help="False-accept rate: of one comparison (default 1e-3), or with --open-set of "
-            "a stranger searched against the whole gallery (default 0.01).",
-            callback=check_probability,
-        ),
-    ] = None,
-    open_set: Annotated[
-        bool,
-        typer.Option(
-            "--open-set",
-            help="Calibrate the threshold per gallery size (the stranger FAR grows with the "
-            "gallery) from every photo of --root, and store that curve (it decides 1:N "
-            "searches; the per-comparison threshold stays for 1:1 verification).",
-        ),
-    ] = False,
+    pairs: CalPairsOpt = None,
+    target_far: CalTargetFarOpt = None,
+    open_set: CalOpenSetOpt = False,
     confidence: Annotated[
         float, typer.Option(help="--open-set: confidence of the FAR's upper bound.")
     ] = 0.95,
     n_bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="--open-set: identity resamples.")
     ] = 200,
-    ship: Annotated[
-        Path | None,
-        typer.Option(
-            "--ship",
-            help="--open-set: write the curve to this file as the default model's shipped "
-            "curve (pipeline/models/default_open_set.json), not into the manifest.",
-        ),
-    ] = None,
-    split: Annotated[
-        Literal["all", "calibration"],
-        typer.Option(
-            help="Identities to use: all, or calibration (the third that `eval openset` never "
-            "reports on)."
-        ),
-    ] = "all",
+    ship: CalShipOpt = None,
+    split: CalSplitOpt = "all",
     version: Annotated[
         str | None, typer.Option(help="Model version; default: the active one.")
     ] = None,
@@ -161,17 +168,7 @@ def calibrate(
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """Threshold for a target FAR from genuine and impostor pairs; stored in the manifest."""
-    from pipeline.evaluation.calibrate import (
-        calibrate_on_folders,
-        calibrate_on_pairs,
-        store_calibration,
-    )
-    from pipeline.evaluation.embcache import split_of
-    from pipeline.evaluation.pairs import read_pairs
-    from pipeline.image_folders import identity_folders
-
     pipe, cache = _pipeline_and_cache(version, cache_dir)
-    ver = pipe.embedder.model_version
     if open_set:
         if pairs is not None:
             raise typer.BadParameter("--open-set calibrates on identity folders, not --pairs")
@@ -181,7 +178,31 @@ def calibrate(
         return
     if ship is not None:
         raise typer.BadParameter("--ship needs --open-set")
-    target_far = target_far or 1e-3
+    _calibrate_pairwise(pipe, cache, root, pairs, split, target_far or 1e-3, dry_run)
+
+
+def _calibrate_pairwise(
+    pipe: FacePipeline,
+    cache: EmbeddingCache,
+    root: Path,
+    pairs: Path | None,
+    split: str,
+    target_far: float,
+    dry_run: bool,
+) -> None:
+    """``calibrate`` without ``--open-set``: the per-comparison threshold, into the
+    manifest (from a pairs file, else from every pair of the identity folders)."""
+    from pipeline.evaluation.calibrate import (
+        calibrate_on_folders,
+        calibrate_on_pairs,
+        store_calibration,
+    )
+    from pipeline.evaluation.embcache import split_of
+    from pipeline.evaluation.pairs import read_pairs
+    from pipeline.image_folders import identity_folders
+
+    assert pipe.embedder is not None
+    ver = pipe.embedder.model_version
     if pairs is not None:
         plist = read_pairs(pairs, root)
         n = len({p for pr in plist for p in (pr.a, pr.b)})
@@ -318,6 +339,7 @@ def eval_openset(
     from pipeline.image_folders import identity_folders
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
+    assert pipe.embedder is not None
     ver = pipe.embedder.model_version
     everyone = identity_folders(root, min_images=1)
     probed = {k: v for k, v in everyone.items() if len(v) >= min_images}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -24,12 +24,40 @@ from pipeline.cli.common import (
 )
 from pipeline.config.face import PickPolicy
 
+if TYPE_CHECKING:
+    from pipeline.stream.demo import DemoResult
+
 PickOpt = Annotated[
     PickPolicy | None,
     typer.Option(
         "--pick",
         help="Several faces in one image: 'all' (default for detect), 'largest', 'center', "
         "or 'error'.",
+    ),
+]
+
+# `facestream demo`'s longer options.
+DemoSourceOpt = Annotated[
+    str | None,
+    typer.Option(help="Video file, URL (rtsp://, http://) or device index. Default: see below."),
+]
+DemoEnrollOpt = Annotated[
+    list[str] | None,
+    typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
+]
+DemoStrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Fail when any --enroll still shows no face; default: leave that person "
+        "out and go on.",
+    ),
+]
+DemoFallbackOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Also run the slow CNN fallback detector on frames where HOG finds no face "
+        "(about 2 s a frame on 2 cores)."
     ),
 ]
 
@@ -86,10 +114,11 @@ def verify(
 ) -> None:
     """Are the two faces the same person? Prints the decision, similarity and threshold."""
     from pipeline.face.errors import FaceError
+    from pipeline.face.records import embeddings_of
 
     pipe = face_pipeline()
     assert pipe.embedder is not None
-    vecs = []
+    faces = []
     for path in (image_a, image_b):
         try:
             face = pipe.single_face(load_image_checked(path), pick=pick, gate=False)
@@ -97,7 +126,8 @@ def verify(
             # Image errors already start with the path; say it once.
             msg = str(exc)
             raise type(exc)(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
-        vecs.append(face.embedding)
+        faces.append(face)
+    vecs = embeddings_of(faces)
     sim = float(vecs[0] @ vecs[1])
     thr_info = pipe.embedder.manifest.threshold
     thr = threshold if threshold is not None else thr_info.value
@@ -111,35 +141,14 @@ def verify(
 
 
 def demo(
-    source: Annotated[
-        str | None,
-        typer.Option(
-            help="Video file, URL (rtsp://, http://) or device index. Default: see below."
-        ),
-    ] = None,
-    enroll_opt: Annotated[
-        list[str] | None,
-        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
-    ] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Fail when any --enroll still shows no face; default: leave that person "
-            "out and go on.",
-        ),
-    ] = False,
+    source: DemoSourceOpt = None,
+    enroll_opt: DemoEnrollOpt = None,
+    strict: DemoStrictOpt = False,
     fps: Annotated[
         float,
         typer.Option(help="Frames per second of video to process.", callback=check_positive),
     ] = 5.0,
-    fallback: Annotated[
-        bool,
-        typer.Option(
-            help="Also run the slow CNN fallback detector on frames where HOG finds no face "
-            "(about 2 s a frame on 2 cores)."
-        ),
-    ] = False,
+    fallback: DemoFallbackOpt = False,
 ) -> None:
     """Recognise faces in a video with the face core (no Kafka/Ray needed).
 
@@ -148,7 +157,7 @@ def demo(
     """
     from rich.progress import Progress
 
-    from pipeline.stream.demo import UNKNOWN, default_input, enroll, run_demo
+    from pipeline.stream.demo import default_input, enroll, run_demo
 
     inp = default_input(Path(".facestream/demo"))
     video = source or inp.video
@@ -186,6 +195,13 @@ def demo(
                 + (", ".join(f"{esc(n)} {s:.2f}" for n, s in d) or "-"),
             ),
         )
+    _print_demo_result(result)
+
+
+def _print_demo_result(result: DemoResult) -> None:
+    """The demo's summary: a row per identity (and unknown), then the quality rejections."""
+    from pipeline.stream.demo import UNKNOWN
+
     table = Table(
         title=f"{result.frames} frames, {result.faces} faces, {result.rejected} rejected by quality"
     )

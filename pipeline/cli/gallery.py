@@ -140,10 +140,10 @@ def enroll(
                 pick=pick,
             )
         except EnrollmentRejected as exc:
-            for v in exc.verdicts:
-                mark = "[green]ok[/green]" if v.accepted else "[red]rejected[/red]"
-                why = "; ".join(v.reasons) or "usable"
-                err.print(f"{mark} {esc(v.image)}: {esc(why)}", highlight=False)
+            for verdict in exc.verdicts:
+                mark = "[green]ok[/green]" if verdict.accepted else "[red]rejected[/red]"
+                why = "; ".join(verdict.reasons) or "usable"
+                err.print(f"{mark} {esc(verdict.image)}: {esc(why)}", highlight=False)
             raise
         action = "add_faces" if identity else "enrol"
         audit(g, action, res.identity.identity_id, name=res.identity.name, faces=len(images))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import urllib.request
@@ -166,7 +167,7 @@ def check_serve(address: str | None) -> Part:
         from ray import serve
 
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         st = serve.status()
     except Exception as exc:
         return Part("serve", DOWN, f"Ray at {address}: {_one_line(exc)}")
@@ -232,9 +233,12 @@ def collect(
     gallery: bool,
     timeout_s: float,
 ) -> list[Part]:
+    from pipeline.cli.stream import LOCAL_KAFKA_PORT
+
     cfg = state.settings.stream
     parts = check_kafka(
-        kafka or cfg.kafka.bootstrap_servers,
+        # None configured: the broker a local `facestream run` starts (as `events` does).
+        kafka or cfg.kafka.bootstrap_servers or f"127.0.0.1:{LOCAL_KAFKA_PORT}",
         cfg.kafka.group_id,
         cfg.topics.frames,
         timeout_s,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pipeline.config.stream import CameraConfig, StreamConfig
     from pipeline.stream.monitor import Summary
-    from pipeline.stream.runner import Enrolment
+    from pipeline.stream.runner import Enrolment, StreamRunner
 
 LOCAL_KAFKA_PORT = 9092
 _ID_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(.+)$")
@@ -57,6 +57,27 @@ RealtimeOpt = Annotated[
 ]
 KafkaOpt = Annotated[
     str | None, typer.Option("--kafka", help="Kafka bootstrap servers (host:port[,host:port]).")
+]
+
+# `facestream run`'s longer options.
+RunEnrollOpt = Annotated[
+    list[str] | None,
+    typer.Option("--enroll", help="NAME=IMAGE, repeatable: people to recognise."),
+]
+RunStrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Abort (exit 2) when any --enroll photo is unusable, removing the people "
+        "this run enrolled; default: report that person as not enrolled and go on.",
+    ),
+]
+RunDurationOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Stop after this many seconds (default: at the end of finite sources, else Ctrl-C).",
+        callback=check_positive,
+    ),
 ]
 SourceOpt = Annotated[
     list[str] | None,
@@ -268,18 +289,8 @@ def ingest(
 
 def run(
     source: SourceOpt = None,
-    enroll_opt: Annotated[
-        list[str] | None,
-        typer.Option("--enroll", help="NAME=IMAGE, repeatable: people to recognise."),
-    ] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Abort (exit 2) when any --enroll photo is unusable, removing the people "
-            "this run enrolled; default: report that person as not enrolled and go on.",
-        ),
-    ] = False,
+    enroll_opt: RunEnrollOpt = None,
+    strict: RunStrictOpt = False,
     kafka: KafkaOpt = None,
     workers: Annotated[int | None, typer.Option(help="Recognition actors.")] = None,
     fps: Annotated[
@@ -289,14 +300,7 @@ def run(
     max_side: MaxSideOpt = None,
     loop: LoopOpt = None,
     realtime: RealtimeOpt = None,
-    duration: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop after this many seconds (default: at the end "
-            "of finite sources, else Ctrl-C).",
-            callback=check_positive,
-        ),
-    ] = None,
+    duration: RunDurationOpt = None,
     kafka_data: Annotated[
         Path, typer.Option(help="Data folder of the local broker (without --kafka).")
     ] = Path(".facestream/kafka"),
@@ -321,23 +325,11 @@ def run(
     """
     from rich.live import Live
 
-    from pipeline.stream.demo import default_input
     from pipeline.stream.runner import StreamRunner
     from pipeline.stream.video import is_live
 
     cfg = _load_config(stream_config_file, kafka__bootstrap_servers=kafka, workers__count=workers)
-    people = parse_people(enroll_opt or [])
-    cams = list(cfg.cameras) + parse_sources(
-        source or [], fps=fps, max_side=max_side, loop=loop, realtime=realtime
-    )
-    if not cams:
-        inp = default_input(Path(".facestream/demo"))
-        cams = parse_sources(
-            [f"demo={inp.video}"], fps=fps, max_side=max_side, loop=loop, realtime=realtime
-        )
-        if not enroll_opt:
-            people = inp.enroll
-        err.print(f"no --source: {esc(inp.video)} ({esc(inp.note)})", highlight=False)
+    cams, people = _run_inputs(cfg, source, enroll_opt, fps, max_side, loop, realtime)
     cfg = cfg.model_copy(update={"cameras": cams})
     finite = all(not c.loop and not is_live(c.url) for c in cams)
     runner = StreamRunner(
@@ -354,22 +346,7 @@ def run(
             highlight=False,
         )
         runner.start(people, strict_enroll=strict)
-        for note in runner.notes:
-            err.print(f"  {note}", highlight=False, markup=False)
-        if runner.enrolments:
-            err.print(enrolment_table(runner.enrolments))
-        missing = [e.name for e in runner.enrolments if e.status == "not enrolled"]
-        if missing:
-            err.print(
-                f"[yellow]warning:[/yellow] {len(missing)} of {len(runner.enrolments)} "
-                f"--enroll people not enrolled: {esc(', '.join(missing))} (--strict aborts)",
-                highlight=False,
-            )
-        bootstrap = esc(runner.cfg.kafka.bootstrap_servers)
-        err.print(
-            f"  Kafka {bootstrap}; events: facestream events --follow --kafka {bootstrap}",
-            highlight=False,
-        )
+        _report_start(runner)
         with Live(console=err, refresh_per_second=2, transient=json_out) as live:
             try:
                 summary = runner.wait(
@@ -387,6 +364,54 @@ def run(
         typer.echo(json.dumps(summary.as_dict(), default=str))
     else:
         out.print(summary_table(summary, "facestream run: final"))
+
+
+def _run_inputs(
+    cfg: StreamConfig,
+    source: list[str] | None,
+    enroll_opt: list[str] | None,
+    fps: float | None,
+    max_side: int | None,
+    loop: bool | None,
+    realtime: bool | None,
+) -> tuple[list[CameraConfig], dict[str, Path]]:
+    """``run``'s cameras (configured, then --source) and people to enrol; without any
+    camera, the demo clip and, without --enroll, its people."""
+    from pipeline.stream.demo import default_input
+
+    people = parse_people(enroll_opt or [])
+    cams = list(cfg.cameras) + parse_sources(
+        source or [], fps=fps, max_side=max_side, loop=loop, realtime=realtime
+    )
+    if not cams:
+        inp = default_input(Path(".facestream/demo"))
+        cams = parse_sources(
+            [f"demo={inp.video}"], fps=fps, max_side=max_side, loop=loop, realtime=realtime
+        )
+        if not enroll_opt:
+            people = inp.enroll
+        err.print(f"no --source: {esc(inp.video)} ({esc(inp.note)})", highlight=False)
+    return cams, people
+
+
+def _report_start(runner: StreamRunner) -> None:
+    """What ``run`` started with: the runner's notes, the enrolments, where events go."""
+    for note in runner.notes:
+        err.print(f"  {note}", highlight=False, markup=False)
+    if runner.enrolments:
+        err.print(enrolment_table(runner.enrolments))
+    missing = [e.name for e in runner.enrolments if e.status == "not enrolled"]
+    if missing:
+        err.print(
+            f"[yellow]warning:[/yellow] {len(missing)} of {len(runner.enrolments)} "
+            f"--enroll people not enrolled: {esc(', '.join(missing))} (--strict aborts)",
+            highlight=False,
+        )
+    bootstrap = esc(runner.cfg.kafka.bootstrap_servers)
+    err.print(
+        f"  Kafka {bootstrap}; events: facestream events --follow --kafka {bootstrap}",
+        highlight=False,
+    )
 
 
 def events(

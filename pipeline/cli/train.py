@@ -24,6 +24,29 @@ from pipeline.cli.common import (
 
 if TYPE_CHECKING:
     from pipeline.evaluation.heldout import ModelEval
+    from pipeline.train.job import TrainOutcome
+
+# `facestream train`'s longer options.
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option("--spec", "-s", help="Run spec (TOML): data, loss, schedule, evaluation."),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help="softmax | contrastive | triplet | center | sphereface | cosface | arcface | "
+        "combined | siamese (hyper-parameters: the spec's \\[loss] table).",
+    ),
+]
+RunNameOpt = Annotated[
+    str | None,
+    typer.Option("--run-name", help="Name of the run; an existing run's name resumes it."),
+]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="Where report.json and roc.png go (default: reports_dir/run)."),
+]
 
 
 class _RichReporter:
@@ -62,21 +85,11 @@ def _comparison_table(base: ModelEval, cand: ModelEval) -> Table:
 
 
 def train(
-    spec: Annotated[
-        Path | None,
-        typer.Option("--spec", "-s", help="Run spec (TOML): data, loss, schedule, evaluation."),
-    ] = None,
+    spec: SpecOpt = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Folder of identity sub-folders (data.root).")
     ] = None,
-    loss: Annotated[
-        str | None,
-        typer.Option(
-            "--loss",
-            help="softmax | contrastive | triplet | center | sphereface | cosface | arcface | "
-            "combined | siamese (hyper-parameters: the spec's \\[loss] table).",
-        ),
-    ] = None,
+    loss: LossOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Steps per epoch.")] = None,
     lr: Annotated[
@@ -92,17 +105,11 @@ def train(
     base: Annotated[
         str | None, typer.Option("--base", help="Version to fine-tune; default: the active one.")
     ] = None,
-    run_name: Annotated[
-        str | None,
-        typer.Option("--run-name", help="Name of the run; an existing run's name resumes it."),
-    ] = None,
+    run_name: RunNameOpt = None,
     resume_from: Annotated[
         str | None, typer.Option("--resume-from", help="Start from this checkpoint folder.")
     ] = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Where report.json and roc.png go (default: reports_dir/run)."),
-    ] = None,
+    out_dir: OutDirOpt = None,
     register: Annotated[
         bool, typer.Option("--register/--no-register", help="Add the model to the store.")
     ] = True,
@@ -145,6 +152,12 @@ def train(
         batch_size=s.models.batch_size,
         intra_op_threads=s.models.intra_op_threads,
     )
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome: TrainOutcome) -> None:
+    """The run's per-epoch metrics, the base-vs-candidate table, where the report is,
+    and the registered version."""
     hist = Table(title=f"run {esc(outcome.run_name)}: per-epoch metrics")
     keys = ["epoch", "step", "loss_first", "loss_last", "images_per_s", "val_tar@1e-2", "val_eer"]
     for k in keys:

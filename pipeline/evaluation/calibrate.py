@@ -97,6 +97,16 @@ def calibrate_on(
     return threshold_at_far(genuine, impostor, target_far)
 
 
+def _both_vectors(
+    emb: dict[Path, ImageEmbedding], pair: Pair
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pair's two embeddings when both photos gave a face that passed the gate."""
+    a, b = emb[pair.a], emb[pair.b]
+    if a.status != OK or b.status != OK or a.vector is None or b.vector is None:
+        return None
+    return a.vector, b.vector
+
+
 def calibrate_on_pairs(
     pipe: FacePipeline,
     pairs: list[Pair],
@@ -108,9 +118,9 @@ def calibrate_on_pairs(
     passes the quality gate; (calibration, usable pairs)."""
     paths = sorted({p for pr in pairs for p in (pr.a, pr.b)})
     emb = embed_paths(pipe, paths, cache, on_progress=on_progress)
-    usable = [pr for pr in pairs if emb[pr.a].status == OK and emb[pr.b].status == OK]
-    sims = np.array([float(emb[p.a].vector @ emb[p.b].vector) for p in usable])  # type: ignore[operator]
-    same = np.array([p.same for p in usable])
+    usable = [(pr, v) for pr in pairs if (v := _both_vectors(emb, pr)) is not None]
+    sims = np.array([float(a @ b) for _, (a, b) in usable])
+    same = np.array([pr.same for pr, _ in usable])
     return threshold_at_far(sims[same == 1], sims[same == 0], target_far), len(usable)
 
 

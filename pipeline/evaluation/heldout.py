@@ -163,10 +163,10 @@ def guard_chips(
 def guard_eval(embedder: Embedder, g: GuardChips, fars: tuple[float, ...]) -> dict[str, Any]:
     """Pairs metrics; a pair with an image where no face was found scores -1 ("different"),
     as in ``facestream eval pairs``."""
-    paths = [p for p, c in g.chips.items() if c is not None]
+    found = {p: c for p, c in g.chips.items() if c is not None}
     vecs = (
-        dict(zip(paths, embed_set(embedder, np.stack([g.chips[p] for p in paths])), strict=True))
-        if paths
+        dict(zip(found, embed_set(embedder, np.stack(list(found.values()))), strict=True))
+        if found
         else {}
     )
     scores = np.array(

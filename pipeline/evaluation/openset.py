@@ -134,14 +134,12 @@ def _top1(
     and the threshold the gallery's searches applied."""
     ids: list[str | None] = [None] * len(vectors)
     sims = np.full(len(vectors), -np.inf)
-    idx = [i for i, v in enumerate(vectors) if v is not None]
+    present = [(i, v) for i, v in enumerate(vectors) if v is not None]
     thr = gallery.search_threshold(version)
-    for s in range(0, len(idx), SEARCH_BATCH):
-        chunk = idx[s : s + SEARCH_BATCH]
-        _, thr, cands = gallery.search_vectors(
-            np.stack([vectors[i] for i in chunk]), version, top_k=1
-        )
-        for i, c in zip(chunk, cands, strict=True):
+    for s in range(0, len(present), SEARCH_BATCH):
+        chunk = present[s : s + SEARCH_BATCH]
+        _, thr, cands = gallery.search_vectors(np.stack([v for _, v in chunk]), version, top_k=1)
+        for (i, _), c in zip(chunk, cands, strict=True):
             if c:
                 ids[i], sims[i] = c[0].identity_id, c[0].similarity
     return ids, sims, thr

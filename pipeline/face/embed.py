@@ -30,7 +30,7 @@ def to_tensor(chips: np.ndarray, pre: Preprocessing) -> np.ndarray:
     w, h = pre.input_size
     if chips.shape[1:3] != (h, w):
         chips = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in chips])
-    x = chips.astype(np.float32)
+    x: np.ndarray = chips.astype(np.float32)
     if pre.colour_order == "BGR":
         x = x[..., ::-1]
     x = (x - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,3 +96,13 @@ class Face:
     embedding: np.ndarray | None = None
     model_version: str | None = None
     extras: dict[str, object] = field(default_factory=dict)
+
+
+def embeddings_of(faces: Sequence[Face]) -> np.ndarray:
+    """The faces' embeddings, one row per face, in order; every face must be embedded."""
+    vecs = []
+    for f in faces:
+        if f.embedding is None:
+            raise ValueError("a face without an embedding: embed the faces first")
+        vecs.append(f.embedding)
+    return np.stack(vecs)

@@ -40,6 +40,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.files import PRIVATE_UMASK, private_dir, private_file
 from pipeline.gallery.errors import GalleryUnavailable
@@ -273,7 +274,8 @@ def _isolate(port: int, metrics_port: int) -> list[socket.socket] | None:
                 sock.close()
             # "address already in use" as the binary words it: the starter then tries
             # again with other free ports.
-            print(f"listen tcp 127.0.0.1:{p}: bind: {exc.strerror.lower()}", flush=True)
+            why = (exc.strerror or str(exc)).lower()
+            print(f"listen tcp 127.0.0.1:{p}: bind: {why}", flush=True)
             raise SystemExit(3) from None
     try:
         isolate_network()
@@ -290,15 +292,11 @@ def _isolate(port: int, metrics_port: int) -> list[socket.socket] | None:
     return listeners
 
 
-def _supervise(root: Path, port: int) -> None:
-    """Run the binary in the foreground of this process group until SIGTERM."""
-    # The embedded etcd's peer port (2380) is not among the package's settings; a fixed
-    # port would allow one server per machine, so give etcd a config file of free ports.
-    etcd_client, etcd_peer, metrics_port = free_ports(3)
-    # First, while this process is single-threaded (a user namespace requires it) and
-    # before anything binds a port that must stay in the host's namespace.
-    listeners = _isolate(port, metrics_port)
-
+def _milvus_server(
+    root: Path, port: int, etcd_client: int, etcd_peer: int, metrics_port: int
+) -> Any:
+    """The package's ``MilvusServer`` (not started): every component on 127.0.0.1, the
+    embedded etcd on the given free ports, the metrics on ``metrics_port``."""
     from milvus import MilvusServer, MilvusServerConfig
 
     etcd_conf = root / "configs" / "etcd-embed.yaml"
@@ -312,7 +310,7 @@ def _supervise(root: Path, port: int) -> None:
     )
     os.environ["ETCD_CONFIG_PATH"] = str(etcd_conf)  # Milvus reads settings from env too
 
-    class _Config(MilvusServerConfig):  # type: ignore[misc]
+    class _Config(MilvusServerConfig):
         def try_bind_port(self, port: int) -> socket.socket | None:
             # The package probes ports without SO_REUSEADDR, so a server restarted on its
             # port fails for a minute (TIME_WAIT of the old connections); Milvus itself
@@ -331,6 +329,19 @@ def _supervise(root: Path, port: int) -> None:
         config.set(f"{component}.ip", "127.0.0.1")
     server = MilvusServer(config, wait_for_started=True)
     server.webservice_port = metrics_port  # its default 9091/9092 clash with Kafka's
+    return server
+
+
+def _supervise(root: Path, port: int) -> None:
+    """Run the binary in the foreground of this process group until SIGTERM."""
+    # The embedded etcd's peer port (2380) is not among the package's settings; a fixed
+    # port would allow one server per machine, so give etcd a config file of free ports.
+    etcd_client, etcd_peer, metrics_port = free_ports(3)
+    # First, while this process is single-threaded (a user namespace requires it) and
+    # before anything binds a port that must stay in the host's namespace.
+    listeners = _isolate(port, metrics_port)
+
+    server = _milvus_server(root, port, etcd_client, etcd_peer, metrics_port)
     stopping = False
 
     def _term(signum: int, frame: object) -> None:

@@ -60,7 +60,7 @@ def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
         layout="NCHW",
         mean=DLIB_RGB_MEAN,
         std=(DLIB_RGB_STD, DLIB_RGB_STD, DLIB_RGB_STD),
-        tta=tta,  # type: ignore[arg-type]
+        tta=tta,
     )
 
 

@@ -260,10 +260,11 @@ class _Stream:
             self.pos = save
 
     def _dims(self, what: str) -> tuple[int, int, int, int]:
-        dims = tuple(self.int_(f"{what} dim") for _ in range(4))
+        n, k, nr, nc = (self.int_(f"{what} dim") for _ in range(4))
+        dims = (n, k, nr, nc)
         if any(d < 0 or d > _MAX_TENSOR_DIM for d in dims):
             raise DlibFormatError(f"bad tensor dims {dims} for {what}")
-        return dims  # type: ignore[return-value]
+        return dims
 
     def tensor(self, what: str) -> np.ndarray:
         v = self.int_(what + " version")
@@ -305,11 +306,12 @@ def _read_input(s: _Stream) -> InputRGBImage:
     tag = s.string("input layer version")
     if tag not in ("input_rgb_image", "input_rgb_image_sized"):
         raise UnsupportedLayerError(f"unsupported input layer {tag!r}")
-    mean = tuple(s.float_(f"{tag} mean", single=True) for _ in range(3))
-    nr = nc = None
+    r, g, b = (s.float_(f"{tag} mean", single=True) for _ in range(3))
+    nr: int | None = None
+    nc: int | None = None
     if tag == "input_rgb_image_sized":
         nr, nc = s.uint("input nr"), s.uint("input nc")
-    return InputRGBImage(tag, mean, nr, nc)  # type: ignore[arg-type]
+    return InputRGBImage(tag, (r, g, b), nr, nc)
 
 
 def _read_con(s: _Stream, tag: str) -> Con:

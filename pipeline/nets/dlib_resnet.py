@@ -302,7 +302,8 @@ def build_dlib_resnet(net: DlibNet) -> DlibResNet:
     assert isinstance(inp, InputRGBImage)
     if (inp.nr, inp.nc) != (DLIB_INPUT_SIZE, DLIB_INPUT_SIZE):
         raise DlibStructureError(f"input size {inp.nr}x{inp.nc}, expected 150x150")
-    if not np.array_equal(np.float32(inp.mean_rgb), np.float32(DLIB_RGB_MEAN)):
+    mean = np.asarray(inp.mean_rgb, dtype=np.float32)
+    if not np.array_equal(mean, np.asarray(DLIB_RGB_MEAN, dtype=np.float32)):
         raise DlibStructureError(f"input means {inp.mean_rgb} differ from {DLIB_RGB_MEAN}")
 
     stem_c = _conv(cur, "stem conv", 7, 2)

@@ -44,7 +44,7 @@ from pipeline.gallery.records import ThresholdInfo
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import EmbedRequest
 from pipeline.serve.loopback import keep_replica_on_loopback
-from pipeline.serve.options import replica_options
+from pipeline.serve.options import as_deployment, replica_options
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.serve.search import SearchHit, SearchRequest
 
@@ -201,6 +201,6 @@ def analyzer_app(
 ) -> Any:
     """The bound analyzer application, with replicas or autoscaling and backpressure."""
     options = replica_options(cfg)
-    return FrameAnalyzerDeployment.options(**options).bind(
+    return as_deployment(FrameAnalyzerDeployment).options(**options).bind(
         face, embedder_app, search_app, call_timeout_s
     )

@@ -33,7 +33,7 @@ from pipeline.face.embed import Embedder
 from pipeline.gallery.service import template_digest
 from pipeline.models.store import ModelStore
 from pipeline.serve.loopback import keep_replica_on_loopback
-from pipeline.serve.options import replica_options
+from pipeline.serve.options import as_deployment, replica_options, set_batching
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "Embedder"
@@ -72,8 +72,7 @@ class EmbedderDeployment:
         self.models = models
         self._lock = threading.Lock()
         self._load(models.version)
-        self.embed.set_max_batch_size(cfg.max_batch_faces)
-        self.embed.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        set_batching(self.embed, cfg.max_batch_faces, cfg.batch_wait_timeout_s)
 
     def _load(self, version: str | None) -> None:
         embedder = self.store.load_embedder(
@@ -145,4 +144,4 @@ def embedder_app(cfg: EmbedderServeConfig, models: ModelsConfig, version: str | 
     options = replica_options(cfg)
     if version or models.version:
         options["user_config"] = {"version": version or models.version}
-    return EmbedderDeployment.options(**options).bind(cfg, models)
+    return as_deployment(EmbedderDeployment).options(**options).bind(cfg, models)

@@ -35,5 +35,5 @@ def keep_replica_on_loopback() -> None:
             address = f"127.0.0.1:{port}"
         return bind(server, address)
 
-    bind_on_loopback.loopback_only = True  # type: ignore[attr-defined]
+    bind_on_loopback.loopback_only = True  # type: ignore[attr-defined]  # marks it wrapped
     replica.add_port_to_grpc_server = bind_on_loopback

@@ -3,7 +3,7 @@ fixed replica count or autoscaling, and the queue bounds that give backpressure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pipeline.config.serve import (
     AnalyzerServeConfig,
@@ -12,6 +12,34 @@ from pipeline.config.serve import (
     RecorderServeConfig,
     SearchServeConfig,
 )
+
+if TYPE_CHECKING:
+    from ray.serve import Deployment
+
+
+def as_deployment(decorated: object) -> Deployment:
+    """A class decorated with ``@serve.deployment`` as the ``Deployment`` it became (mypy
+    does not apply class decorators, so it still sees the class)."""
+    from ray.serve import Deployment
+
+    if not isinstance(decorated, Deployment):
+        raise TypeError(f"{decorated!r} is not a Ray Serve deployment")
+    return decorated
+
+
+@runtime_checkable
+class _BatchSettings(Protocol):
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+
+
+def set_batching(method: object, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    """Size the batches of a replica's ``@serve.batch`` method (ray's types for
+    ``serve.batch`` leave out these setters, which its documentation shows)."""
+    if not isinstance(method, _BatchSettings):
+        raise TypeError(f"{method!r} is not a @serve.batch method")
+    method.set_max_batch_size(max_batch_size)
+    method.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
 
 def replica_options(

@@ -28,7 +28,7 @@ from pipeline.config.serve import RecorderServeConfig
 from pipeline.gallery.review.records import RecordedFace, RecordResult
 from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
-from pipeline.serve.options import replica_options
+from pipeline.serve.options import as_deployment, replica_options
 
 if TYPE_CHECKING:
     from pipeline.gallery.review import Review
@@ -60,4 +60,5 @@ def recorder_app(
 ) -> Any:
     """The bound recorder application (``gallery`` is a ``GalleryConfig`` with absolute
     paths)."""
-    return ReviewRecorderDeployment.options(**replica_options(cfg)).bind(gallery, face, models)
+    deployment = as_deployment(ReviewRecorderDeployment)
+    return deployment.options(**replica_options(cfg)).bind(gallery, face, models)

@@ -40,7 +40,7 @@ from pipeline.config.serve import SearchServeConfig
 from pipeline.gallery.records import ThresholdInfo
 from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
-from pipeline.serve.options import replica_options
+from pipeline.serve.options import as_deployment, replica_options, set_batching
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "GallerySearch"
@@ -93,8 +93,7 @@ class GallerySearchDeployment:
         # (vectors' version, searched collection's version) -> searches; and vectors.
         self._pairs: Counter[tuple[str, str | None]] = Counter()
         self._pair_vectors: Counter[tuple[str, str | None]] = Counter()
-        self.search.set_max_batch_size(cfg.max_batch_vectors)
-        self.search.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        set_batching(self.search, cfg.max_batch_vectors, cfg.batch_wait_timeout_s)
 
     def __del__(self) -> None:
         gallery = getattr(self, "gallery", None)
@@ -187,12 +186,13 @@ class GallerySearchDeployment:
         collection). ``cross_version_searches``: searches where the two differed (the
         collection or one of its rows held another model); each was refused."""
         with self._lock:
+            pairs = sorted(self._pairs.items(), key=str)
             rows = [
                 {"vectors": v, "collection": c, "searches": n, "n_vectors": self._pair_vectors[k]}
-                for k, n in sorted(self._pairs.items(), key=str)
+                for k, n in pairs
                 for v, c in [k]
             ]
-        mixed = sum(r["searches"] for r in rows if r["collection"] not in (None, r["vectors"]))
+        mixed = sum(n for (v, c), n in pairs if c not in (None, v))
         return {"pairs": rows, "cross_version_searches": mixed, "refused": mixed}
 
     def _run(self, requests: list[SearchRequest]) -> list[SearchAnswer]:
@@ -229,4 +229,5 @@ def search_app(
 ) -> Any:
     """The bound search application (``gallery`` is a ``GalleryConfig`` with absolute paths)."""
     options = replica_options(cfg)
-    return GallerySearchDeployment.options(**options).bind(gallery, face, models, cfg)
+    deployment = as_deployment(GallerySearchDeployment)
+    return deployment.options(**options).bind(gallery, face, models, cfg)

@@ -72,7 +72,7 @@ def synthetic_input(workdir: Path) -> DemoInput:
     still = workdir / "eileen-collins.png"
     cv2.imwrite(str(still), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     video = workdir / "astronaut-clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 360))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (640, 360))
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     for i in range(40):
         zoom = 1.0 + 0.01 * i

@@ -94,7 +94,7 @@ def face_out(
             reasons=list(face.quality.reasons),
             metrics={k: round(float(v), 4) for k, v in face.quality.metrics.items()},
         ),
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,
         identity=identity if decision == "identity" else None,
         similarity=None if similarity is None else round(similarity, 6),
         model_version=face.model_version,
@@ -160,7 +160,7 @@ def identity_event(
     published = published_ts_ms if published_ts_ms is not None else now_ms()
     return IdentityEvent(
         event_id=face.face_id,
-        type=track.announcement.kind,  # type: ignore[arg-type]
+        type=track.announcement.kind,
         camera_id=frame.camera_id,
         seq=frame.seq,
         track_id=track.track_id,

@@ -357,9 +357,10 @@ def _observations(res: AnalyzeResult, matches: dict[int, Match]) -> list[Observa
     for f in res.faces:
         m = matches.get(id(f))
         ident = m.identity if m is not None and m.decision == "identity" else None
+        x0, y0, x1, y1 = f.detection.box
         out.append(
             Observation(
-                box=tuple(float(v) for v in f.detection.box),  # type: ignore[arg-type]
+                box=(float(x0), float(y0), float(x1), float(y1)),
                 embedding=f.embedding,
                 identity_id=ident.identity_id if ident else None,
                 name=ident.name if ident else None,
@@ -392,6 +393,6 @@ def _recorded(
         identity_id=identity.identity_id if identity is not None else None,
         similarity=fo.similarity,
         quality={k: float(v) for k, v in face.quality.metrics.items()},
-        crop_jpeg=jpeg,  # type: ignore[arg-type]
+        crop_jpeg=jpeg,
         embedding=[float(v) for v in face.embedding],
     )

@@ -65,9 +65,9 @@ class Publisher:
         for topic, events in ((t.detections, detections), (t.identities, identities)):
             for ev in events:
                 sends.append((topic, ev, self._send(topic, ev, ev.camera_id.encode())))
-        for ev in dead:
-            key = ev.camera_id.encode() if ev.camera_id else None
-            sends.append((t.dlq, ev, self._send(t.dlq, ev, key)))
+        for dlq_ev in dead:
+            key = dlq_ev.camera_id.encode() if dlq_ev.camera_id else None
+            sends.append((t.dlq, dlq_ev, self._send(t.dlq, dlq_ev, key)))
         failed = self._acks(sends)
         if alone:
             failed = self._drop_refused_identities(failed)

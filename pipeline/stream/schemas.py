@@ -19,16 +19,16 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.gallery.records import ThresholdInfo
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
-DETECTION_SCHEMA = "facestream.detection/1"
-IDENTITY_SCHEMA = "facestream.identity/1"
-DLQ_SCHEMA = "facestream.dlq/1"
+DETECTION_SCHEMA: Final = "facestream.detection/1"
+IDENTITY_SCHEMA: Final = "facestream.identity/1"
+DLQ_SCHEMA: Final = "facestream.dlq/1"
 
 
 class _Msg(BaseModel):

@@ -140,9 +140,9 @@ class WorkerStats:
                 self.faces += 1
                 metrics.WORKER_FACES.labels(decision=fo.decision).inc()
                 metrics.FACE_SIMILARITY.labels(decision=fo.decision).observe(fo.similarity)
-        for ev in out.identities:
+        for ident in out.identities:
             self.identity_events += 1
-            metrics.WORKER_IDENTITY_EVENTS.labels(type=ev.type).inc()
+            metrics.WORKER_IDENTITY_EVENTS.labels(type=ident.type).inc()
         for d in out.dead:
             self.dlq[d.reason] += 1
             metrics.WORKER_DLQ.labels(reason=d.reason).inc()

@@ -150,7 +150,7 @@ class RecognitionWorker:
         )
         worker = self
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 # Our batch is committed before every poll, so nothing is in flight here;
                 # only the tracks of cameras that move away must go.

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,7 +353,7 @@ def check_sampler_fits(train: FaceSet, p: int) -> None:
         )
 
 
-def pk_sampler(labels: np.ndarray, p: int, k: int, n_batches: int) -> object:
+def pk_sampler(labels: np.ndarray, p: int, k: int, n_batches: int) -> Iterable[int]:
     """pytorch-metric-learning's MPerClassSampler: each batch holds p identities x k faces
     (identities with fewer than k faces are sampled with replacement)."""
     from pytorch_metric_learning.samplers import MPerClassSampler

@@ -50,6 +50,7 @@ from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_
 from pipeline.train.model import load_torch_model
 
 if TYPE_CHECKING:
+    from pipeline.nets.dlib_resnet import DlibResNet
     from pipeline.train.export import StagedVersion
 
 PARITY_CHIPS = 16
@@ -405,7 +406,7 @@ def _lineage(
 
 def register_candidate(
     prep: Prepared,
-    model: torch.nn.Module,
+    model: DlibResNet,
     run_name: str,
     out_dir: Path,
     *,

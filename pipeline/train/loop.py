@@ -283,7 +283,7 @@ def run_epoch(
     # PML's sampler draws from numpy's global generator: seed it per (run, epoch, rank) so
     # a resumed run sees the batches it would have seen.
     np.random.seed((cfg.seed * 1_000_003 + tr.epoch * 1_009 + rank) % 2**32)
-    idx = np.fromiter(iter(pk_sampler(data.train_labels, cfg.sampler.p, cfg.sampler.k, steps)), int)
+    idx = np.fromiter(pk_sampler(data.train_labels, cfg.sampler.p, cfg.sampler.k, steps), np.int_)
     t0 = time.perf_counter()
     losses, distills = [], []
     for s in range(steps):
@@ -358,7 +358,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if rank == 0 and cfg.eval.per_epoch and tr.step == 0 and not tr.history:
         # Epoch 0: the base model on the same signal, so the curve has its starting point.
-        base = {"epoch": 0, "step": 0}
+        base: dict[str, float] = {"epoch": 0, "step": 0}
         base.update(quick_heldout(tr.net, data.heldout_chips, data.heldout_labels, pre))
         tr.history.append(base)
         print("epoch " + json.dumps(base), flush=True)

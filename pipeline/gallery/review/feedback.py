@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 from pipeline.files import private_dir, private_umask, write_private
 from pipeline.gallery.errors import GalleryError, ModelVersionMismatch
 from pipeline.gallery.review.errors import FeedbackRefused, NameTaken
-from pipeline.gallery.review.records import FeedbackKind, FeedbackResult, Sighting
+from pipeline.gallery.review.records import (
+    FeedbackKind,
+    FeedbackResult,
+    Sighting,
+    feedback_kind,
+)
 
 if TYPE_CHECKING:
     from pipeline.gallery.review.service import Review
@@ -34,8 +39,7 @@ def give(
 ) -> FeedbackResult:
     """``Review.feedback``: refused (changing nothing) for an unknown event, a kind
     that is neither, or an event made by another model version than the gallery serves."""
-    if kind not in ("not_this_person", "this_is"):
-        raise GalleryError(f"feedback kind must be not_this_person or this_is, got {kind!r}")
+    kind = feedback_kind(kind)
     event = review.sighting(event_id)
     serving = review.gallery.serving_version()
     if event.model_version != serving:

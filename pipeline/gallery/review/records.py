@@ -7,10 +7,23 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pipeline.gallery.errors import GalleryError
 from pipeline.gallery.records import Identity
 
 Decision = Literal["identity", "unknown"]
 FeedbackKind = Literal["not_this_person", "this_is"]
+_FEEDBACK_KINDS: dict[str, FeedbackKind] = {
+    "not_this_person": "not_this_person",
+    "this_is": "this_is",
+}
+
+
+def feedback_kind(value: str) -> FeedbackKind:
+    """``value`` as a feedback kind; ``GalleryError`` when it is neither."""
+    kind = _FEEDBACK_KINDS.get(value)
+    if kind is None:
+        raise GalleryError(f"feedback kind must be not_this_person or this_is, got {value!r}")
+    return kind
 
 
 class FeedbackRef(BaseModel):

@@ -376,7 +376,7 @@ class ReviewStore:
                 )
 
     @contextlib.contextmanager
-    def each_feedback(self) -> Iterator[Iterator[Mapping[str, Any]]]:
+    def each_feedback(self) -> Iterator[Iterator[sa.RowMapping]]:
         """Every feedback row (crop included), oldest first, read as it is consumed."""
         with self.catalogue.reader() as con:
             rows = con.execute(sa.select(feedback).order_by(feedback.c.created_at))

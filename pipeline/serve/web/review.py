@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from pipeline.errors import FacestreamError
+from pipeline.gallery.review.records import feedback_kind
 from pipeline.serve.context import ApiContext, Ctx
 from pipeline.serve.errors import http_status
 from pipeline.serve.web.pages import (
@@ -237,7 +238,9 @@ async def give_feedback(
     to_name = (name.strip() or None) if kind == "this_is" else None
     try:
         await ctx.run_off_loop(
-            lambda: ctx.review.feedback(event_id, kind, identity_id=to_id, name=to_name)
+            lambda: ctx.review.feedback(
+                event_id, feedback_kind(kind), identity_id=to_id, name=to_name
+            )
         )
     except FacestreamError as exc:
         return events_page(

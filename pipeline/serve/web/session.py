@@ -48,10 +48,10 @@ def login(
     if not auth.token_matches(ctx.config.api_token, token_field):
         ctx.throttle.failed(client)
         return page(request, ctx, "login.html", 401, next=target, error="Wrong token.")
-    response = see_other(target)
-    sess = ctx.sessions.issue(response)
+    redirect = see_other(target)
+    sess = ctx.sessions.issue(redirect)
     ctx.audit(request, sess.principal, "sign_in", None)
-    return response
+    return redirect
 
 
 @router.post("/ui/logout")
