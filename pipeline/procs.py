@@ -162,7 +162,7 @@ def loopback_node() -> Iterator[None]:
     before_params = ray_parameter.RayParams
     agent_port = free_ports(1)[0]
 
-    class AgentOnFreePort(before_params):  # type: ignore[misc,valid-type]  # Ray's own class
+    class AgentOnFreePort(ray_parameter.RayParams):
         """Ray's dashboard agent serves its HTTP API (jobs) on the fixed port 52365 unless
         told otherwise, and ``ray.init`` cannot tell it: a second local cluster on the
         machine (another facestream process, a test session's) would start without one.
@@ -174,11 +174,12 @@ def loopback_node() -> Iterator[None]:
 
     os.environ[RAY_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by Ray's node-address lookup
-    ray_parameter.RayParams = AgentOnFreePort  # looked up by ray.init at call time
+    # Looked up by ray.init at call time; setattr because the name is a class to mypy.
+    setattr(ray_parameter, "RayParams", AgentOnFreePort)  # noqa: B010
     try:
         yield
     finally:
-        ray_parameter.RayParams = before_params
+        setattr(ray_parameter, "RayParams", before_params)  # noqa: B010
         ray_constants.ENABLE_RAY_CLUSTER = before_const
         if before_env is None:
             os.environ.pop(RAY_CLUSTER_SWITCH, None)
