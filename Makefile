@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup run demo test lint kafka-fetch tools postgres browser k8s eval-lfw bench bench-stream
+.PHONY: setup run demo test test-fast lint kafka-fetch tools postgres browser k8s eval-lfw bench bench-stream
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check pipeline tests
+	$(BIN)/mypy
 
 # The tests' PostgreSQL: Debian's package (installed with apt when absent, as root).
 postgres:
@@ -52,8 +53,14 @@ postgres:
 browser:
 	@bash scripts/chromium.sh install || echo "[browser] no Chromium: the browser tests will be skipped"
 
+# Everything; the twenty slowest tests are listed at the end.
 test: setup kafka-fetch tools postgres browser lint
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=20
+
+# The edit-test loop: the unit tests and the quick integration tests (tests/conftest.py
+# marks the rest slow), a few minutes. `make test` stays the full run.
+test-fast: setup kafka-fetch tools postgres
+	$(BIN)/python -m pytest -q -rs -m "not slow" --durations=10
 
 eval-lfw: setup
 	$(BIN)/facestream eval pairs --root $(SHARED)/data/lfw-dev --pairs $(SHARED)/data/lfw-dev/pairs.tsv --out reports/lfw-dev

@@ -63,6 +63,49 @@ def _shared_missing_reason() -> str | None:
     return None
 
 
+# The fast lane (`make test-fast`, `-m "not slow"`): the unit tests and the integration
+# modules below, whose tests take seconds each on the session's shared services. Every
+# other integration module (a stream pipeline, a Ray or Serve cluster, a server process
+# of its own, training), the browser tests and the unit tests named below take a minute
+# or more (pytest --durations); they run in `make test` only.
+QUICK_INTEGRATION = {
+    "test_api.py",
+    "test_api_limits.py",
+    "test_catalogue_names.py",
+    "test_gallery_calibrate.py",
+    "test_gallery_core.py",
+    "test_gallery_planted_rows.py",
+    "test_kafka_smoke.py",
+    "test_live_file.py",
+    "test_milvus_smoke.py",
+    "test_open_set_threshold.py",
+    "test_review.py",
+    "test_status.py",
+    "test_swap_repair.py",
+}
+SLOW_UNIT = {
+    "test_dlib_port.py",  # builds a model from dlib's weights twice
+    "test_k8s_schemas.py",  # validates every chart object against the CRDs
+    "test_metrics_exposure.py::test_ray_processes_export_every_metric_through_the_node_agent",
+    "test_detect_default.py::test_every_detector_finds_the_face_and_nothing_in_a_blank_frame"
+    "[dlib_cnn]",
+    "test_eval_pairs.py::test_lfw_sample",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = item.path.parent.name
+        name = item.path.name
+        test = f"{name}::{item.name}"
+        if (
+            (kind == "integration" and name not in QUICK_INTEGRATION)
+            or kind in ("browser", "gpu")
+            or (kind == "unit" and (name in SLOW_UNIT or test in SLOW_UNIT))
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("shared_data") is not None:
         reason = _shared_missing_reason()
