@@ -10,11 +10,14 @@
 #                               controller-manager, scheduler, containerd, kubelet,
 #                               kube-proxy; CoreDNS, the default StorageClass, the KubeRay
 #                               operator and CRDs, Kafka, Milvus and PostgreSQL
-#                               (K8S_DEPS=0: only the cluster, DNS and storage)
+#                               (K8S_DEPS=0: only the cluster, DNS and storage;
+#                               K8S_BUILD=0: skip the build step, use the cache)
 #   scripts/k8s.sh down         stop every process by its pid; remove the pods, mounts,
 #                               network namespaces, iptables rules, bridge and address
 #                               the cluster made
+#   scripts/k8s.sh deps         (re)import images, (re)apply the dependencies to a running cluster
 #   scripts/k8s.sh status       processes and nodes
+#   scripts/k8s.sh smoke        check the running cluster (scripts/k8s/smoke.sh)
 #   scripts/k8s.sh kubeconfig   print the admin kubeconfig's path
 #   scripts/k8s.sh kubectl ARGS kubectl with that kubeconfig
 #   scripts/k8s.sh env          print `export KUBECONFIG=... PATH=...` lines (eval them)
@@ -295,14 +298,19 @@ api_ready() {
 }
 
 import_images() {
-  local images="$K8S_CACHE/images" f name ref have
+  local images="$K8S_CACHE/images" f name ref have tar
   have="$(ctr -n k8s.io images ls -q)"
   for f in "$images"/*.ref; do
     name="$(basename "$f" .ref)"
     ref="$(cat "$f")"
+    tar="$images/$name-${ref##*:}.tar"
+    if [[ ! -s "$tar" ]]; then
+      log "no image tarball for $ref (scripts/k8s.sh build): not imported"
+      continue
+    fi
     if ! grep -qx "$ref" <<<"$have"; then
       log "importing $ref into containerd"
-      ctr -n k8s.io images import --snapshotter overlayfs "$images/$name-${ref##*:}.tar" >/dev/null
+      ctr -n k8s.io images import --snapshotter overlayfs "$tar" >/dev/null
     fi
     # The stable names the manifests use. The pause image is also the sandbox image.
     ctr -n k8s.io images tag --force "$ref" "localhost/facestream/$name:test" >/dev/null
@@ -328,7 +336,7 @@ cmd_up() {
     if pid_of "$p" >/dev/null; then die "a cluster is running ($p); scripts/k8s.sh down first"; fi
   done
   host_packages
-  cmd_build
+  if [[ "${K8S_BUILD:-1}" == 1 ]]; then cmd_build; fi   # K8S_BUILD=0: use what is cached
   local start=$SECONDS
   cleanup_host    # leftovers of a run that was not brought down (a crash, a reboot)
   if awk '{print $5}' /proc/self/mountinfo | grep -qE "^$RUN_DIR/"; then
@@ -422,6 +430,11 @@ apply_addons() {
   rollout kube-system deployment/coredns
   rollout local-path-storage deployment/local-path-provisioner
   [[ "${K8S_DEPS:-1}" == 1 ]] || return 0
+  apply_deps
+}
+
+# The KubeRay operator and CRDs, PostgreSQL, Kafka and Milvus (idempotent).
+apply_deps() {
   local crds
   crds="$(mod_dir "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION")/config/crd/bases"
   # Server-side: the CRDs are larger than client-side apply's last-applied annotation.
@@ -431,10 +444,13 @@ apply_addons() {
   # The catalogue's password: random for each cluster, kept in the run folder (0600) for
   # whoever installs the chart (its Secret must be in the release's namespace too).
   kubectl create namespace postgres --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN_DIR/postgres-password"
-  chmod 600 "$RUN_DIR/postgres-password"
+  if [[ ! -s "$RUN_DIR/postgres-password" ]]; then
+    head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN_DIR/postgres-password"
+    chmod 600 "$RUN_DIR/postgres-password"
+  fi
   kubectl -n postgres create secret generic postgres-postgresql \
-    --from-file=password="$RUN_DIR/postgres-password" >/dev/null
+    --from-file=password="$RUN_DIR/postgres-password" --dry-run=client -o yaml |
+    kubectl apply -f - >/dev/null
   apply_manifest postgres.yaml
   apply_manifest kafka.yaml
   apply_manifest milvus.yaml
@@ -460,7 +476,7 @@ cleanup_host() {
   local f pid
   for f in /proc/[0-9]*/cmdline; do
     pid="${f#/proc/}" pid="${pid%/cmdline}"
-    if tr '\0' ' ' <"$f" 2>/dev/null | grep -q -- "containerd-shim.*-address $CTRD_SOCK"; then
+    if { tr "\0" " " <"$f"; } 2>/dev/null | grep -q -- "containerd-shim.*-address $CTRD_SOCK"; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
@@ -469,8 +485,7 @@ cleanup_host() {
   local m
   while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-  done < <(awk '{print $5}' /proc/self/mountinfo |
-    grep -E "^($RUN_DIR|$CTRD_ROOT)/" | sort -r)
+  done < <(awk '{print $5}' /proc/self/mountinfo | { grep -E "^($RUN_DIR|$CTRD_ROOT)/" || true; } | sort -r)
   # iptables: kube-proxy's own cleanup, then the CNI chains of any sandbox whose teardown
   # did not run (their comments name our network).
   if [[ -x "$KBIN/kube-proxy" ]]; then
@@ -491,7 +506,7 @@ cleanup_host() {
   # Pod cgroups (empty once the containers are gone), deepest first.
   local d
   for d in /sys/fs/cgroup/*/"${CGROUP_ROOT#/}"; do
-    [[ -d "$d" ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    if [[ -d "$d" ]]; then find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
   # libcni's result cache for our network (in /var/lib/cni, which containerd 1.6 cannot move).
   rm -f /var/lib/cni/results/fsk8s-* 2>/dev/null || true
@@ -506,7 +521,7 @@ cleanup_cni_iptables() {
   for table in nat filter; do
     chains="$(iptables-save -t "$table" | grep -E '^-A .*fsk8s' |
       grep -oE -- '-j CNI-[A-Za-z0-9_-]+' | awk '{print $2}' | sort -u || true)"
-    iptables-save -t "$table" | grep -E '^-A .*fsk8s' | while read -r rule; do
+    { iptables-save -t "$table" | grep -E '^-A .*fsk8s' || true; } | while read -r rule; do
       eval "iptables -t $table ${rule/-A/-D}" 2>/dev/null || true
     done
     for chain in $chains; do
@@ -516,7 +531,7 @@ cleanup_cni_iptables() {
     for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SNAT CNI-HOSTPORT-MASQ CNI-HOSTPORT-SETMARK; do
       iptables-save -t "$table" | grep -qE "^-A $chain " && continue   # still used
       iptables-save -t "$table" | grep -qE "^:$chain " || continue
-      iptables-save -t "$table" | grep -E "^-A .*-j $chain( |$)" | while read -r rule; do
+      { iptables-save -t "$table" | grep -E "^-A .*-j $chain( |$)" || true; } | while read -r rule; do
         eval "iptables -t $table ${rule/-A/-D}" 2>/dev/null || true
       done
       iptables -t "$table" -X "$chain" 2>/dev/null || true
@@ -552,11 +567,13 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  smoke) bash "$REPO/scripts/k8s/smoke.sh" ;;
+  deps) pid_of kube-apiserver >/dev/null || die "no cluster running"; import_images; apply_deps ;;
   kubeconfig) echo "$RUN_DIR/admin.kubeconfig" ;;
   kubectl) shift; kubectl "$@" ;;
   env)
     echo "export KUBECONFIG=$RUN_DIR/admin.kubeconfig"
     echo "export PATH=$KBIN:\$PATH"
     ;;
-  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -11,7 +11,7 @@
 #   facestream  the repo's Dockerfile with --build-arg BASE=<the Debian base>
 #
 # Each image is tagged by a hash of its inputs (Containerfile, context files, base image,
-# build arguments) and saved as a docker-archive tarball in $K8S_CACHE/images; an image
+# build arguments) and saved as an OCI archive (zstd layers) in $K8S_CACHE/images; an image
 # whose tarball exists is not built again. `$K8S_CACHE/images/<name>.ref` holds the
 # reference of the newest build of <name>; scripts/k8s.sh imports the tarballs into
 # containerd and tags each as localhost/facestream/<name>:test, the name the manifests
@@ -101,11 +101,14 @@ SRC
   echo "debian $((SECONDS - start))s" >>"$IMAGES/timings.log"
 }
 
-# Hash of files (paths relative to $1, then more paths), stable across machines.
+# Hash of files (paths relative to $1, then more paths), stable across machines. Paths
+# matching $HASH_EXCLUDE (find -path patterns, space-separated) are left out.
 hash_tree() {
-  local root="$1"
+  local root="$1" pattern patterns skip=()
   shift
-  (cd "$root" && find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
+  read -r -a patterns <<<"${HASH_EXCLUDE:-}"   # read: no glob expansion of the patterns
+  for pattern in "${patterns[@]}"; do skip+=(! -path "$pattern"); done
+  (cd "$root" && find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' "${skip[@]}" -print0 |
     LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
 }
 
@@ -124,18 +127,24 @@ build_image() {
     echo "$ref" >"$IMAGES/$name.ref"
     return
   fi
-  log "$name: building $ref"
-  # chroot isolation: runc inside buildah's own user namespace is not needed as root, and
-  # RUN steps share the host's network, so apt and pip reach the mirrors as the host does.
-  # --layers: an unchanged step (the apt layer of facestream's Dockerfile) is reused.
-  if ! nice -n 10 "${BUILDAH[@]}" build --isolation chroot --network host --pull=never --layers \
-      -f "$file" -t "$ref" --build-arg "BASE=$BASE_REF" "$@" "$context" >"$IMAGES/$name-build.log" 2>&1; then
-    tail -40 "$IMAGES/$name-build.log" >&2
-    die "$name: build failed (log: $IMAGES/$name-build.log)"
+  if ! image_id "$ref" >/dev/null; then
+    log "$name: building $ref"
+    # chroot isolation: as root, no runc or user namespace is needed for RUN steps, and
+    # they share the host's network, so apt and pip reach the mirrors as the host does.
+    # No --layers: the image is removed from buildah's storage once saved (below), so a
+    # layer cache would only keep a second copy of it.
+    if ! nice -n 10 "${BUILDAH[@]}" build --isolation chroot --network host --pull=never \
+        -f "$file" -t "$ref" --build-arg "BASE=$BASE_REF" "$@" "$context" >"$IMAGES/$name-build.log" 2>&1; then
+      tail -40 "$IMAGES/$name-build.log" >&2
+      die "$name: build failed (log: $IMAGES/$name-build.log)"
+    fi
   fi
+  # An OCI archive with zstd layers: the facestream image is ~8 GB uncompressed (torch
+  # and its CUDA wheels), about a third compressed; containerd >= 1.5 unpacks zstd.
   rm -f "$tar.tmp"
-  "${BUILDAH[@]}" push -q "$ref" "docker-archive:$tar.tmp:$ref" >/dev/null
+  nice -n 10 "${BUILDAH[@]}" push -q --compression-format zstd "$ref" "oci-archive:$tar.tmp:$ref" >/dev/null
   mv "$tar.tmp" "$tar"
+  "${BUILDAH[@]}" rmi "$ref" >/dev/null   # disk: the tarball is the cache
   echo "$ref" >"$IMAGES/$name.ref"
   log "$name: built in $((SECONDS - start))s ($(du -h "$tar" | cut -f1))"
   echo "$name $((SECONDS - start))s $(du -h "$tar" | cut -f1)" >>"$IMAGES/timings.log"
@@ -202,8 +211,10 @@ build_postgres() {
 # The project's own image from its Dockerfile. Inputs: what the Dockerfile copies.
 build_facestream() {
   pip_args
+  # .dockerignore leaves the cluster's own tooling (scripts/k8s*) out of the image.
   build_image facestream "$REPO" "$REPO/Dockerfile" \
-    "$(hash_tree "$REPO" Dockerfile .dockerignore pyproject.toml README.md pipeline scripts)" "${PIP_ARGS[@]}"
+    "$(HASH_EXCLUDE='scripts/k8s/* scripts/k8s.sh' hash_tree "$REPO" Dockerfile .dockerignore \
+      pyproject.toml README.md pipeline scripts)" "${PIP_ARGS[@]}"
 }
 
 build_deps() {

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the settings are used by the scripts that source this
 # Shared settings and helpers of scripts/k8s.sh and scripts/k8s/*.sh (sourced, not run).
 #
 # Everything is cached under $FACESTREAM_CACHE/k8s (default ~/.cache/facestream/k8s):
 #   bin/<component>-<version>/   binaries built from Go modules (kept across runs)
 #   src/<component>-<version>/   the wrapper Go modules they are built from
-#   images/                      image tarballs (docker-archive), named by input hash
+#   images/                      image tarballs (OCI archives), named by input hash
 #   buildah/                     buildah's own storage (not the system's)
 #   containerd/                  containerd's content store and snapshots (images stay
 #                                imported between `up`s; containers are removed by `down`)
@@ -22,7 +23,7 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.1}"    # the chart needs >= 1.5.1 (Ray token auth)
 CRITOOLS_VERSION="${CRITOOLS_VERSION:-v1.37.0}" # crictl: `down` removes pods through the CRI
 LOCALPATH_VERSION="${LOCALPATH_VERSION:-v0.0.30}"
-PAUSE_TAG="3.10"
+PAUSE_TAG="3.10.2"             # as upstream's build/pause of this release
 
 BIN_ROOT="$K8S_CACHE/bin"
 RUN_DIR="${K8S_RUN_DIR:-$K8S_CACHE/run}"

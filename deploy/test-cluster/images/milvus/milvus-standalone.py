@@ -15,9 +15,9 @@ from pathlib import Path
 
 from milvus import MilvusServer, MilvusServerConfig
 
-DATA = Path(os.environ.get("MILVUS_DATA", "/var/lib/milvus"))
-PORT = int(os.environ.get("MILVUS_PORT", "19530"))
-HEALTH_PORT = int(os.environ.get("MILVUS_HEALTH_PORT", "9091"))
+DATA = Path(os.environ.get("MILVUS_STANDALONE_DATA", "/var/lib/milvus"))
+PORT = int(os.environ.get("MILVUS_STANDALONE_PORT", "19530"))
+HEALTH_PORT = int(os.environ.get("MILVUS_STANDALONE_HEALTH_PORT", "9091"))
 ETCD_CLIENT, ETCD_PEER = 2379, 2380
 STOP_GRACE_S = 30
 
