@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StartupFailed
@@ -14,6 +17,14 @@ from pipeline.errors import StartupFailed
 log = logging.getLogger(__name__)
 RAY_START_ATTEMPTS = 2
 REACH_TIMEOUT_S = 5.0
+# Ray reads these itself (Ray >= 2.52): token authentication, and where the token is.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN = "RAY_AUTH_TOKEN"
+RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+# Ray binds its servers to the node's routable address on Linux; with this at 0 (the
+# setting that keeps laptops' clusters off the network on macOS and Windows) the node's
+# address is 127.0.0.1 and every Ray server of the node listens on loopback only.
+RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def free_ports(count: int) -> list[int]:
@@ -58,10 +69,16 @@ def init_ray(**kwargs: Any) -> None:
     joining = bool(address) and address != "local"
     if joining:
         _check_reachable(str(address))
+    else:
+        require_token_auth()
     attempts = 1 if joining else RAY_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(**kwargs)
+            if joining:
+                ray.init(**kwargs)
+            else:
+                with loopback_node():
+                    ray.init(**kwargs)
             return
         except Exception as exc:  # Ray raises plain Exceptions (RuntimeError, TimeoutError...)
             if ray.is_initialized():
@@ -87,3 +104,67 @@ def _check_reachable(address: str) -> None:
         raise StartupFailed(
             "Ray", f"no Ray cluster answers at RAY_ADDRESS={address} ({exc})"
         ) from None
+
+
+def require_token_auth() -> None:
+    """Token authentication for a Ray cluster this process starts: ``RAY_AUTH_MODE=token``
+    and a token. Without it, Ray's dashboard agent runs a job (a shell command) for
+    anyone who reaches it. ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` name the token;
+    otherwise it is Ray's default file ``~/.ray/auth_token``, created here owner-only
+    (Ray would create it readable by every user of the machine), so the ``facestream``
+    commands that attach later (``models promote``, ``status``) find it.
+
+    An explicit ``RAY_AUTH_MODE=disabled`` is the operator's choice: honoured, loudly."""
+    mode = os.environ.get(RAY_AUTH_MODE)
+    if mode is not None and mode.lower() != "token":
+        log.warning(
+            "%s=%s: the local Ray cluster runs WITHOUT token authentication; anyone who "
+            "reaches its ports (loopback only) can run code as this user",
+            RAY_AUTH_MODE,
+            mode,
+        )
+        return
+    os.environ[RAY_AUTH_MODE] = "token"
+    if os.environ.get(RAY_AUTH_TOKEN) or os.environ.get(RAY_AUTH_TOKEN_PATH):
+        _refresh_ray_config()
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # a token other users can read is no token
+    _refresh_ray_config()
+
+
+def _refresh_ray_config() -> None:
+    # Ray caches its config (the auth mode among it) when its extension is loaded; a
+    # process that imported Ray before the mode was set re-reads it here.
+    import sys
+
+    if "ray._raylet" in sys.modules:
+        sys.modules["ray._raylet"].Config.initialize("")
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """While a local Ray node starts: its address is 127.0.0.1, so GCS, raylet, object
+    manager, agents, workers and Serve replicas all listen on loopback only. The node's
+    processes keep the setting (they inherit it at their start); this process and the
+    programs it starts later get their environment back."""
+    import ray._private.ray_constants as ray_constants
+
+    before_env = os.environ.get(RAY_CLUSTER_SWITCH)
+    before_const = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by Ray's node-address lookup
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[RAY_CLUSTER_SWITCH] = before_env

@@ -7,7 +7,9 @@ unit-only run never starts a JVM or Ray.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -23,15 +25,20 @@ from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.embed import Embedder
 from pipeline.models.store import ModelStore
-from tests.stores import drop_milvus_space, milvus_space_settings
+from tests.support.models import TwoVersions, build_two_versions
+from tests.support.stores import drop_milvus_space, facestream_env, milvus_space_settings
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
+    from pipeline.config.settings import Settings
     from pipeline.gallery.milvus_server import LocalMilvus
+    from pipeline.stream.broker import LocalKafka
 
-# Ray reads this when it is imported; local test clusters must not require a token.
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Every Ray cluster of the tests runs as facestream runs its own: token authentication
+# on, with one token for the session (the processes the tests start inherit it).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # Serve kills an HTTP proxy that is not ready within 5 s (health checks: 10 s); on a busy
 # 2-core machine a starting proxy can take longer, and the API tests then fail at
 # set-up. Processes the tests start inherit these.
@@ -73,14 +80,19 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real single-node Kafka broker, shared by the session."""
+def kafka_local() -> Iterator[LocalKafka]:
+    """A real single-node Kafka broker shared by the session, on ports fixed for the
+    session and a data dir of its own: a fault test can restart it in place (topics and
+    offsets kept, clients reconnect)."""
+    from pipeline.procs import free_ports
     from pipeline.stream.broker import LocalKafka
 
     data_dir = Path(tempfile.mkdtemp(prefix="facestream-test-kafka-"))
-    broker = LocalKafka(port=0, data_dir=data_dir)
+    port, controller = free_ports(2)
+    broker = LocalKafka(port=port, controller_port=controller, data_dir=data_dir)
     try:
-        yield broker.start()
+        broker.start()
+        yield broker
     finally:
         try:
             broker.stop()
@@ -89,13 +101,21 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_local: LocalKafka) -> str:
+    """Bootstrap servers of :func:`kafka_local`."""
+    return kafka_local.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """A local Ray instance for the session; its session files go to a removed temp dir."""
     import ray
 
+    from pipeline.procs import init_ray
+
     # Short path under /tmp: Ray puts unix sockets in it (108-byte path limit).
     temp_dir = tempfile.mkdtemp(prefix="fs-ray-", dir="/tmp")
-    ray.init(
+    init_ray(  # on loopback, as facestream starts a local Ray
         address="local",  # never attach to a cluster named by RAY_ADDRESS
         num_cpus=2,
         include_dashboard=False,
@@ -124,9 +144,26 @@ def milvus_local() -> Iterator[LocalMilvus]:
         yield server
     finally:
         try:
+            _kill_milvus(server)
             server.release()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_milvus(server: LocalMilvus) -> None:
+    """Stop a throw-away server at once: its data is removed next, so the graceful stop
+    (flushing segments, up to 30 s) would be time spent for nothing."""
+    import json
+    import signal
+
+    from pipeline.gallery.milvus_server import STATE_FILE
+
+    try:
+        pid = int(json.loads((server.root / STATE_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -177,6 +214,23 @@ def postgres_url() -> Iterator[tuple[str, str, Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def stream_env(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_store: ModelStore,
+    ray_local: None,
+    milvus_space_module: dict[str, str],
+) -> Iterator[Settings]:
+    """A stream test module's settings, also in the environment (its CLI calls read them):
+    the session's model store, Ray and Milvus server (a corner of its own), the gallery
+    in a temporary folder."""
+    from tests.support.stream import stream_settings
+
+    gallery_dir = tmp_path_factory.mktemp("gallery")
+    with stream_settings(facestream_env(model_store, milvus_space_module, gallery_dir)) as s:
+        yield s
+
+
 @pytest.fixture
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
     """Path of a fresh Milvus Lite database, one per test."""
@@ -205,13 +259,18 @@ def milvus_client(milvus_uri: str) -> Iterator[MilvusClient]:
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
-    """A fresh store with the default version bootstrapped from the PyPI-shipped weights."""
-    from pipeline.models.bootstrap import bootstrap_default
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> TwoVersions:
+    """The session's model store, built once from the PyPI-shipped weights: the default
+    version (flip TTA, active) and the same weights without TTA (another version id).
+    Never written: tests that rewrite a manifest or move ACTIVE copy it
+    (``tests.support.models.private_store``)."""
+    return build_two_versions(tmp_path_factory.mktemp("models"))
 
-    store = ModelStore(tmp_path_factory.mktemp("models"))
-    bootstrap_default(store)
-    yield store
+
+@pytest.fixture(scope="session")
+def model_store(two_versions: TwoVersions) -> ModelStore:
+    """The session's store (:func:`two_versions`), its default version active."""
+    return two_versions.store
 
 
 @pytest.fixture(scope="session")

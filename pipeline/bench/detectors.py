@@ -2,7 +2,7 @@
 5-point predictor from a YuNet box, how closely the seeded landmarks and embeddings agree
 with HOG-seeded ones, and the detectors' speed on video frames.
 
-    python -m pipeline.bench.detectors --images ../shared/data/lfw-dev \\
+    facestream bench detectors --images ../shared/data/lfw-dev \\
         --video ../shared/data/video/short_hamilton_clip.mp4
 
 Prints the medians that ``pipeline.face.detect`` uses (``YUNET_TO_DLIB_*``); re-run it
@@ -11,9 +11,9 @@ when changing the YuNet file.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -24,14 +24,13 @@ from pipeline.face.detect import DlibHogDetector, build_detector
 from pipeline.face.embed import Embedder
 from pipeline.face.image_io import load_image
 from pipeline.face.landmarks import DlibShapePredictor5
-from pipeline.models.store import ModelStore
 
 
 def _centre(box: tuple[float, float, float, float]) -> np.ndarray:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
 
 
-def box_mapping(images: list[Path], embedder: Embedder) -> None:
+def box_mapping(images: list[Path], embedder: Embedder, say: Callable[[str], None]) -> None:
     hog, yunet = DlibHogDetector(1), build_detector("yunet")
     predictor, aligner = DlibShapePredictor5(), Aligner(embedder.manifest.alignment)
     ratios, lm_diff, cosines = [], [], []
@@ -59,23 +58,23 @@ def box_mapping(images: list[Path], embedder: Embedder) -> None:
         v = embedder.embed(chips)
         cosines.append(float(v[0] @ v[1]))
     r = np.array(ratios)
-    print(f"faces found by both: {len(r)} of {len(images)} images")
-    print(
+    say(f"faces found by both: {len(r)} of {len(images)} images")
+    say(
         f"HOG box from YuNet box: dx/w {np.median(r[:, 0]):+.3f}  dy/h {np.median(r[:, 1]):+.3f}"
         f"  side/h {np.median(r[:, 2]):.3f}  (spread of side/h {np.std(r[:, 2]):.3f})"
     )
     d, c = np.array(lm_diff), np.array(cosines)
-    print(
+    say(
         f"landmarks, YuNet- vs HOG-seeded, max |diff| / eye distance: p50 {np.median(d):.3f}"
         f" p95 {np.percentile(d, 95):.3f}"
     )
-    print(
+    say(
         f"embedding cosine, YuNet- vs HOG-seeded chip: p50 {np.median(c):.4f}  p5 "
         f"{np.percentile(c, 5):.4f}  min {c.min():.4f}"
     )
 
 
-def speed(video: str, frames: int = 100) -> None:
+def speed(video: str, say: Callable[[str], None], frames: int = 100) -> None:
     cv2.setNumThreads(1)
     cap = cv2.VideoCapture(video)
     imgs = []
@@ -90,22 +89,11 @@ def speed(video: str, frames: int = 100) -> None:
         t0 = time.perf_counter()
         found = sum(len(det(i)) for i in imgs)
         ms = 1000 * (time.perf_counter() - t0) / len(imgs)
-        print(f"{name:>9}: {ms:6.1f} ms per {w}x{h} frame, {found / len(imgs):.2f} faces a frame")
+        say(f"{name:>9}: {ms:6.1f} ms per {w}x{h} frame, {found / len(imgs):.2f} faces a frame")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, required=True, help="Folder of face photos (LFW).")
-    ap.add_argument("--video", help="A video for the speed comparison.")
-    ap.add_argument("--n", type=int, default=400, help="Photos sampled (seed 0).")
-    ap.add_argument("--store", type=Path, default=Path("models"), help="Model store.")
-    args = ap.parse_args()
-    paths = sorted(args.images.rglob("*.jpg"))
+def sample_photos(folder: Path, n: int) -> list[Path]:
+    """``n`` photos of ``folder`` (recursively), the same ones on every run (seed 0)."""
+    paths = sorted(folder.rglob("*.jpg"))
     random.Random(0).shuffle(paths)
-    box_mapping(paths[: args.n], ModelStore(args.store).load_embedder(None))
-    if args.video:
-        speed(args.video)
-
-
-if __name__ == "__main__":
-    main()
+    return paths[:n]

@@ -1,24 +1,18 @@
-"""``facestream bench ...``: speed benchmarks that print tables (no pass/fail)."""
+"""``facestream bench ...``: speed benchmarks that print tables (no pass/fail).
+
+The benchmarks themselves are in ``pipeline.bench`` (above the parts they measure);
+``bench stream`` and ``bench soak`` are in ``bench_stream.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import (
-    check_positive,
-    cli_errors,
-    err,
-    esc,
-    face_pipeline,
-    model_store,
-    out,
-    parse_people,
-    state,
-)
+from pipeline.cli.bench_stream import bench_soak, bench_stream
+from pipeline.cli.common import cli_errors, err, esc, face_pipeline, model_store, out
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -46,7 +40,7 @@ def bench_embed(
     """Faces/s of the batched ONNX Runtime embedder vs dlib as face_recognition calls it."""
     from rich.progress import Progress
 
-    from pipeline.bench.embed_bench import (
+    from pipeline.bench.embed import (
         bench_embedders,
         collect_faces,
         embedder_variants,
@@ -94,102 +88,6 @@ def bench_embed(
     out.print(stage_table)
 
 
-def bench_stream(
-    source: Annotated[
-        str | None, typer.Option(help="Video file. Default: the shared Hamilton clip.")
-    ] = None,
-    enroll_opt: Annotated[
-        list[str] | None,
-        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
-    ] = None,
-    fps: Annotated[
-        float | None,
-        typer.Option(
-            help="Frames per second of video to take. Default: all.", callback=check_positive
-        ),
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Recognition workers (consumers).")] = 2,
-    analyzers: Annotated[int, typer.Option(help="Frame analyzer replicas.")] = 2,
-    latency_seconds: Annotated[
-        float,
-        typer.Option(
-            help="Length of the real-time run that measures latency.", callback=check_positive
-        ),
-    ] = 30.0,
-    kafka: Annotated[
-        str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
-    ] = None,
-) -> None:
-    """facestream run flat out vs face_recognition's per-frame loop on the same clip:
-    fps, faces, identities and their ratio; facestream's stages; latency at half peak."""
-    from rich.progress import Progress
-
-    from pipeline.stream.bench import bench_stream as run_bench
-    from pipeline.stream.demo import default_input
-
-    inp = default_input(Path(".facestream/demo"))
-    video = source or inp.video
-    people = parse_people(enroll_opt) if enroll_opt else inp.enroll
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("face_recognition", total=None)
-        res = run_bench(
-            state.settings,
-            video,
-            people,
-            fps=fps,
-            workers=workers,
-            analyzers=analyzers,
-            latency_s=latency_seconds,
-            kafka=kafka,
-            on_step=lambda text: progress.update(task, description=text),
-            on_frame=lambda: progress.advance(task),
-        )
-    names = sorted(set(people) | set(res.peer.identities) | set(res.peak.identities))
-    table = Table(
-        title=f"{esc(Path(res.video).name)}, flat out (facestream: {res.workers} workers, "
-        f"{res.analyzers} analyzers; face_recognition: one process, HOG + dlib)"
-    )
-    for col in ("", "frames", "fps", "ratio", "faces", *names):
-        table.add_column(esc(col), justify="left" if not col else "right")
-    table.add_row(
-        "face_recognition",
-        str(res.peer.frames),
-        f"{res.peer.fps:.2f}",
-        "1.00x",
-        str(res.peer.faces),
-        *[str(res.peer.identities.get(n, 0)) for n in names],
-    )
-    ratio = res.peak.fps / res.peer.fps if res.peer.fps else float("nan")
-    table.add_row(
-        "facestream run",
-        str(res.peak.frames),
-        f"{res.peak.fps:.2f}",
-        f"{ratio:.2f}x",
-        f"{res.peak.faces} ({res.peak.embedded} gated)",
-        *[str(res.peak.identities.get(n, 0)) for n in names],
-    )
-    out.print(table)
-    out.print(
-        "identification events (tracks): "
-        + (", ".join(f"{k} x{v}" for k, v in res.peak.identity_events.most_common()) or "none"),
-        highlight=False,
-        markup=False,
-    )
-    stages = Table(title="facestream per frame (mean ms; embed and search include queueing)")
-    stages.add_column("stage")
-    stages.add_column("ms/frame", justify="right")
-    for stage, ms in res.peak.stage_ms.items():
-        stages.add_row(esc(stage), f"{ms:.2f}")
-    out.print(stages)
-    rt = res.realtime
-    p50, p99 = rt.latency(50), rt.latency(99)
-    out.print(
-        f"real time at {res.realtime_fps:g} fps (half the peak): {rt.frames} frames, "
-        f"capture→publish p50 {p50 or float('nan'):.0f} ms, p99 {p99 or float('nan'):.0f} ms",
-        highlight=False,
-    )
-
-
 def _ratio(value: float, base: float | None) -> str:
     if base is None or not base or value != value or base != base:
         return "-"
@@ -233,9 +131,7 @@ def bench_search(
     time, single-probe p50/p99, batch-64 latency, recall@1/@10 against exact search."""
     import tempfile
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from pipeline.gallery import bench
+    from pipeline.bench import search as bench
 
     if rows < 1 or probes < 1 or top_k < 1 or repeats < 1:
         raise typer.BadParameter("--rows, --probes, --top-k and --repeats must be positive")
@@ -247,26 +143,8 @@ def bench_search(
         variants = [bench.Variant.parse(s) for s in index or ()] or list(bench.DEFAULT_VARIANTS)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--index") from None
-    with (
-        tempfile.TemporaryDirectory(prefix="fs-bench-search-") as tmp,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            transient=True,
-        ) as progress,
-    ):
-        tasks: dict[str, TaskID] = {}
-
-        def report(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                for t in tasks.values():
-                    progress.update(t, visible=False)
-                tasks[what] = progress.add_task(what, total=total)
-            progress.update(tasks[what], completed=done, total=total)
-
-        results = bench.run(
+    with tempfile.TemporaryDirectory(prefix="fs-bench-search-") as tmp:
+        results = _run_search(
             Path(tmp),
             rows=rows,
             probes=probes,
@@ -276,9 +154,43 @@ def bench_search(
             lite=lite,
             repeats=repeats,
             consistency=consistency,
+        )
+    out.print(_search_table(results, rows, probes, top_k, repeats, consistency))
+    if json_path is not None:
+        bench.write_json(json_path, results, rows=rows, probes=probes, top_k=top_k, repeats=repeats)
+        err.print(f"wrote {json_path}", highlight=False, markup=False)
+
+
+def _run_search(scratch: Path, **options: Any) -> list[Any]:
+    """``pipeline.bench.search.run`` with a progress bar per phase on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.bench import search as bench
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                for t in tasks.values():
+                    progress.update(t, visible=False)
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        return bench.run(
+            scratch,
             progress=report,
             log=lambda msg: progress.console.print(msg, highlight=False, markup=False),
+            **options,
         )
+
+
+def _search_table(
+    results: list[Any], rows: int, probes: int, top_k: int, repeats: int, consistency: str
+) -> Table:
+    from pipeline.bench import search as bench
+
     base = bench.lite_of(results)
     v = bench.versions()
     table = Table(
@@ -322,116 +234,75 @@ def bench_search(
             _ratio(r.p99_ms, lite_row.p99_ms if lite_row else None),
             _ratio(r.batch_ms, lite_row.batch_ms if lite_row else None),
         )
-    out.print(table)
-    if json_path is not None:
-        bench.write_json(json_path, results, rows=rows, probes=probes, top_k=top_k, repeats=repeats)
-        err.print(f"wrote {json_path}", highlight=False, markup=False)
+    return table
 
 
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f}"
+def _say(line: str) -> None:
+    out.print(line, highlight=False, markup=False)
 
 
-def bench_soak(
-    minutes: Annotated[
-        float, typer.Option(help="Length of the measured run.", callback=check_positive)
-    ] = 30.0,
-    peak_fps: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak processed fps; default: measured first (the clip once, flat out).",
-            callback=check_positive,
-        ),
+def bench_detectors(
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of face photos (LFW). Default: ../shared LFW-dev."),
     ] = None,
-    source: Annotated[
-        str | None, typer.Option(help="Video file. Default: the shared Hamilton clip.")
-    ] = None,
-    enroll_opt: Annotated[
-        list[str] | None,
-        typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
-    ] = None,
-    fps: Annotated[
-        float | None,
-        typer.Option(
-            help="Frames per second of video the peak run takes. Default: all.",
-            callback=check_positive,
-        ),
-    ] = None,
-    warmup: Annotated[
-        float, typer.Option(help="Seconds of load before the first memory sample.")
-    ] = 60.0,
-    sample_seconds: Annotated[
-        float, typer.Option(help="Seconds between lag and memory samples.", callback=check_positive)
-    ] = 10.0,
-    workers: Annotated[int, typer.Option(help="Recognition workers (consumers).")] = 2,
-    analyzers: Annotated[int, typer.Option(help="Frame analyzer replicas.")] = 2,
-    kafka: Annotated[
-        str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
-    ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
-    ] = None,
+    video: Annotated[Path | None, typer.Option(help="A video for the speed comparison.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Photos sampled (seed 0).")] = 400,
 ) -> None:
-    """The pipeline at half its peak for --minutes: RSS of every process (driver, Ray
-    actors and Serve replicas, Ray, Kafka, Milvus) after the warm-up and at the end, the
-    consumer lag over time, and the throughput."""
-    from pipeline.stream.demo import default_input
-    from pipeline.stream.soak import GROWTH_AIM_PCT, run_soak
+    """YuNet against dlib's HOG on real faces: the box mapping that seeds dlib's 5-point
+    predictor from a YuNet box (pipeline.face.detect's YUNET_TO_DLIB_*), landmark and
+    embedding agreement, and with --video the detectors' speed per frame."""
+    from pipeline.bench.detectors import box_mapping, sample_photos, speed
 
-    if warmup < 0:
-        raise typer.BadParameter("--warmup must not be negative")
-    inp = default_input(Path(".facestream/demo"))
-    video = source or inp.video
-    people = parse_people(enroll_opt) if enroll_opt else inp.enroll
-    with err.status("soak") as status:
-        rep = run_soak(
-            state.settings,
-            video,
-            people,
-            minutes=minutes,
-            peak_fps=peak_fps,
-            peak_sample_fps=fps,
-            warmup_s=warmup,
-            sample_s=sample_seconds,
-            workers=workers,
-            analyzers=analyzers,
-            kafka=kafka,
-            on_step=status.update,
-        )
-    how = "measured" if rep.peak_measured else "given"
-    table = Table(
-        title=f"Soak, {rep.seconds / 60:.1f} min after a {rep.warmup_s:g} s warm-up, "
-        f"{rep.target_fps:.2f} fps ({rep.cameras} camera(s)) = half the {how} peak of "
-        f"{rep.peak_fps:.2f} fps; RSS growth aim {GROWTH_AIM_PCT:g}%"
-    )
-    for col in ("process", "pid", "RSS start MiB", "RSS end MiB", "growth", "aim"):
-        table.add_column(col, justify="left" if col == "process" else "right")
-    for p in rep.processes:
-        g = p.growth_pct
-        verdict = "-" if g is None else ("ok" if g <= GROWTH_AIM_PCT else "[red]over[/red]")
-        name = esc(p.name) + (" (restarted)" if p.restarted else "")
-        table.add_row(
-            name,
-            str(p.pid),
-            _mib(p.rss_start),
-            _mib(p.rss_end),
-            "-" if g is None else f"{g:+.1f}%",
-            verdict,
-        )
-    out.print(table)
-    out.print(
-        f"throughput: {rep.processed} frames processed in {rep.seconds:.0f} s = {rep.fps:.2f} "
-        f"fps (target {rep.target_fps:.2f}); produced {rep.produced}; consumer lag max "
-        f"{rep.lag_max if rep.lag_max is not None else '?'}, end "
-        f"{rep.lag_end if rep.lag_end is not None else '?'} frames; drained after: "
-        f"{'yes' if rep.drained else 'no'}; over the aim: "
-        f"{', '.join(p.name for p in rep.over_aim()) or 'none'}",
-        highlight=False,
-        markup=False,
-    )
-    if json_path is not None:
-        rep.write_json(json_path)
-        err.print(f"wrote {json_path}", highlight=False, markup=False)
+    folder = images or _default_images()
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError("no image folder: pass --images DIR")
+    box_mapping(sample_photos(folder, n), model_store().load_embedder(None), _say)
+    if video is not None:
+        speed(str(video), _say)
+
+
+CropsOpt = Annotated[
+    Path,
+    typer.Option("--crops", help="Crop cache of `facestream train` (aligned chips)."),
+]
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise typer.BadParameter(f"{option}: comma-separated whole numbers, e.g. 16,32")
+    return values
+
+
+def bench_train(
+    crops: CropsOpt = Path(".facestream/crops"),
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "16,32,64",
+    freeze: Annotated[str, typer.Option(help="Freeze depths, comma-separated.")] = "0,8,12,16",
+    steps: Annotated[int, typer.Option(help="Timed steps per row.")] = 3,
+    loss: Annotated[str, typer.Option(help="Loss of the training steps.")] = "arcface",
+) -> None:
+    """Training images/s of the Ray worker loop's steps per batch size and freeze depth,
+    from the active model, on this machine."""
+    from pipeline.bench.training import bench_throughput
+
+    batches, freezes = _numbers(batch, "--batch"), _numbers(freeze, "--freeze")
+    bench_throughput(model_store(), crops, batches, freezes, steps, loss, _say)
+
+
+def bench_reembed(
+    to: Annotated[str, typer.Option("--to", help="Version to re-embed into.")],
+    faces: Annotated[int, typer.Option(help="Enrolled faces of the throwaway gallery.")] = 10_000,
+    crops: CropsOpt = Path(".facestream/crops"),
+) -> None:
+    """How long Gallery.reembed takes to move N enrolled faces to another model version
+    (a throwaway Milvus Lite gallery filled with real aligned chips of the crop cache)."""
+    from pipeline.bench.training import bench_reembed as run_reembed
+
+    run_reembed(model_store(), to, faces, crops, _say)
 
 
 def register(app: typer.Typer) -> None:
@@ -440,4 +311,7 @@ def register(app: typer.Typer) -> None:
     bench_app.command("stream")(cli_errors(bench_stream))
     bench_app.command("search")(cli_errors(bench_search))
     bench_app.command("soak")(cli_errors(bench_soak))
+    bench_app.command("detectors")(cli_errors(bench_detectors))
+    bench_app.command("train")(cli_errors(bench_train))
+    bench_app.command("reembed")(cli_errors(bench_reembed))
     app.add_typer(bench_app, name="bench")

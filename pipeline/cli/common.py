@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +35,34 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def esc(value: object) -> str:
-    """``value`` as literal text inside a Rich markup string. Names, file names, paths and
-    error messages come from users: unescaped, '[b]' in one would turn bold and '[/q]'
-    would crash the print with a MarkupError."""
-    return escape(str(value))
+# C0 and C1 control characters, DEL, and the Unicode marks that end lines or reorder text
+# (bidi embeddings, overrides and isolates).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(value: object, *, lines: bool = False) -> str:
+    """``value`` as text with its control characters written as escapes (``\\x1b``,
+    ``\\r``, ``\\u202e``). Names, ids, camera ids and metadata come from users and other
+    systems: raw, an ESC sequence in one would clear the operator's terminal, move the
+    cursor, or retitle the window, and a CR would overwrite the line before it. ``lines``
+    keeps newlines (messages of several lines, such as errors)."""
+
+    def shown(m: re.Match[str]) -> str:
+        c = m.group()
+        if lines and c == "\n":
+            return c
+        return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROL.sub(shown, str(value))
+
+
+def esc(value: object, *, lines: bool = False) -> str:
+    """``value`` as literal text inside a Rich markup string: control characters escaped
+    (:func:`printable`), and markup too, since names, file names, paths and error messages
+    come from users: unescaped, '[b]' in one would turn bold and '[/q]' would crash the
+    print with a MarkupError. Every user string the CLI prints goes through one of them."""
+    return escape(printable(value, lines=lines))
 
 
 def check_threshold(value: float | None) -> float | None:
@@ -72,10 +96,10 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (FacestreamError, FileNotFoundError) as exc:
-            err.print(f"[red]error:[/red] {esc(exc)}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {esc(exc, lines=True)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
-            text = esc(config_errors(exc))
+            text = esc(config_errors(exc), lines=True)
             err.print(f"[red]invalid configuration:[/red] {text}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -184,7 +208,7 @@ def open_gallery(config: GalleryConfig | None = None, version: str | None = None
         s.models,
         store=model_store(),
         version=version,
-        notify=lambda msg: err.print(msg, highlight=False, markup=False),  # e.g. Milvus start
+        notify=lambda msg: err.print(esc(msg), highlight=False),  # e.g. Milvus start
     )
 
 
@@ -213,3 +237,10 @@ def parse_people(items: list[str]) -> dict[str, Path]:
             raise FileNotFoundError(f"--enroll {name}: image not found: {p}")
         people[name.strip()] = p
     return people
+
+
+def audit(gallery: Gallery, action: str, subject: str | None, **detail: Any) -> None:
+    """Record a change made from this machine's command line in the gallery's audit."""
+    from pipeline.gallery.audit import cli_actor, record
+
+    record(gallery.catalogue, actor=cli_actor(), action=action, subject=subject, **detail)

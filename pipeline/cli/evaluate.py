@@ -166,8 +166,9 @@ def calibrate(
         calibrate_on_pairs,
         store_calibration,
     )
-    from pipeline.evaluation.embcache import identity_folders, split_of
+    from pipeline.evaluation.embcache import split_of
     from pipeline.evaluation.pairs import read_pairs
+    from pipeline.image_folders import identity_folders
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
     ver = pipe.embedder.model_version
@@ -224,12 +225,13 @@ def _calibrate_open_set(
     dry_run: bool,
 ) -> None:
     """``calibrate --open-set``: the threshold per gallery size, into the manifest."""
-    from pipeline.evaluation.embcache import identity_folders, split_of
+    from pipeline.evaluation.embcache import split_of
     from pipeline.evaluation.openset_curve import (
         calibrate_open_set_on_folders,
         store_open_set,
         write_shipped,
     )
+    from pipeline.image_folders import identity_folders
 
     assert pipe.embedder is not None
     ver = pipe.embedder.model_version
@@ -311,9 +313,9 @@ def eval_openset(
     """Open-set identification at the gallery's own threshold: rank-1, DIR and the FAR of
     never-enrolled people, at the evaluation's gallery size and at --growth times it."""
     from pipeline.evaluation.calibrate import calibrate_on_folders, store_calibration
-    from pipeline.evaluation.embcache import identity_folders
     from pipeline.evaluation.openset import make_splits, run_openset
     from pipeline.gallery.service import Gallery
+    from pipeline.image_folders import identity_folders
 
     pipe, cache = _pipeline_and_cache(version, cache_dir)
     ver = pipe.embedder.model_version

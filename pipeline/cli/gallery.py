@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import check_threshold, cli_errors, err, esc, open_gallery, out, state
+from pipeline.cli.common import (
+    audit,
+    check_threshold,
+    cli_errors,
+    err,
+    esc,
+    open_gallery,
+    out,
+    state,
+)
 from pipeline.config.gallery import CropMode, EnrollPick, GalleryConfig
 
 if TYPE_CHECKING:
@@ -136,21 +145,20 @@ def enroll(
                 why = "; ".join(v.reasons) or "usable"
                 err.print(f"{mark} {esc(v.image)}: {esc(why)}", highlight=False)
             raise
+        action = "add_faces" if identity else "enrol"
+        audit(g, action, res.identity.identity_id, name=res.identity.name, faces=len(images))
     if as_json:
         _print_json(res)
         return
     ident = res.identity
     out.print(
-        f"enrolled [bold]{esc(ident.name)}[/bold] id={ident.identity_id} faces={ident.n_faces} "
-        f"(+{len(res.added_faces)}) model={esc(res.model_version)}",
+        f"enrolled [bold]{esc(ident.name)}[/bold] id={esc(ident.identity_id)} "
+        f"faces={ident.n_faces} (+{len(res.added_faces)}) model={esc(res.model_version)}",
         highlight=False,
     )
     for r in res.images:
-        out.print(
-            f"  {r.image}: {r.crop_mode} face px={r.quality.get('face_px') if r.quality else '?'}",
-            highlight=False,
-            markup=False,
-        )
+        px = r.quality.get("face_px") if r.quality else "?"
+        out.print(f"  {esc(r.image)}: {esc(r.crop_mode)} face px={px}", highlight=False)
 
 
 @gallery_app.command("remove")
@@ -162,6 +170,7 @@ def remove(
     """Erase a person: vectors in every model version's collection and the stored crops."""
     with _gallery() as g:
         res = g.remove(identity)
+        audit(g, "remove", identity)
     if as_json:
         _print_json(res)
         return
@@ -212,7 +221,8 @@ def rename(
     """Change an identity's display name."""
     with _gallery() as g:
         res = g.rename(identity, name)
-    out.print(f"renamed {res.identity_id} to {res.name}", highlight=False, markup=False)
+        audit(g, "rename", identity, name=name)
+    out.print(f"renamed {esc(res.identity_id)} to {esc(res.name)}", highlight=False)
 
 
 @gallery_app.command("search")
@@ -247,12 +257,12 @@ def search(
     else:
         why = f"per-comparison FAR {t.target_far:g}" if t.target_far else "no target FAR"
     out.print(
-        f"model={res.model_version} collection={res.collection} threshold={t.value:.4f} "
-        f"({t.kind}: {why})",
+        f"model={esc(res.model_version)} collection={esc(res.collection)} "
+        f"threshold={t.value:.4f} ({t.kind}: {esc(why)})",
         highlight=False,
     )
     if t.kind != "request":
-        out.print(f"threshold source: {t.provenance}", highlight=False, markup=False)
+        out.print(f"threshold source: {esc(t.provenance)}", highlight=False)
     if not res.faces:
         out.print("no face found")
     for n, f in enumerate(res.faces):
@@ -266,9 +276,8 @@ def search(
         )
         for c in f.candidates:
             out.print(
-                f"    {c.similarity:.4f} {c.decision:<8} {c.name} ({c.identity_id})",
+                f"    {c.similarity:.4f} {c.decision:<8} {esc(c.name)} ({esc(c.identity_id)})",
                 highlight=False,
-                markup=False,
             )
 
 
@@ -285,10 +294,10 @@ def reembed(
         _print_json(res)
         return
     out.print(
-        f"{res.faces} faces of {res.identities} identities re-embedded into {res.collection} "
-        f"in {res.seconds:.1f} s; active: {res.from_version} -> {res.to_version}",
+        f"{res.faces} faces of {res.identities} identities re-embedded into "
+        f"{esc(res.collection)} in {res.seconds:.1f} s; active: {esc(res.from_version)} -> "
+        f"{esc(res.to_version)}",
         highlight=False,
-        markup=False,
     )
 
 
@@ -302,10 +311,9 @@ def status(as_json: JsonOpt = False) -> None:
         _print_json(res)
         return
     out.print(
-        f"{res.milvus_uri}: {res.identities} identities, {res.faces} faces; alias {res.alias} "
-        f"-> {res.active_collection}",
+        f"{esc(res.milvus_uri)}: {res.identities} identities, {res.faces} faces; alias "
+        f"{esc(res.alias)} -> {esc(res.active_collection)}",
         highlight=False,
-        markup=False,
     )
     table = Table()
     for col in ("", "collection", "model version", "rows"):
@@ -344,19 +352,17 @@ def server(
     if check:
         state_ = "running" if local.running() else "not running"
         out.print(
-            f"local Milvus server {local.uri} (data {local.root}): {state_}",
+            f"local Milvus server {esc(local.uri)} (data {esc(local.root)}): {state_}",
             highlight=False,
-            markup=False,
         )
         raise typer.Exit(0 if local.running() else 1)
-    uri = local.attach(log=lambda msg: err.print(msg, highlight=False, markup=False))
+    uri = local.attach(log=lambda msg: err.print(esc(msg), highlight=False))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     err.print(
-        f"local Milvus server {uri} (data {local.root}); Ctrl-C to let go",
+        f"local Milvus server {esc(uri)} (data {esc(local.root)}); Ctrl-C to let go",
         highlight=False,
-        markup=False,
     )
     try:
         stop.wait()

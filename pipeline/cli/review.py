@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import cli_errors, esc, open_gallery, out
+from pipeline.cli.common import audit, cli_errors, esc, open_gallery, out
 from pipeline.cli.gallery import gallery_config
+from pipeline.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from pipeline.gallery.review import Review
@@ -75,7 +76,7 @@ def list_(
         table.add_column(col)
     for c in clusters:
         table.add_row(
-            c.cluster_id,
+            esc(c.cluster_id),
             str(c.n_faces),
             str(c.n_tracks),
             _when(c.first_seen_ms),
@@ -98,15 +99,15 @@ def show(
     with _review() as review:
         detail = review.cluster(cluster)
         if crops is not None:
-            crops.mkdir(parents=True, exist_ok=True)
+            private_dir(crops)  # faces: owner-only
             for f in detail.faces:
                 name = f.face_id.replace(":", "_").replace("/", "_")
-                (crops / f"{name}.jpg").write_bytes(review.crop_jpeg(f.face_id))
+                write_private(crops / f"{name}.jpg", review.crop_jpeg(f.face_id))
     if as_json:
         _json(detail)
         return
     table = Table(
-        title=f"unknown person {detail.cluster_id}: {detail.n_faces} faces, "
+        title=f"unknown person {esc(detail.cluster_id)}: {detail.n_faces} faces, "
         f"{detail.n_tracks} tracks, model {esc(detail.model_version)}"
     )
     for col in ("face (event) id", "camera", "track", "seen (UTC)", "best"):
@@ -137,9 +138,10 @@ def label(
         raise typer.BadParameter("give --as NAME or --to IDENTITY_ID (one of them)")
     with _review() as review:
         res = review.label(cluster, name=as_name, identity_id=to)
+        audit(review.gallery, "label", cluster, identity_id=res.identity.identity_id)
     out.print(
         f"enrolled {len(res.enrolled_faces)} faces as {esc(res.identity.name)} "
-        f"({res.identity.identity_id}); cluster {res.cluster_id} is gone",
+        f"({esc(res.identity.identity_id)}); cluster {esc(res.cluster_id)} is gone",
         highlight=False,
     )
     for face, why in res.rejected.items():
@@ -155,16 +157,15 @@ def merge(
     """Merge unknown people that are the same person."""
     with _review() as review:
         c = review.merge(into, others)
-    out.print(f"{c.cluster_id}: {c.n_faces} faces, {c.n_tracks} tracks", highlight=False)
+        audit(review.gallery, "merge", into, others=others)
+    out.print(f"{esc(c.cluster_id)}: {c.n_faces} faces, {c.n_tracks} tracks", highlight=False)
 
 
 @unknowns_app.command("purge")
 @cli_errors
 def purge(
     cluster: Annotated[str | None, typer.Argument(help="Cluster id; none: see --all.")] = None,
-    purge_all: Annotated[
-        bool, typer.Option("--all", help="Erase every unknown face.")
-    ] = False,
+    purge_all: Annotated[bool, typer.Option("--all", help="Erase every unknown face.")] = False,
     expired: Annotated[
         bool, typer.Option("--expired", help="Erase what passed gallery.review.retention_hours.")
     ] = False,
@@ -174,6 +175,8 @@ def purge(
         raise typer.BadParameter("give a CLUSTER, --all or --expired (one of them)")
     with _review() as review:
         res = review.expire() if expired else review.purge(cluster)
+        action = "purge_expired" if expired else "purge" if cluster else "purge_all"
+        audit(review.gallery, action, cluster)
     out.print(
         f"erased {res.faces} faces ({res.vectors} vectors) and {res.clusters} unknown people",
         highlight=False,
@@ -181,7 +184,9 @@ def purge(
 
 
 def _feedback_line(res: Any) -> None:
-    out.print(f"{res.kind} recorded ({res.feedback_id}): {esc(res.effect)}", highlight=False)
+    out.print(
+        f"{esc(res.kind)} recorded ({esc(res.feedback_id)}): {esc(res.effect)}", highlight=False
+    )
 
 
 @feedback_app.command("not-this-person")
@@ -192,6 +197,7 @@ def not_this_person(
     """The event named the wrong person: its face stops matching them at once."""
     with _review() as review:
         _feedback_line(review.feedback(event, "not_this_person"))
+        audit(review.gallery, "feedback", event, kind="not_this_person")
 
 
 @feedback_app.command("this-is")
@@ -208,6 +214,7 @@ def this_is(
         raise typer.BadParameter("give --name NAME or --to IDENTITY_ID (one of them)")
     with _review() as review:
         _feedback_line(review.feedback(event, "this_is", identity_id=to, name=name))
+        audit(review.gallery, "feedback", event, kind="this_is", identity_id=to)
 
 
 @feedback_app.command("export")

@@ -29,8 +29,12 @@ def serve(
         update["milvus_uri"] = milvus_uri
     cfg = cfg.model_copy(update=update)
     s = state.settings
+    where = "docs: {url}/docs" if cfg.api_docs else "schema: {url}/openapi.json"
     run_blocking(
-        cfg, s.face, s.models, on_ready=lambda url: out.print(f"serving {url} (docs: {url}/docs)")
+        cfg,
+        s.face,
+        s.models,
+        on_ready=lambda url: out.print(f"serving {url} ({where.format(url=url)})"),
     )
 
 

@@ -62,22 +62,16 @@ def check_kafka(
     security: KafkaConfig | None = None,
 ) -> list[Part]:
     """Brokers, then the group's members (the recognition workers) and its lag."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-    from pipeline.stream.kafka_client import client_kwargs
+    from pipeline.stream import kafka_client
 
     ms = int(timeout_s * 1000)
     # kafka-python's admin client keeps retrying its bootstrap for ~30 s whatever the
     # timeouts say; a TCP connect tells a broker that is not there at once.
     if not any(_connects(hp, timeout_s) for hp in bootstrap.split(",")):
         return [Part("kafka", DOWN, f"no broker reachable at {bootstrap} (connection refused)")]
+    at = kafka_client.with_bootstrap(bootstrap, security)
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="facestream-status",
-            request_timeout_ms=ms,
-            **client_kwargs(security),
-        )
+        admin = kafka_client.admin(at, "status", request_timeout_ms=ms)
     except Exception as exc:
         return [Part("kafka", DOWN, f"no broker reachable at {bootstrap} ({_one_line(exc)})")]
     consumer = None
@@ -85,30 +79,17 @@ def check_kafka(
         brokers = admin.describe_cluster().get("brokers", [])
         kafka = Part("kafka", OK, f"{len(brokers)} broker(s) at {bootstrap}")
         kafka.details["brokers"] = [f"{b.get('host')}:{b.get('port')}" for b in brokers]
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id="facestream-status",
-            enable_auto_commit=False,
-            request_timeout_ms=max(ms, 11_000),  # kafka-python: must exceed the session
-            **client_kwargs(security),
-        )
-        parts = sorted(consumer.partitions_for_topic(topic) or [])
-        if not parts:
+        # kafka-python: a consumer's request timeout must exceed its session's.
+        consumer = kafka_client.consumer(at, "status", request_timeout_ms=max(ms, 11_000))
+        per_partition = kafka_client.group_lag(admin, consumer, group, topic)
+        if per_partition is None:
             return [kafka, Part("lag", DOWN, f"topic {topic} does not exist")]
-        tps = [TopicPartition(topic, p) for p in parts]
-        begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-        committed = admin.list_group_offsets({group: tps}).get(group, {})
-        per_partition = {}
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-            per_partition[str(tp.partition)] = max(0, ends[tp] - done)
         total = sum(per_partition.values())
         lag = Part(
             "lag",
             OK,
             f"{total} frame(s) of {topic} not committed by {group}",
-            {"total": total, "partitions": per_partition},
+            {"total": total, "partitions": {str(p): n for p, n in per_partition.items()}},
         )
         desc = admin.describe_groups([group]).get(group, {})
         state_ = desc.get("group_state") or desc.get("state") or "unknown"
@@ -184,7 +165,6 @@ def check_serve(address: str | None) -> Part:
         import ray
         from ray import serve
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         st = serve.status()
@@ -313,7 +293,7 @@ def status(
             table.add_row(esc(p.name), f"[{colour[p.status]}]{p.status}[/]", esc(p.summary))
         out.print(table)
         for p in down:
-            out.print(f"{p.name} down: {p.summary}", markup=False, highlight=False)
+            out.print(f"{esc(p.name)} down: {esc(p.summary, lines=True)}", highlight=False)
     if down:
         raise typer.Exit(1)
 

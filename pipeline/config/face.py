@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, PositiveInt, model_validator
 
 DetectorBackend = Literal["yunet", "dlib_hog", "dlib_cnn", "onnx"]
+DEFAULT_FALLBACKS: tuple[DetectorBackend, ...] = ("dlib_hog", "dlib_cnn")
 PickPolicy = Literal["error", "largest", "center", "all"]
 
 
@@ -34,7 +35,7 @@ class DetectorConfig(BaseModel):
         "described by onnx_manifest.",
     )
     fallbacks: list[DetectorBackend] = Field(
-        default_factory=lambda: ["dlib_hog", "dlib_cnn"],
+        default_factory=lambda: list(DEFAULT_FALLBACKS),
         description="Backends tried, in order, on images where the primary finds no face "
         "(stills; the stream skips them unless stream.workers.detector_fallbacks).",
     )

@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.config.review import ReviewConfig
 
@@ -17,6 +25,22 @@ EnrollPick = Literal["error", "largest", "center"]
 DEFAULT_DATA_DIR = Path(".facestream/gallery")
 # A bearer token guards every write: refuse ones short enough to guess.
 MIN_TOKEN_CHARS = 16
+
+
+class WebUIConfig(BaseModel):
+    """The browser sign-in of the web UI (``/ui``)."""
+
+    secure_cookie: bool = Field(
+        True,
+        description="Mark the session cookie Secure and name it __Host-facestream_session: "
+        "browsers send it over HTTPS only (and to http://localhost). false: for a plain-HTTP "
+        "server reached by another name, in development only.",
+    )
+    session_hours: PositiveFloat = Field(12.0, le=24 * 30, description="Sign-in lifetime.")
+    login_failures: PositiveInt = Field(
+        10, description="Wrong tokens a client address may post per login_window_s."
+    )
+    login_window_s: PositiveFloat = Field(300.0, description="Window of login_failures.")
 
 
 class GalleryConfig(BaseModel):
@@ -92,6 +116,29 @@ class GalleryConfig(BaseModel):
         description="Largest request body the REST API reads; larger ones get 413 before "
         "they are read. None: face.limits.max_bytes x max_images_per_request + 1 MiB.",
     )
+    # A slow client holds one of these until its body is in: bodies have deadlines below.
+    max_ongoing_requests: PositiveInt = Field(
+        64, description="Requests one API replica works on at once (Ray Serve); more queue."
+    )
+    request_timeout_s: PositiveFloat = Field(
+        300.0, description="Ray Serve's limit for one request, end to end (then 408)."
+    )
+    body_timeout_s: PositiveFloat = Field(
+        120.0,
+        description="Time an authorised client has to send a request body (then 408).",
+    )
+    login_body_timeout_s: PositiveFloat = Field(
+        10.0,
+        description="Time to send the body of the one anonymous POST, /ui/login (a few "
+        "hundred bytes): a client that trickles it holds a request slot no longer.",
+    )
+    api_docs: bool = Field(
+        False,
+        description="Serve Swagger UI (/docs) and ReDoc (/redoc). They load their scripts "
+        "from a CDN into this origin, beside the signed-in web UI: off unless wanted. The "
+        "schema itself is always at /openapi.json.",
+    )
+    ui: WebUIConfig = Field(default_factory=WebUIConfig, description="Web UI sign-in.")
     host: str = Field("127.0.0.1", description="REST API bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free port).")
     review: ReviewConfig = Field(

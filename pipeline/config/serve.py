@@ -1,5 +1,6 @@
-"""Settings of the Ray Serve deployments: the batched embedder and the gallery search
-(``[stream.embedder]`` and ``[stream.search]``: the pipeline deploys them)."""
+"""Settings of the Ray Serve deployments: the frame analyzer, the batched embedder, the
+gallery search and the review recorder (``[stream.analyzer]``, ``[stream.embedder]``,
+``[stream.search]``, ``[stream.recorder]``: the pipeline deploys them)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,19 @@ class SearchServeConfig(Section):
         64, description="Vectors per gallery search: @serve.batch merges worker requests."
     )
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=5)
+    max_ongoing_requests: PositiveInt = Field(16)
+    max_queued_requests: int = Field(64, ge=-1)
+
+
+class RecorderServeConfig(Section):
+    """The review recorder deployment (Ray Serve): it keeps the faces the workers hand
+    over for review (event crops, unknown faces). Deployed when ``gallery.review`` keeps
+    any; it writes the catalogue and the review's own collections, never a gallery
+    collection."""
+
+    app_name: str = Field("facestream-review", min_length=1)
+    replicas: PositiveInt = Field(1, description="Any number on a Milvus server.")
+    num_cpus: float = Field(0.1, ge=0)
     max_ongoing_requests: PositiveInt = Field(16)
     max_queued_requests: int = Field(64, ge=-1)
 

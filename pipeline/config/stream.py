@@ -5,8 +5,8 @@ It comes with the other sections from the settings file and the environment
 ``FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS=broker:9092``), or from its own TOML file
 (``--stream-config``: a ``[stream]`` table or top-level keys; :func:`load_stream_file`).
 Every value is checked at start-up; a bad one stops the program with the field and the
-reason. The Ray Serve deployments' sections (``embedder``, ``search``) are defined in
-``pipeline.config.serve``.
+reason. The Ray Serve deployments' sections (``analyzer``, ``embedder``, ``search``,
+``recorder``) are defined in ``pipeline.config.serve``.
 
 A camera fleet in TOML::
 
@@ -41,7 +41,12 @@ from pydantic import (
 )
 
 from pipeline.config.base import Section
-from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig, SearchServeConfig
+from pipeline.config.serve import (
+    AnalyzerServeConfig,
+    EmbedderServeConfig,
+    RecorderServeConfig,
+    SearchServeConfig,
+)
 
 # Camera ids become Kafka keys and the first part of event ids ("camera:seq"), so a colon
 # (the separator) and anything a shell or a URL would mangle is refused.
@@ -357,6 +362,7 @@ class StreamConfig(Section):
     analyzer: AnalyzerServeConfig = Field(default_factory=AnalyzerServeConfig)
     embedder: EmbedderServeConfig = Field(default_factory=EmbedderServeConfig)
     search: SearchServeConfig = Field(default_factory=SearchServeConfig)
+    recorder: RecorderServeConfig = Field(default_factory=RecorderServeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     dlq_max_payload_bytes: NonNegativeInt = Field(
         1024 * 1024,
@@ -387,11 +393,9 @@ def load_stream_file(path: Path) -> StreamConfig:
 
 __all__ = [
     "CameraConfig",
-    "EmbedderServeConfig",
     "IngestConfig",
     "KafkaConfig",
     "MetricsConfig",
-    "SearchServeConfig",
     "StreamConfig",
     "TopicsConfig",
     "TrackerConfig",

@@ -356,10 +356,6 @@ class TrainConfig(Section):
     )
     progress: bool = True
 
-    @property
-    def loss_name(self) -> str:
-        return self.loss.name
-
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.optim.warmup_steps and self.steps_per_epoch is not None:

@@ -23,8 +23,8 @@ from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import load_image
 from pipeline.face.records import Face
+from pipeline.files import private_dir, private_umask
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OK, NO_FACE, LOW_QUALITY = 0, 1, 2
 
 
@@ -33,18 +33,6 @@ class ImageEmbedding:
     vector: np.ndarray | None  # None when no face was found
     status: int  # OK, NO_FACE or LOW_QUALITY (then vector is still set)
     reason: str = ""
-
-
-def identity_folders(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
-    """Identity name -> its sorted image files, for sub-folders with >= min_images images."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(imgs) >= min_images:
-            out[d.name] = imgs
-    return out
 
 
 def split_of(identity: str, salt: str = "facestream-split") -> float:
@@ -102,6 +90,7 @@ class EmbeddingCache:
         self.entries[str(path.resolve())] = (*self._stamp(path), emb)
         self.dirty = True
 
+    @private_umask()  # embeddings of faces: owner-only (pipeline.files)
     def save(self, dim: int) -> None:
         if not self.dirty:
             return
@@ -111,7 +100,7 @@ class EmbeddingCache:
             v = self.entries[k][2].vector
             if v is not None:
                 vecs[i] = v
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(
             tmp,

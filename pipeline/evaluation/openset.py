@@ -48,7 +48,7 @@ GROWTH = 10  # the second gallery size, as a multiple of the first
 
 
 @dataclass
-class Splits:
+class OpenSetSplits:
     calibration: dict[str, list[Path]]
     enrolled: dict[str, list[Path]]
     never_enrolled: dict[str, list[Path]]
@@ -62,7 +62,7 @@ def make_splits(
     enrol_fraction: float = 0.5,
     *,
     everyone: dict[str, list[Path]] | None = None,
-) -> Splits:
+) -> OpenSetSplits:
     """Split ``identities`` (those with enough photos to probe); the report-split people
     of ``everyone`` (the whole folder) who are not in ``identities`` become distractors.
     The calibration split is by name, so distractors never include calibration people."""
@@ -79,7 +79,7 @@ def make_splits(
         for name, paths in (everyone or {}).items()
         if name not in identities and split_of(name) >= calib_fraction
     }
-    return Splits(calib, enrolled, never, distractors)
+    return OpenSetSplits(calib, enrolled, never, distractors)
 
 
 @dataclass
@@ -184,28 +184,23 @@ def _enrol_distractors(
     return people, rejected
 
 
-def evaluate_openset(
-    pipe: FacePipeline,
+def _enrol_people(
     gallery: Gallery,
-    splits: Splits,
+    enrolled: dict[str, list[Path]],
     embeddings: dict[Path, ImageEmbedding],
-    *,
-    enrol_per_identity: int = 2,
-    growth: int = GROWTH,
-    on_enrol: Callable[[int], None] | None = None,
-    on_distractor: Callable[[int], None] | None = None,
-) -> OpenSetReport:
-    assert pipe.embedder is not None
-    version = pipe.embedder.model_version
+    per_identity: int,
+    on_enrol: Callable[[int], None] | None,
+) -> tuple[dict[str, str], list[tuple[str, Path]], int, list[str]]:
+    """Enrol up to ``per_identity`` usable photos of each person; the rest are probes.
+    Returns identity id -> name, the probes, the photos the gallery rejected, notes."""
     truth: dict[str, str] = {}  # identity id -> name
-    probes_enrolled: list[tuple[str, Path]] = []
-    rejected_images = 0
+    probes: list[tuple[str, Path]] = []
+    rejected = 0
     notes = []
-    for name, paths in splits.enrolled.items():
-        usable = [p for p in paths if embeddings[p].status == OK]
+    for name, paths in enrolled.items():
         chosen: list[Path] = []
-        for p in usable:
-            if len(chosen) == enrol_per_identity:
+        for p in (p for p in paths if embeddings[p].status == OK):
+            if len(chosen) == per_identity:
                 break
             try:
                 res = gallery.enroll(
@@ -216,53 +211,83 @@ def evaluate_openset(
                     pick="center",
                 )
             except EnrollmentRejected:
-                rejected_images += 1
+                rejected += 1
                 continue
             truth[res.identity.identity_id] = name
             chosen.append(p)
-        if len(chosen) < enrol_per_identity:
+        if len(chosen) < per_identity:
             notes.append(f"{name}: only {len(chosen)} enrolable photos")
-        probes_enrolled += [(name, p) for p in paths if p not in chosen]
+        probes += [(name, p) for p in paths if p not in chosen]
         if on_enrol is not None:
             on_enrol(1)
-    probes_never = [(n, p) for n, ps in splits.never_enrolled.items() for p in ps]
+    return truth, probes, rejected, notes
+
+
+def _measure(
+    gallery: Gallery,
+    version: str,
+    truth: dict[str, str],
+    probes_enrolled: list[tuple[str, Path]],
+    probes_never: list[tuple[str, Path]],
+    embeddings: dict[Path, ImageEmbedding],
+) -> tuple[AtSize, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-1, DIR and FAR at the gallery's own threshold for its current size; also the
+    correctness and similarities of every probe."""
 
     def vec(p: Path) -> np.ndarray | None:
         e = embeddings[p]
         return e.vector if e.status == OK else None
 
+    e_ids, e_sims, thr = _top1(gallery, version, [vec(p) for _, p in probes_enrolled])
+    _, n_sims, _ = _top1(gallery, version, [vec(p) for _, p in probes_never])
+    correct = np.array(
+        [
+            i is not None and truth.get(i) == n
+            for i, (n, _) in zip(e_ids, probes_enrolled, strict=True)
+        ]
+    )
+    n_id, n_faces = gallery.catalogue.counts()
+    t = thr.value
+    size = AtSize(
+        gallery_faces=n_faces,
+        gallery_identities=n_id,
+        threshold=t,
+        threshold_kind=thr.kind,
+        threshold_extrapolated=thr.extrapolated,
+        rank1=float(correct.mean()),
+        dir_at_threshold=float((correct & (e_sims >= t)).mean()),
+        far_at_threshold=float((n_sims >= t).mean()),
+        false_accepts=int((n_sims >= t).sum()),
+    )
+    return size, correct, e_sims, n_sims
+
+
+def evaluate_openset(
+    pipe: FacePipeline,
+    gallery: Gallery,
+    splits: OpenSetSplits,
+    embeddings: dict[Path, ImageEmbedding],
+    *,
+    enrol_per_identity: int = 2,
+    growth: int = GROWTH,
+    on_enrol: Callable[[int], None] | None = None,
+    on_distractor: Callable[[int], None] | None = None,
+) -> OpenSetReport:
+    assert pipe.embedder is not None
+    version = pipe.embedder.model_version
+    truth, probes_enrolled, rejected_images, notes = _enrol_people(
+        gallery, splits.enrolled, embeddings, enrol_per_identity, on_enrol
+    )
+    probes_never = [(n, p) for n, ps in splits.never_enrolled.items() for p in ps]
     failures = {
         "enrolled_no_face": sum(embeddings[p].vector is None for _, p in probes_enrolled),
         "enrolled_low_quality": sum(embeddings[p].status == 2 for _, p in probes_enrolled),
         "never_no_face": sum(embeddings[p].vector is None for _, p in probes_never),
         "never_low_quality": sum(embeddings[p].status == 2 for _, p in probes_never),
     }
-    e_vecs = [vec(p) for _, p in probes_enrolled]
-    n_vecs = [vec(p) for _, p in probes_never]
 
     def measure() -> tuple[AtSize, np.ndarray, np.ndarray, np.ndarray]:
-        e_ids, e_sims, thr = _top1(gallery, version, e_vecs)
-        _, n_sims, _ = _top1(gallery, version, n_vecs)
-        correct = np.array(
-            [
-                i is not None and truth.get(i) == n
-                for i, (n, _) in zip(e_ids, probes_enrolled, strict=True)
-            ]
-        )
-        n_id, n_faces = gallery.catalogue.counts()
-        t = thr.value
-        size = AtSize(
-            gallery_faces=n_faces,
-            gallery_identities=n_id,
-            threshold=t,
-            threshold_kind=thr.kind,
-            threshold_extrapolated=thr.extrapolated,
-            rank1=float(correct.mean()),
-            dir_at_threshold=float((correct & (e_sims >= t)).mean()),
-            far_at_threshold=float((n_sims >= t).mean()),
-            false_accepts=int((n_sims >= t).sum()),
-        )
-        return size, correct, e_sims, n_sims
+        return _measure(gallery, version, truth, probes_enrolled, probes_never, embeddings)
 
     first, correct, e_sims, n_sims = measure()
     thr_manifest = gallery.threshold(version)
@@ -290,15 +315,12 @@ def evaluate_openset(
     elif growth > 1:
         notes.append("no distractor people: the gallery was not grown")
     curve = thr_manifest.open_set
+    source = curve if first.threshold_kind == "open_set" and curve is not None else thr_manifest
     return OpenSetReport(
         model_version=version,
         threshold=first.threshold,
-        threshold_target_far=curve.target_far
-        if first.threshold_kind == "open_set" and curve is not None
-        else thr_manifest.target_far,
-        threshold_provenance=curve.provenance
-        if first.threshold_kind == "open_set" and curve is not None
-        else thr_manifest.provenance,
+        threshold_target_far=source.target_far,
+        threshold_provenance=source.provenance,
         n_calibration_identities=len(splits.calibration),
         n_enrolled=len(splits.enrolled),
         n_never_enrolled=len(splits.never_enrolled),
@@ -324,7 +346,7 @@ def evaluate_openset(
 def run_openset(
     pipe: FacePipeline,
     gallery_factory: Callable[[GalleryConfig], Gallery],
-    splits: Splits,
+    splits: OpenSetSplits,
     cache: EmbeddingCache | None,
     *,
     growth: int = GROWTH,

@@ -62,7 +62,7 @@ BLOCK = 1024
 
 
 @dataclass(frozen=True)
-class Pool:
+class CalibrationFaces:
     """Unit vectors of the usable calibration faces and the identity of each."""
 
     vectors: np.ndarray  # (M, d) float32
@@ -78,7 +78,9 @@ class CurvePoint:
     far_upper: float  # its bootstrap upper bound (<= target)
 
 
-def pool_from(embeddings: dict[Path, ImageEmbedding], identities: dict[str, list[Path]]) -> Pool:
+def pool_from(
+    embeddings: dict[Path, ImageEmbedding], identities: dict[str, list[Path]]
+) -> CalibrationFaces:
     """The quality-passing faces of ``identities`` (identities without one are dropped)."""
     vecs: list[np.ndarray] = []
     labels: list[int] = []
@@ -94,7 +96,7 @@ def pool_from(embeddings: dict[Path, ImageEmbedding], identities: dict[str, list
             labels += [label] * len(usable)
     if not vecs:
         raise CalibrationError("no usable calibration face (none passed the quality gate)")
-    return Pool(np.stack(vecs).astype(np.float32), np.asarray(labels), labels[-1] + 1)
+    return CalibrationFaces(np.stack(vecs).astype(np.float32), np.asarray(labels), labels[-1] + 1)
 
 
 def gallery_grid(pool_faces: int, per_decade: int = POINTS_PER_DECADE) -> list[int]:
@@ -109,7 +111,7 @@ class StrangerFAR:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: CalibrationFaces,
         target_far: float = DEFAULT_TARGET_FAR,
         *,
         confidence: float = DEFAULT_CONFIDENCE,
@@ -157,7 +159,9 @@ class StrangerFAR:
         self._denominator = total[None, :] - w_probe * ident_faces[pool.labels][:, None]
 
     @staticmethod
-    def _impostors(pool: Pool, target_far: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _impostors(
+        pool: CalibrationFaces, target_far: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Impostor similarities above the floor, descending, with probe and identity."""
         v, labels = pool.vectors, pool.labels
         m = len(labels)
@@ -253,7 +257,7 @@ class StrangerFAR:
 
 
 def open_set_curve(
-    pool: Pool,
+    pool: CalibrationFaces,
     source: str,
     target_far: float = DEFAULT_TARGET_FAR,
     *,

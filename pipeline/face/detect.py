@@ -9,7 +9,7 @@ YuNet's box is taller and narrower than dlib's. The embedder's chip is cut from 
 5-point landmarks, whose shape predictor was trained on dlib HOG boxes, so a YuNet
 detection also carries ``dlib_box``: its box mapped to the HOG convention by the
 constants below, measured on LFW-dev faces that both detectors found
-(``python -m pipeline.bench.detectors``). Seeded so, the predictor lands on the same
+(``facestream bench detectors``). Seeded so, the predictor lands on the same
 points as from a HOG box, and the chips (hence the embeddings) stay those of the model
 version.
 """

@@ -29,6 +29,12 @@ class ImageDecodeError(ImageError):
     code = "undecodable"
 
 
+class ImageFormatError(ImageDecodeError):
+    """An image of a format that is not accepted (refused before it is decoded)."""
+
+    code = "unsupported_format"
+
+
 class ImageTooLargeError(ImageError):
     code = "too_large"
 

@@ -4,6 +4,11 @@ Pillow reads the dimensions and the pixel mode without decoding the pixels, so a
 20000x20000 bomb is refused before it costs memory, and its strict decoder raises on
 truncated data where OpenCV's ``imdecode`` silently returns a half-grey image.
 
+Only the formats a camera or a photo uses are opened at all (``ACCEPTED_FORMATS``):
+Pillow carries some forty format parsers, most of them for formats no face photo
+comes in (PSD, EPS through Ghostscript, ICO, PCX, FLI...), and each is code an upload
+could reach. Any other format is refused before its parser runs.
+
 Two budgets are checked from the header: ``max_pixels`` (width x height) and
 ``max_decoded_bytes``, the memory the decode will take. The second one matters because
 the encoded size says nothing about it: a 6 KB PNG of 7000x7000 flat pixels is under
@@ -18,11 +23,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageMode, UnidentifiedImageError
 
-from pipeline.face.errors import ImageDecodeError, ImageNotFoundError, ImageTooLargeError
+from pipeline.face.errors import (
+    ImageDecodeError,
+    ImageFormatError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+)
 
 # Our own limit (checked from the header below) replaces Pillow's global bomb guard, which
 # would otherwise refuse large images with its own threshold and wording.
 Image.MAX_IMAGE_PIXELS = None
+
+# Pillow's format ids. "PPM" is Netpbm (PGM, PPM, PBM: a header and raw pixels), the format
+# of research face sets such as AT&T's, which training and evaluation read.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM")
+ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or PGM/PPM"
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -42,6 +57,36 @@ def decoded_bytes(width: int, height: int, mode: str) -> int:
         stored = 4  # an exotic mode: count it like the widest common one
     converted = 0 if mode == "RGB" else 4
     return width * height * (stored + converted + 3)
+
+
+# Unambiguous signatures of formats people send and we refuse, to name them in the error
+# (Pillow's own signature checks are looser: an uncompressed TGA passes for a CUR).
+REFUSED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"8BPS", "PSD"),
+    (0, b"%!PS", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x02\x00\x01\x00", "CUR"),
+    (0, b"%PDF", "PDF"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (0, b"\x01\xda", "SGI"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
+
+
+def _format_name(data: bytes) -> str | None:
+    """The refused format ``data`` is, when its signature says so unambiguously."""
+    for offset, magic, fmt in REFUSED_SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return fmt
+    return None
 
 
 def read_image_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -81,7 +126,7 @@ def decode_image(
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         width, height = img.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
@@ -99,7 +144,14 @@ def decode_image(
     except ImageTooLargeError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name}: not a recognised image format") from exc
+        fmt = _format_name(data)
+        if fmt is not None:
+            raise ImageFormatError(
+                f"{name}: {fmt} images are not accepted; send {ACCEPTED_TEXT}"
+            ) from exc
+        raise ImageDecodeError(
+            f"{name}: not a recognised image format (accepted: {ACCEPTED_TEXT})"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     if img.mode != "RGB":

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.face.align import AlignmentTemplate
 from pipeline.face.errors import ModelError
+from pipeline.files import write_private
 
 MANIFEST_NAME = "manifest.json"
 
@@ -171,7 +172,7 @@ def write_manifest(folder: Path, manifest: ModelManifest) -> None:
     """Replace a version's manifest atomically (readers see the old or the new one)."""
     path = folder / MANIFEST_NAME
     tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    write_private(tmp, manifest.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
 
 

@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from pipeline.files import private_dir, private_file
 from pipeline.gallery.errors import (
     DuplicateExternalId,
     GalleryError,
@@ -50,6 +53,16 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # and schema migrations across every process and pod.
 WRITE_LOCK_KEY = 0x46535F47414C  # "FS_GAL"
 MIGRATE_LOCK_KEY = WRITE_LOCK_KEY + 1
+# Ids per IN (...) query: SQLite takes 32766 bind parameters, PostgreSQL 65535.
+IN_CHUNK = 10_000
+
+
+class FaceOwner(NamedTuple):
+    """Whom a catalogued face belongs to (what a search candidate shows)."""
+
+    identity_id: str
+    name: str
+    external_id: str | None
 
 metadata = sa.MetaData()
 identities = sa.Table(
@@ -57,6 +70,8 @@ identities = sa.Table(
     metadata,
     sa.Column("identity_id", sa.String(64), primary_key=True),
     sa.Column("name", sa.Text, nullable=False),
+    # name_key(name), indexed: the exact-name lookup (migration 0004).
+    sa.Column("name_key", sa.String(32), index=True),
     sa.Column("external_id", sa.Text, unique=True),
     sa.Column("metadata", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -104,6 +119,18 @@ _N_FACES = (
 _SELECT_IDENTITY = sa.select(identities, _N_FACES)
 
 
+def fold_name(name: str) -> str:
+    """A name as people compare names: whole, without case (Unicode case folding) or
+    surrounding spaces."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold()).strip()
+
+
+def name_key(name: str) -> str:
+    """The indexed key of :func:`fold_name` (a digest: small index entries whatever the
+    name's length; migration 0004 restates it)."""
+    return hashlib.sha256(fold_name(name).encode()).hexdigest()[:32]
+
+
 def catalogue_url(url: str, password: str | None) -> URL:
     parsed = make_url(url)
     return parsed.set(password=password) if password else parsed
@@ -126,7 +153,10 @@ class Catalogue:
             db = Path(self.url.database or "")
             if not self.url.database or self.url.database == ":memory:":
                 raise GalleryError("the catalogue needs a database file or a server")
-            db.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(db.parent)
+            # Created owner-only before SQLite opens it: SQLite gives its -wal and -shm
+            # files the database file's mode.
+            os.close(private_file(db))
             self._lock_path = db.with_name(db.name + ".lock")
             self.engine: Engine = sa.create_engine(self.url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -158,7 +188,9 @@ class Catalogue:
             ) from None
 
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[Connection]:
+    def reader(self) -> Iterator[Connection]:
+        """A connection for reads (outages raise ``GalleryUnavailable``): the catalogue's
+        own queries and those of the tables beside it (the review loop's store)."""
         with self._available(), self.engine.connect() as con:
             yield con
 
@@ -171,7 +203,7 @@ class Catalogue:
     @contextlib.contextmanager
     def _file_lock(self, suffix: str) -> Iterator[None]:
         assert self._lock_path is not None
-        fd = os.open(str(self._lock_path) + suffix, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = private_file(str(self._lock_path) + suffix)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -222,7 +254,7 @@ class Catalogue:
     def revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 
-        with self._reader() as con:
+        with self.reader() as con:
             return MigrationContext.configure(con).get_current_revision()
 
     # -- writes (inside a transaction) -------------------------------------------------
@@ -242,6 +274,7 @@ class Catalogue:
                     identities.insert().values(
                         identity_id=identity_id,
                         name=name,
+                        name_key=name_key(name),
                         external_id=external_id,
                         metadata=json.dumps(meta),
                         created_at=now,
@@ -273,7 +306,7 @@ class Catalogue:
             res = con.execute(
                 identities.update()
                 .where(identities.c.identity_id == identity_id)
-                .values(name=name, updated_at=time.time())
+                .values(name=name, name_key=name_key(name), updated_at=time.time())
             )
             if res.rowcount == 0:
                 raise IdentityNotFound(f"no identity {identity_id!r}")
@@ -283,7 +316,7 @@ class Catalogue:
     def delete_identity(con: Connection, identity_id: str) -> None:
         # Explicit rather than relying on the cascade alone: SQLite enforces foreign
         # keys only on connections that turned them on.
-        from pipeline.gallery.review_store import delete_identity_rows
+        from pipeline.gallery.review.store import delete_identity_rows
 
         delete_identity_rows(con, identity_id)
         face_ids = sa.select(faces.c.face_id).where(faces.c.identity_id == identity_id)
@@ -312,7 +345,7 @@ class Catalogue:
         return FaceRecord(**{**m, "quality": json.loads(m["quality"])})
 
     def get(self, identity_id: str) -> Identity:
-        with self._reader() as con:
+        with self.reader() as con:
             row = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id == identity_id)
             ).first()
@@ -324,11 +357,29 @@ class Catalogue:
         """The committed identities among ``identity_ids`` (others are simply absent)."""
         if not identity_ids:
             return {}
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(
                 _SELECT_IDENTITY.where(identities.c.identity_id.in_(identity_ids))
             ).all()
         return {r._mapping["identity_id"]: self._identity(r) for r in rows}
+
+    def face_owners(self, face_ids: Collection[str]) -> dict[str, FaceOwner]:
+        """Face id -> the identity the catalogue holds that face under, for the catalogued
+        faces among ``face_ids`` (the others are absent). One query for a search batch
+        (chunked only beyond what a database takes as bind parameters)."""
+        ids = sorted(set(face_ids))
+        out: dict[str, FaceOwner] = {}
+        if not ids:
+            return out
+        query = sa.select(
+            faces.c.face_id, identities.c.identity_id, identities.c.name, identities.c.external_id
+        ).join_from(faces, identities, faces.c.identity_id == identities.c.identity_id)
+        with self._reader() as con:
+            for i in range(0, len(ids), IN_CHUNK):
+                for row in con.execute(query.where(faces.c.face_id.in_(ids[i : i + IN_CHUNK]))):
+                    m = row._mapping
+                    out[m["face_id"]] = FaceOwner(m["identity_id"], m["name"], m["external_id"])
+        return out
 
     def detail(self, identity_id: str) -> IdentityDetail:
         ident = self.get(identity_id)
@@ -338,12 +389,35 @@ class Catalogue:
         query = sa.select(faces).order_by(faces.c.created_at, faces.c.face_id)
         if identity_id is not None:
             query = query.where(faces.c.identity_id == identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query).all()
         return [self._face(r) for r in rows]
 
-    def crop_png(self, face_id: str) -> bytes:
+    def first_faces(self, identity_ids: list[str]) -> dict[str, str]:
+        """Each identity's first enrolled face id (its thumbnail), in one query for a
+        whole page of identities."""
+        if not identity_ids:
+            return {}
+        first = (
+            sa.select(
+                faces.c.identity_id,
+                faces.c.face_id,
+                sa.func.row_number()
+                .over(
+                    partition_by=faces.c.identity_id,
+                    order_by=(faces.c.created_at, faces.c.face_id),
+                )
+                .label("rank"),
+            )
+            .where(faces.c.identity_id.in_(identity_ids))
+            .subquery()
+        )
+        query = sa.select(first.c.identity_id, first.c.face_id).where(first.c.rank == 1)
         with self._reader() as con:
+            return {row.identity_id: row.face_id for row in con.execute(query)}
+
+    def crop_png(self, face_id: str) -> bytes:
+        with self.reader() as con:
             png = con.execute(sa.select(crops.c.png).where(crops.c.face_id == face_id)).scalar()
         if png is None:
             raise GalleryError(f"stored crop of face {face_id} missing from {self.address}")
@@ -355,8 +429,19 @@ class Catalogue:
             query = query.join(faces, faces.c.face_id == crops.c.face_id).where(
                 faces.c.identity_id == identity_id
             )
-        with self._reader() as con:
+        with self.reader() as con:
             return int(con.execute(query).scalar() or 0)
+
+    def find_by_name(self, name: str) -> list[Identity]:
+        """Everyone called ``name`` (the whole name, compared by :func:`fold_name`), oldest
+        first; an indexed lookup, however many other names contain this one."""
+        query = _SELECT_IDENTITY.where(identities.c.name_key == name_key(name)).order_by(
+            identities.c.created_at, identities.c.identity_id
+        )
+        with self.reader() as con:
+            rows = con.execute(query).all()
+        wanted = fold_name(name)
+        return [i for i in map(self._identity, rows) if fold_name(i.name) == wanted]
 
     def list(
         self, limit: int = 100, offset: int = 0, name_contains: str | None = None
@@ -366,12 +451,12 @@ class Catalogue:
             esc = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(identities.c.name.ilike(f"%{esc}%", escape="\\"))
         query = query.order_by(identities.c.created_at, identities.c.identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             rows = con.execute(query.limit(limit).offset(offset)).all()
         return [self._identity(r) for r in rows]
 
     def counts(self) -> tuple[int, int]:
-        with self._reader() as con:
+        with self.reader() as con:
             n_id = con.execute(sa.select(sa.func.count()).select_from(identities)).scalar()
             n_faces = con.execute(sa.select(sa.func.count()).select_from(faces)).scalar()
         return int(n_id or 0), int(n_faces or 0)

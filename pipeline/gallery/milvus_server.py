@@ -14,6 +14,14 @@ for a dead process, and one whose last user crashed is reused by the next attach
 
 Only the proxy port is fixed (``gallery.local_milvus_port``, the one clients dial); the
 server's internal ports (etcd, coordinators, metrics) are picked free by the package.
+
+Loopback only: the binary binds every component port on all interfaces (its ``ip``
+settings only change the address it advertises), and it runs without authorization, so
+anyone on the network could read or plant faces. The supervisor therefore runs it in a
+network namespace of its own that has nothing but loopback, and forwards the two ports
+facestream dials (the proxy and the metrics/health web service) from 127.0.0.1 on the
+host into it (:class:`_Forwarder`). Where namespaces are not allowed, it says so in a
+warning and runs the binary in the host's namespace as before.
 """
 
 from __future__ import annotations
@@ -33,7 +41,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.files import PRIVATE_UMASK, private_dir, private_file
 from pipeline.gallery.errors import GalleryUnavailable
+from pipeline.gallery.loopback import (
+    Forwarder,
+    IsolationUnavailable,
+    bind_loopback,
+    isolate_network,
+)
 from pipeline.procs import free_ports, pid_alive
 
 START_TIMEOUT_S = 180.0
@@ -90,11 +105,11 @@ class LocalMilvus:
         """Use the server (starting it when none runs and ``start``); its URI."""
         if self._users_fd is not None:
             return self.uri
-        self.root.mkdir(parents=True, exist_ok=True)
-        start_fd = os.open(self.root / "start.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        private_dir(self.root)
+        start_fd = private_file(self.root / "start.lock")
         try:
             fcntl.flock(start_fd, fcntl.LOCK_EX)  # one starter at a time
-            users_fd = os.open(self.root / "users.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            users_fd = private_file(self.root / "users.lock")
             # Blocks while a last user is stopping the server: we then start a new one.
             fcntl.flock(users_fd, fcntl.LOCK_SH)
             try:
@@ -106,6 +121,7 @@ class LocalMilvus:
                     if log is not None:
                         log(f"starting the local Milvus server ({self.uri}, data {self.root})")
                     self._start()
+                    self._warn_if_exposed(log)
             except BaseException:
                 os.close(users_fd)
                 raise
@@ -114,6 +130,19 @@ class LocalMilvus:
             fcntl.flock(start_fd, fcntl.LOCK_UN)
             os.close(start_fd)
         return self.uri
+
+    def _warn_if_exposed(self, notify: Callable[[str], None] | None) -> None:
+        state = self._state() or {}
+        if state.get("loopback_only", True):
+            return
+        text = (
+            f"the local Milvus server ({self.root}) listens on ALL interfaces of this "
+            "machine without authorization: this system does not allow the network "
+            "namespace that keeps it on loopback (see its supervisor.log)"
+        )
+        log.warning(text)
+        if notify is not None:
+            notify(f"warning: {text}")
 
     def release(self) -> bool:
         """Stop using the server; stop it too when no other process uses it. True when
@@ -163,13 +192,15 @@ class LocalMilvus:
         (self.root / STATE_FILE).unlink(missing_ok=True)
         log_path = self.root / "supervisor.log"
         argv = [sys.executable, "-m", __name__, "--data", str(self.root), "--port", str(self.port)]
-        with log_path.open("ab") as log_file:
+        with os.fdopen(private_file(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives its starter; stopped by the last user
+                # The server's data, logs and state hold face vectors: owner-only.
+                umask=PRIVATE_UMASK,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -223,13 +254,53 @@ class _PortTaken(Exception):
     """The server exited at start-up because a port it had probed was taken meanwhile."""
 
 
+# Components whose advertised address defaults to the machine's first routable one; inside
+# a namespace that has only loopback there is none, and outside it loopback is the one
+# address their peers (all in this process tree) need.
+COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+def _isolate(port: int, metrics_port: int) -> list[socket.socket] | None:
+    """Bind the host-side ends of the two forwarded ports, then move this process into a
+    network namespace of its own (loopback only). The sockets, or None when namespaces
+    are not allowed here (the process is then unchanged)."""
+    listeners: list[socket.socket] = []
+    for p in (port, metrics_port):
+        try:
+            listeners.append(bind_loopback(p))
+        except OSError as exc:
+            for sock in listeners:
+                sock.close()
+            # "address already in use" as the binary words it: the starter then tries
+            # again with other free ports.
+            print(f"listen tcp 127.0.0.1:{p}: bind: {exc.strerror.lower()}", flush=True)
+            raise SystemExit(3) from None
+    try:
+        isolate_network()
+    except IsolationUnavailable as exc:
+        for sock in listeners:
+            sock.close()
+        log.warning(
+            "network namespaces are not allowed here (%s): the local Milvus server listens "
+            "on ALL interfaces of this machine, without authorization; firewall its ports "
+            "or point gallery.milvus_uri at a Milvus server of yours",
+            exc,
+        )
+        return None
+    return listeners
+
+
 def _supervise(root: Path, port: int) -> None:
     """Run the binary in the foreground of this process group until SIGTERM."""
-    from milvus import MilvusServer, MilvusServerConfig
-
     # The embedded etcd's peer port (2380) is not among the package's settings; a fixed
     # port would allow one server per machine, so give etcd a config file of free ports.
     etcd_client, etcd_peer, metrics_port = free_ports(3)
+    # First, while this process is single-threaded (a user namespace requires it) and
+    # before anything binds a port that must stay in the host's namespace.
+    listeners = _isolate(port, metrics_port)
+
+    from milvus import MilvusServer, MilvusServerConfig
+
     etcd_conf = root / "configs" / "etcd-embed.yaml"
     etcd_conf.parent.mkdir(parents=True, exist_ok=True)
     peer = f"http://127.0.0.1:{etcd_peer}"
@@ -256,6 +327,8 @@ def _supervise(root: Path, port: int) -> None:
             return sock
 
     config = _Config(data_dir=str(root), proxy_port=port, etcd_port=etcd_client)
+    for component in COMPONENTS:
+        config.set(f"{component}.ip", "127.0.0.1")
     server = MilvusServer(config, wait_for_started=True)
     server.webservice_port = metrics_port  # its default 9091/9092 clash with Kafka's
     stopping = False
@@ -267,13 +340,33 @@ def _supervise(root: Path, port: int) -> None:
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     server.start()
+    # The package extracts the binary and its libraries mode 0755 into the data folder and
+    # copies its glog.conf with the mode it has in site-packages (the umask does not
+    # apply to either); nothing there needs to be anyone else's.
+    for path in [*(root / "bin").iterdir(), *(root / "configs").iterdir()]:
+        path.chmod(path.stat().st_mode & 0o700)
+    forwarder = Forwarder()
+    if listeners is not None:
+        # Clients dial the host-side ports; the binary's own may differ inside.
+        forwarder.add(listeners[0], port)
+        forwarder.add(listeners[1], server.webservice_port)
+    else:
+        metrics_port = server.webservice_port
     (root / STATE_FILE).write_text(
-        json.dumps({"pid": os.getpid(), "port": port, "metrics_port": server.webservice_port})
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "port": port,
+                "metrics_port": metrics_port,
+                "loopback_only": listeners is not None,
+            }
+        )
     )
     proc = server.server_proc
     assert proc is not None
     while not stopping and proc.poll() is None:
         time.sleep(0.2)
+    forwarder.close()  # no new connections to a server that is going away
     if proc.poll() is None:
         # The package's own stop() kills after 1 s; a clean shutdown takes longer.
         proc.terminate()
@@ -291,6 +384,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     _supervise(args.data.resolve(), args.port)
 
 

@@ -67,8 +67,7 @@ class Candidate(BaseModel):
     face_id: str = Field(description="The enrolled face that matched best.")
     similarity: float
     decision: Literal["identity", "unknown"] = Field(
-        description="'identity' when similarity >= threshold (and not excluded), else "
-        "'unknown'."
+        description="'identity' when similarity >= threshold (and not excluded), else 'unknown'."
     )
     excluded: bool = Field(
         False,

@@ -25,6 +25,7 @@ Consistency rules:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -46,8 +47,9 @@ from pipeline.face.errors import FaceError, MultipleFacesError
 from pipeline.face.image_io import decode_image
 from pipeline.face.manifest import Threshold
 from pipeline.face.records import Face
+from pipeline.files import private_dir
 from pipeline.gallery.blobs import decode_crop, encode_crop
-from pipeline.gallery.catalogue import Catalogue
+from pipeline.gallery.catalogue import Catalogue, FaceOwner
 from pipeline.gallery.errors import (
     EnrollmentRejected,
     GalleryError,
@@ -75,9 +77,9 @@ from pipeline.gallery.records import (
     ThresholdInfo,
     VerifyResult,
 )
-from pipeline.gallery.review_store import exclusion_vectors
+from pipeline.gallery.review.store import exclusion_vectors
 from pipeline.gallery.vectors import Hit, Snapshot, VectorStore
-from pipeline.models.bootstrap import upgrade_default_threshold
+from pipeline.models.bootstrap import add_shipped_curves
 from pipeline.models.store import ModelStore
 
 ImageInput = tuple[str, bytes | np.ndarray]
@@ -157,8 +159,11 @@ class Gallery:
         self.default_version = default_version
         self.batch_size = batch_size
         self.intra_op_threads = intra_op_threads
+        # A default model built before it shipped calibrated gets its open-set curve here,
+        # once, at start-up, not in a search (in memory only where the store is read-only).
+        self._thresholds_in_memory = add_shipped_curves(store)
         self.data_dir, self.milvus_uri, url = resolved_paths(config)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # faces: owner-only (pipeline.files)
         password = config.catalogue_password
         self.catalogue = Catalogue(url, password.get_secret_value() if password else None)
         self.local_milvus: LocalMilvus | None = None
@@ -451,8 +456,7 @@ class Gallery:
         # Read every time: `facestream calibrate` may update the manifest while we serve.
         thr = self.store.manifest(version).threshold
         if thr.open_set is None:
-            # A default model built before it shipped calibrated gets its curve in place.
-            thr = upgrade_default_threshold(self.store, version, thr)
+            thr = self._thresholds_in_memory.get(version, thr)
         return thr
 
     def gallery_faces(self) -> int:
@@ -485,7 +489,7 @@ class Gallery:
         collection: str | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
-    ) -> tuple[Snapshot, ThresholdInfo, list[list[Candidate]]]:
+    ) -> tuple[Snapshot, ThresholdInfo, builtins.list[builtins.list[Candidate]]]:
         """Open-set 1:N search of embeddings made by ``model_version``.
 
         ``collection`` None searches the active collection. An embedding of another
@@ -499,23 +503,32 @@ class Gallery:
         k = top_k or self.config.top_k
         if not 1 <= k <= 100:
             raise GalleryError(f"top_k must be in 1..100, got {k}")
-        hits = self.vectors.search(snap, np.atleast_2d(vectors), model_version, limit=k + 2)
-        # One catalogue query for the whole batch (a stream worker's poll is many probes).
-        known = self.catalogue.find(sorted({h.identity_id for row in hits for h in row}))
-        cands = [self._candidates(h, known, thr.value, k) for h in hits]
+        # A hit counts only when its (face, identity) pair is a catalogued face: a row
+        # written straight into Milvus must not make a stranger someone. One catalogue
+        # query for the whole batch (a stream worker's poll is many probes).
+        owners: dict[str, FaceOwner] = {}
+
+        def catalogued(face_ids: list[str]) -> dict[str, str]:
+            owners.update(self.catalogue.face_owners(face_ids))
+            return {f: o.identity_id for f, o in owners.items()}
+
+        hits = self.vectors.search(
+            snap, np.atleast_2d(vectors), model_version, limit=k + 2, catalogued=catalogued
+        )
+        cands = [self._candidates(h, owners, thr.value, k) for h in hits]
         self._apply_exclusions(np.atleast_2d(vectors), model_version, cands)
         return snap, thr, cands
 
     def _apply_exclusions(
-        self, vectors: np.ndarray, version: str, cands: list[list[Candidate]]
+        self, vectors: np.ndarray, version: str, cands: builtins.list[builtins.list[Candidate]]
     ) -> None:
-        """"Not this person" feedback: a probe at least as similar to a face reported as
+        """ "Not this person" feedback: a probe at least as similar to a face reported as
         not being X as to X's own best face is not matched to X (the face, and faces
         like it, stop matching at once; X's own photos still do)."""
         named = sorted({c.identity_id for row in cands for c in row if c.decision == "identity"})
         if not named:
             return
-        with self.catalogue._reader() as con:
+        with self.catalogue.reader() as con:
             excluded = exclusion_vectors(con, named, version)
         for probe, row in zip(vectors, cands, strict=True):
             for c in row:
@@ -530,12 +543,14 @@ class Gallery:
 
     @staticmethod
     def _candidates(
-        hits: list[Hit], known: dict[str, Identity], thr: float, k: int
-    ) -> list[Candidate]:
+        hits: builtins.list[Hit], owners: dict[str, FaceOwner], thr: float, k: int
+    ) -> builtins.list[Candidate]:
         out = []
         for h in hits:
-            ident = known.get(h.identity_id)
-            if ident is None:  # enrolment not committed yet, or being removed
+            ident = owners.get(h.face_id)
+            # Not catalogued (enrolment not committed yet, being removed, or never
+            # enrolled at all), or catalogued under someone else.
+            if ident is None or ident.identity_id != h.identity_id:
                 continue
             out.append(
                 Candidate(

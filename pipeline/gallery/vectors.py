@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipeline.face.errors import ModelError
+from pipeline.files import private_dir, private_umask
 from pipeline.gallery.errors import (
     GalleryBusy,
     GalleryError,
@@ -38,6 +40,7 @@ from pipeline.gallery.errors import (
     ModelVersionMismatch,
 )
 from pipeline.gallery.index import VECTOR_FIELD, index_params, search_params
+from pipeline.models.store import check_version_id
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -162,14 +165,17 @@ class VectorStore:
         from pymilvus.exceptions import MilvusException
 
         if self.is_lite:
-            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.uri).parent)
         # Milvus Lite logs a traceback when its file is locked by another process; the
         # GalleryBusy below says it in one line.
         quiet = logging.getLogger("milvus_lite.server_manager")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
         try:
-            return MilvusClient(self.uri, token=self._token or "")
+            # Milvus Lite starts its server process here: it inherits the umask, so the
+            # database it writes is owner-only.
+            with private_umask():
+                return MilvusClient(self.uri, token=self._token or "")
         except MilvusException as exc:
             if self.is_lite and lite_lock_holder_busy(self.uri):
                 raise GalleryBusy(
@@ -234,6 +240,13 @@ class VectorStore:
                 f"collection {collection} carries no {VERSION_PROPERTY} property; refusing to "
                 "search vectors of an unknown model version"
             )
+        try:
+            check_version_id(version)  # it names a folder of the model store
+        except ModelError as exc:
+            raise ModelVersionMismatch(
+                f"collection {collection}: its {VERSION_PROPERTY} property is not a model "
+                f"version ({exc})"
+            ) from None
         self._versions[desc["collection_name"]] = version
         return version
 
@@ -382,9 +395,22 @@ class VectorStore:
 
     @_milvus_call
     def search(
-        self, snap: Snapshot, vectors: np.ndarray, model_version: str, limit: int
+        self,
+        snap: Snapshot,
+        vectors: np.ndarray,
+        model_version: str,
+        limit: int,
+        *,
+        catalogued: Callable[[list[str]], Mapping[str, str]] | None = None,
     ) -> list[list[Hit]]:
-        """Top ``limit`` identities (best face each) per vector, within ``snap`` only."""
+        """Top ``limit`` identities (best face each) per vector, within ``snap`` only.
+
+        ``catalogued`` maps face ids to the identity the catalogue holds each under; it
+        is called once with the face ids of every row found, and a row whose
+        (face id, identity id) is not such a pair is skipped before each person's best
+        face is picked. Anyone who can write to Milvus can add rows; only the catalogue
+        says who is enrolled with which face.
+        """
         if model_version != snap.version:
             raise ModelVersionMismatch(
                 f"embedding of model {model_version} cannot be searched in collection "
@@ -411,6 +437,9 @@ class VectorStore:
             search_params=search_params(self.index_type, limit=fetch),
             output_fields=OUTPUT_FIELDS,
         )
+        owners = None
+        if catalogued is not None:
+            owners = catalogued(sorted({h["entity"]["face_id"] for hits in res for h in hits}))
         out = []
         for hits in res:
             row_hits: list[Hit] = []
@@ -424,12 +453,14 @@ class VectorStore:
                         f"row {ent.get('face_id')} of collection {snap.collection} was made by "
                         f"model {ent['model_version']}, the probe by {model_version}"
                     )
+                if owners is not None and owners.get(ent["face_id"]) != ent["identity_id"]:
+                    continue  # not a catalogued face of that identity (or not committed yet)
                 if ent["identity_id"] in seen:
                     continue
                 seen.add(ent["identity_id"])
                 row_hits.append(
                     Hit(
-                        face_id=str(h.get("face_id", ent.get("face_id"))),
+                        face_id=str(ent["face_id"]),
                         identity_id=ent["identity_id"],
                         similarity=float(h["distance"]),
                     )

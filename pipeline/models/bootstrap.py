@@ -30,6 +30,7 @@ from pipeline.face.manifest import (
     write_manifest,
 )
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
+from pipeline.files import private_dir, private_umask
 from pipeline.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ def default_preprocessing(tta: str = DEFAULT_TTA) -> Preprocessing:
     )
 
 
+# Owner-only, like all local data (pipeline.files): what torch, ONNX and shutil write
+# meanwhile gets the umask's mode.
+@private_umask()
 def bootstrap_default(
     store: ModelStore, *, tta: str = DEFAULT_TTA, activate: bool = True
 ) -> ModelManifest:
@@ -78,7 +82,7 @@ def bootstrap_default(
     template = dlib_chip_template(150, 0.25)
     version = f"{DEFAULT_NAME}-{version_digest(dat_sha, pre, template)}"
 
-    store.root.mkdir(parents=True, exist_ok=True)
+    private_dir(store.root)
     # Build in a scratch folder and rename at the end, so a crash never leaves a
     # half-written version that looks valid.
     scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=store.root))
@@ -179,3 +183,21 @@ def upgrade_default_threshold(
     except OSError as exc:
         log.warning("model %s: open-set curve not written into the manifest: %s", version, exc)
     return upgraded
+
+
+def add_shipped_curves(store: ModelStore, path: Path = DEFAULT_OPEN_SET) -> dict[str, Threshold]:
+    """Start-up, once per process that opens a gallery: a store bootstrapped before the
+    default model shipped calibrated gets the shipped curve in its manifest, so that no
+    search has to add it. Returns what could only be kept in memory (a read-only store):
+    version -> its threshold with the curve."""
+    shipped = load_shipped_curve(path)
+    if shipped is None or shipped.model_version not in store.versions():
+        return {}
+    version = shipped.model_version
+    threshold = store.manifest(version).threshold
+    if threshold.open_set is not None:
+        return {}
+    upgraded = upgrade_default_threshold(store, version, threshold, path)
+    if store.manifest(version).threshold.open_set is not None:
+        return {}
+    return {version: upgraded}

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from pipeline.errors import FacestreamError
 from pipeline.face.manifest import verify_files
+from pipeline.files import private_dir, private_file
 from pipeline.models.store import ModelStore
 
 HISTORY_FILE = "HISTORY.jsonl"
@@ -243,8 +244,8 @@ def store_lock(store: ModelStore, *, wait: bool = True) -> Iterator[bool]:
     """One promotion or rollback at a time per store (across processes). Yields
     whether the lock is held: always with ``wait``, else False when another process
     holds it (a promotion is running)."""
-    store.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store.root / ".promotion.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    private_dir(store.root)
+    fd = private_file(store.root / ".promotion.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -273,7 +274,7 @@ def write_journal(store: ModelStore, pending: PendingSwap) -> None:
     """Write the journal atomically and durably: it must exist before the alias moves."""
     path = store.root / JOURNAL_FILE
     tmp = path.with_name(f".{JOURNAL_FILE}.tmp")
-    with tmp.open("w") as f:
+    with os.fdopen(private_file(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
         f.write(json.dumps(asdict(pending), sort_keys=True))
         f.flush()
         os.fsync(f.fileno())
@@ -299,7 +300,7 @@ def clear_journal(store: ModelStore) -> None:
 def record(store: ModelStore, rec: PromotionRecord) -> None:
     """Append one line to ``HISTORY.jsonl`` (fsynced: it is the audit trail)."""
     path = store.root / HISTORY_FILE
-    with path.open("a") as f:
+    with os.fdopen(private_file(path, os.O_WRONLY | os.O_APPEND), "a") as f:
         f.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -11,15 +11,37 @@ models/
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pipeline.face.embed import Backend, Embedder
 from pipeline.face.errors import ModelError
 from pipeline.face.manifest import MANIFEST_NAME, ModelManifest, read_manifest, verify_files
+from pipeline.files import private_dir, write_private
 
 ACTIVE_FILE = "ACTIVE"
 BackendName = Literal["auto", "onnxruntime", "dlib", "tensorrt"]
+# A version id is one plain folder name: what the store makes (``<name>-<8 hex digits>``,
+# names like ``dlib-resnet-v1-ft``) and short hand-made ones. No separator, no leading dot
+# (the store's scratch folders start with one), 128 characters at most (the width of the
+# model_version column of a face collection).
+VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_version_id(version: str) -> str:
+    """``version`` when it is a valid model version id, else ``ModelError``.
+
+    Versions come from places others may write (a Milvus collection's properties, the
+    ACTIVE file, requests) and each becomes a folder of the store: an id like
+    ``../elsewhere`` or ``/tmp/x`` would load a model from outside it."""
+    if not isinstance(version, str) or not VERSION_ID.fullmatch(version) or ".." in version:
+        raise ModelError(
+            f"invalid model version id {version!r}: expected a plain name of letters, digits, "
+            "'.', '_' and '-' (no '..', no path), starting with a letter or digit, at most "
+            "128 characters"
+        )
+    return version
 
 
 class ModelStore:
@@ -27,7 +49,8 @@ class ModelStore:
         self.root = root
 
     def folder(self, version: str) -> Path:
-        return self.root / version
+        # Every path of a version goes through here.
+        return self.root / check_version_id(version)
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -51,9 +74,9 @@ class ModelStore:
 
     def set_active(self, version: str) -> None:
         self.manifest(version)  # refuse unknown versions
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         tmp = self.root / f".{ACTIVE_FILE}.tmp"
-        tmp.write_text(version + "\n")
+        write_private(tmp, version + "\n")
         os.replace(tmp, self.root / ACTIVE_FILE)  # atomic flip
 
     def resolve(self, version: str | None) -> ModelManifest:

@@ -40,8 +40,10 @@ from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import ImageError
 from pipeline.face.image_io import decode_image
 from pipeline.face.records import Face
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import EmbedRequest
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.serve.search import SearchHit, SearchRequest
@@ -65,8 +67,7 @@ class AnalyzeResult:
     candidates: list[list[SearchHit]] = field(default_factory=list)  # per embedded face
     model_version: str | None = None
     collection: str | None = None
-    threshold: float | None = None
-    threshold_info: dict[str, Any] | None = None  # why that threshold (target, gallery size)
+    threshold: ThresholdInfo | None = None  # its value and why (target, gallery size, ...)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     rejected: tuple[str, str] | None = None  # (reason, detail): dead-letter the frame
     failed: tuple[str, str] | None = None  # (stage, detail): retry the batch
@@ -81,6 +82,7 @@ class FrameAnalyzerDeployment:
     def __init__(
         self, face: FaceConfig, embedder_app: str, search_app: str, call_timeout_s: float
     ) -> None:
+        keep_replica_on_loopback()
         # One OpenCV thread per replica: the replicas, not OpenCV, spread over the cores.
         cv2.setNumThreads(1)
         self.face = face
@@ -180,8 +182,6 @@ class FrameAnalyzerDeployment:
         out.model_version = res.model_version
         out.collection = res.collection
         out.threshold = res.threshold
-        info = getattr(res, "threshold_info", None)
-        out.threshold_info = info.model_dump() if hasattr(info, "model_dump") else info
         out.candidates = res.candidates
 
 

@@ -1,6 +1,6 @@
-"""The pipeline's Ray Serve applications, the batched embedder, the gallery search and
-the frame analyzer: deploy, redeploy for a live swap, reach them through handles, take
-them down.
+"""The pipeline's Ray Serve applications, the batched embedder, the gallery search, the
+frame analyzer and the review recorder: deploy, redeploy for a live swap, reach them
+through handles, take them down.
 
 ``StreamRunner`` owns one while it runs; ``pipeline.serve.live.attach`` builds one for
 another process (``facestream models promote|rollback``) from the announcement of a
@@ -19,10 +19,16 @@ from ray import serve
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig, with_absolute_paths
 from pipeline.config.models import ModelsConfig
-from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig, SearchServeConfig
+from pipeline.config.serve import (
+    AnalyzerServeConfig,
+    EmbedderServeConfig,
+    RecorderServeConfig,
+    SearchServeConfig,
+)
 from pipeline.serve.analyzer import analyzer_app
 from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
 from pipeline.serve.embedder_deployment import embedder_app
+from pipeline.serve.recorder import recorder_app
 from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.serve.search import search_app
 
@@ -39,6 +45,7 @@ class ServeApps:
     search: SearchServeConfig
     models: ModelsConfig
     analyzer: AnalyzerServeConfig = field(default_factory=AnalyzerServeConfig)
+    recorder: RecorderServeConfig = field(default_factory=RecorderServeConfig)
     embedder_version: str | None = None  # set by a live swap
     deployed: list[str] = field(default_factory=list)
 
@@ -54,6 +61,11 @@ class ServeApps:
         """(Re)deploy the gallery search application (it opens the gallery)."""
         app = search_app(with_absolute_paths(gallery), face, self.models, self.search)
         self._run(app, self.search.app_name)
+
+    def deploy_recorder(self, gallery: GalleryConfig, face: FaceConfig) -> None:
+        """(Re)deploy the review recorder application (it opens the gallery)."""
+        app = recorder_app(with_absolute_paths(gallery), face, self.models, self.recorder)
+        self._run(app, self.recorder.app_name)
 
     def deploy_analyzer(self, face: FaceConfig, call_timeout_s: float) -> None:
         """(Re)deploy the frame analyzer application (it calls the two above)."""

@@ -32,6 +32,7 @@ from pipeline.config.serve import EmbedderServeConfig
 from pipeline.face.embed import Embedder
 from pipeline.gallery.service import template_digest
 from pipeline.models.store import ModelStore
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def _template_digest(embedder: Embedder) -> str:
 @serve.deployment(name=DEPLOYMENT_NAME)
 class EmbedderDeployment:
     def __init__(self, cfg: EmbedderServeConfig, models: ModelsConfig) -> None:
+        keep_replica_on_loopback()
         self.cfg = cfg
         self.store = ModelStore(models.store)
         self.models = models

@@ -75,7 +75,6 @@ def attach(live: dict[str, Any]) -> ServeApps:
     """The Serve applications of an announced pipeline (connects this process to its
     Ray); never deployed or deleted from here, only swapped."""
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address=live["ray_address"], log_to_driver=False)
     apps = ServeApps(
         EmbedderServeConfig.model_validate(live["embedder"]),

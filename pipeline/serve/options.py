@@ -9,15 +9,16 @@ from pipeline.config.serve import (
     AnalyzerServeConfig,
     AutoscalingConfig,
     EmbedderServeConfig,
+    RecorderServeConfig,
     SearchServeConfig,
 )
 
 
 def replica_options(
-    cfg: AnalyzerServeConfig | EmbedderServeConfig | SearchServeConfig,
+    cfg: AnalyzerServeConfig | EmbedderServeConfig | SearchServeConfig | RecorderServeConfig,
 ) -> dict[str, Any]:
-    """Options of a deployment from its section (the search has no autoscaling and only
-    the embedder asks for GPUs)."""
+    """Options of a deployment from its section (the search and the recorder have no
+    autoscaling and only the embedder asks for GPUs)."""
     actor: dict[str, Any] = {"num_cpus": cfg.num_cpus}
     num_gpus = getattr(cfg, "num_gpus", 0.0)
     if num_gpus:
@@ -45,7 +46,3 @@ def replica_options(
         "downscale_delay_s": a.downscale_delay_s,
     }
     return options
-
-
-def max_replicas(replicas: int, autoscaling: AutoscalingConfig | None) -> int:
-    return autoscaling.max_replicas if autoscaling is not None else replicas

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -37,12 +37,10 @@ from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
-from pipeline.gallery.review_records import RecordedFace, RecordResult
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.gallery.service import Gallery
+from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import replica_options
-
-if TYPE_CHECKING:
-    from pipeline.gallery.review import Review
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "GallerySearch"
@@ -64,15 +62,14 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchAnswer:
     model_version: str
     collection: str | None  # None: no collection of that version (nothing to compare with)
-    threshold: float | None
+    # The threshold and why that value (kind, target FAR, gallery size, extrapolated,
+    # provenance); None when there was no collection.
+    threshold: ThresholdInfo | None
     candidates: list[list[SearchHit]] = field(default_factory=list)  # per vector, best first
     note: str | None = None
-    # ThresholdInfo as a plain dict (value, kind, target_far, gallery_size, provenance,
-    # extrapolated): why ``threshold`` has that value; None when there was no collection.
-    threshold_info: dict[str, Any] | None = None
 
 
 def _vectors(requests: list[SearchRequest]) -> int:
@@ -88,6 +85,7 @@ class GallerySearchDeployment:
         models: ModelsConfig,
         cfg: SearchServeConfig,
     ) -> None:
+        keep_replica_on_loopback()
         self.cfg = cfg
         self.gallery = Gallery.from_settings(gallery, face, models)
         # Milvus Lite's client is not meant for concurrent calls from several threads.
@@ -95,7 +93,6 @@ class GallerySearchDeployment:
         # (vectors' version, searched collection's version) -> searches; and vectors.
         self._pairs: Counter[tuple[str, str | None]] = Counter()
         self._pair_vectors: Counter[tuple[str, str | None]] = Counter()
-        self._review: Review | None = None  # made on the first record() call
         self.search.set_max_batch_size(cfg.max_batch_vectors)
         self.search.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -125,14 +122,14 @@ class GallerySearchDeployment:
         desc = self.gallery.vectors.client.describe_collection(name)
         return name, (desc.get("properties") or {}).get(VERSION_PROPERTY)
 
-    def _search_version(self, version: str, vectors: np.ndarray) -> SearchResult:
+    def _search_version(self, version: str, vectors: np.ndarray) -> SearchAnswer:
         from pipeline.gallery.errors import ModelVersionMismatch
 
         collection, coll_version = self._collection_for(version)
         if collection is None:
             self._pairs[(version, None)] += 1
             self._pair_vectors[(version, None)] += len(vectors)
-            return SearchResult(
+            return SearchAnswer(
                 version, None, None, [[] for _ in vectors], f"no gallery collection of {version}"
             )
         try:
@@ -155,7 +152,7 @@ class GallerySearchDeployment:
             self._pair_vectors[(version, found)] += len(vectors)
             metrics.SEARCH_VERSION_MISMATCH.inc()
             log.error("search refused: %s", exc)
-            return SearchResult(version, None, None, [[] for _ in vectors], f"refused: {exc}")
+            return SearchAnswer(version, None, None, [[] for _ in vectors], f"refused: {exc}")
         self._pairs[(version, coll_version)] += 1
         self._pair_vectors[(version, coll_version)] += len(vectors)
         hits = [
@@ -165,9 +162,7 @@ class GallerySearchDeployment:
             ]
             for row in cands
         ]
-        return SearchResult(
-            version, collection, float(thr.value), hits, threshold_info=thr.model_dump(mode="json")
-        )
+        return SearchAnswer(version, collection, thr, hits)
 
     # -- live model swap -------------------------------------------------------------------
 
@@ -200,25 +195,11 @@ class GallerySearchDeployment:
         mixed = sum(r["searches"] for r in rows if r["collection"] not in (None, r["vectors"]))
         return {"pairs": rows, "cross_version_searches": mixed, "refused": mixed}
 
-    # -- review loop -----------------------------------------------------------------------
-
-    def _record(self, faces: list[RecordedFace]) -> RecordResult:
-        if self._review is None:
-            from pipeline.gallery.review import Review
-
-            self._review = Review(self.gallery)
-        return self._review.record(faces)
-
-    async def record(self, faces: list[RecordedFace]) -> RecordResult:
-        """Keep the faces of a worker's batch (event crops, unknown faces) for review.
-        Outside the search lock: it writes the catalogue and its own collections."""
-        return await asyncio.to_thread(self._record, faces)
-
-    def _run(self, requests: list[SearchRequest]) -> list[SearchResult]:
+    def _run(self, requests: list[SearchRequest]) -> list[SearchAnswer]:
         by_version: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             by_version.setdefault(r.model_version, []).append(i)
-        out: list[SearchResult | None] = [None] * len(requests)
+        out: list[SearchAnswer | None] = [None] * len(requests)
         with self._lock:
             for version, idx in by_version.items():
                 sizes = [len(requests[i].vectors) for i in idx]
@@ -228,19 +209,18 @@ class GallerySearchDeployment:
                     res = self._search_version(version, vecs)
                 start = 0
                 for i, n in zip(idx, sizes, strict=True):
-                    out[i] = SearchResult(
+                    out[i] = SearchAnswer(
                         res.model_version,
                         res.collection,
                         res.threshold,
                         res.candidates[start : start + n],
                         res.note,
-                        res.threshold_info,
                     )
                     start += n
         return [r for r in out if r is not None]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_vectors)
-    async def search(self, requests: list[SearchRequest]) -> list[SearchResult]:
+    async def search(self, requests: list[SearchRequest]) -> list[SearchAnswer]:
         return await asyncio.to_thread(self._run, requests)
 
 

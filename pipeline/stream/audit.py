@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config.stream import KafkaConfig, StreamConfig
+from pipeline.stream import kafka_client
 from pipeline.stream.codec import H_SEQ, camera_from_key, frame_event_id, headers_dict
-from pipeline.stream.kafka_client import client_kwargs
 
 
 @dataclass
@@ -65,14 +65,9 @@ def read_all(
     bootstrap: str, topic: str, timeout_s: float = 60.0, kafka: KafkaConfig | None = None
 ) -> TopicDump:
     """Every record currently in ``topic`` (all partitions, up to the end offsets)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        client_id="facestream-audit",
-        **client_kwargs(kafka),
-    )
+    consumer = kafka_client.consumer(kafka_client.with_bootstrap(bootstrap, kafka), "audit")
     dump = TopicDump(topic)
     try:
         parts = consumer.partitions_for_topic(topic) or set()

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.files import PRIVATE_UMASK, private_dir
 from pipeline.procs import free_ports
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,6 @@ class LocalKafka:
     def running(self) -> bool:
         return self._running
 
-    @property
-    def log_dir(self) -> Path | None:
-        """Where the broker's ``server.log`` is written, once a data dir is chosen."""
-        return self.data_dir / "logs" if self.data_dir is not None else None
-
     def fetch(self) -> None:
         """Resolve the Kafka jars into the cache (a no-op when they are already there)."""
         self._run("fetch", timeout=FETCH_TIMEOUT_S)
@@ -113,8 +109,7 @@ class LocalKafka:
             self.data_dir = Path(tempfile.mkdtemp(prefix="facestream-kafka-"))
             self._owns_data_dir = True
         else:
-            self.data_dir = self._requested_data_dir.resolve()
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir = private_dir(self._requested_data_dir.resolve())
 
         try:
             # The script bounds its own wait; the margin covers its stop-on-timeout path.
@@ -199,6 +194,8 @@ class LocalKafka:
             proc = subprocess.run(
                 ["bash", str(self.script), command],
                 env=self._env(),
+                # The broker's log segments are camera frames (faces): owner-only.
+                umask=PRIVATE_UMASK,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

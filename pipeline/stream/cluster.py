@@ -8,20 +8,26 @@ import os
 import numpy as np
 import ray
 
+from pipeline.config.serve import AnalyzerServeConfig, EmbedderServeConfig
 from pipeline.config.stream import StreamConfig
 from pipeline.procs import init_ray
 
 
+def most_replicas(section: AnalyzerServeConfig | EmbedderServeConfig) -> int:
+    """The replicas a deployment may have at once: its autoscaling maximum, else its
+    fixed count."""
+    return section.autoscaling.max_replicas if section.autoscaling else section.replicas
+
+
 def logical_cpus(c: StreamConfig) -> float:
-    """Ray CPUs the pipeline reserves: workers, analyzer, embedder and search replicas,
-    ingesters."""
-    embedders = (
-        c.embedder.autoscaling.max_replicas if c.embedder.autoscaling else c.embedder.replicas
-    )
+    """Ray CPUs the pipeline reserves: workers, analyzer, embedder, search and review
+    recorder replicas, ingesters."""
     return (
         c.workers.count * c.workers.num_cpus
-        + c.embedder.num_cpus * embedders
+        + c.analyzer.num_cpus * most_replicas(c.analyzer)
+        + c.embedder.num_cpus * most_replicas(c.embedder)
         + c.search.num_cpus * c.search.replicas
+        + c.recorder.num_cpus * c.recorder.replicas
         + c.ingest.num_cpus * max(len(c.cameras), 1)
     )
 
@@ -29,7 +35,6 @@ def logical_cpus(c: StreamConfig) -> float:
 def start_ray(cfg: StreamConfig) -> bool:
     """Connect to (or start) Ray for the pipeline; True when this call started it (and
     must stop it)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline.face.records import Face
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.stream.codec import FrameMessage, frame_event_id, headers_dict, identify_record
 from pipeline.stream.schemas import (
     DetectionEvent,
@@ -110,9 +111,8 @@ def detection_event(
     *,
     model_version: str | None,
     collection: str | None,
-    threshold: float | None,
+    threshold: ThresholdInfo | None,
     worker: str,
-    threshold_detail: ThresholdRef | None = None,
     timings_ms: dict[str, float],
     analyzer: str | None = None,
     published_ts_ms: int | None = None,
@@ -134,8 +134,8 @@ def detection_event(
         ),
         model_version=model_version,
         collection=collection,
-        threshold=threshold,
-        threshold_detail=threshold_detail,
+        threshold=threshold.value if threshold is not None else None,
+        threshold_detail=ThresholdRef.of(threshold) if threshold is not None else None,
         faces=faces,
         worker=worker,
         analyzer=analyzer,
@@ -152,7 +152,7 @@ def identity_event(
     *,
     model_version: str,
     collection: str,
-    threshold: ThresholdRef | None = None,
+    threshold: ThresholdInfo | None = None,
     crop_id: str | None = None,
     published_ts_ms: int | None = None,
 ) -> IdentityEvent:
@@ -172,7 +172,7 @@ def identity_event(
         model_version=model_version,
         collection=collection,
         box=face.box,
-        threshold=threshold,
+        threshold=ThresholdRef.of(threshold) if threshold is not None else None,
         crop_id=crop_id,
         track_started_ts_ms=track.track_started_ts_ms,
         capture_ts_ms=frame.capture_ts_ms,
@@ -341,7 +341,6 @@ def read_topic(
     stop: Callable[[], bool] | None = None,
     idle_timeout_s: float = 5.0,
     dedupe: bool = True,
-    client_id: str = "facestream-events",
     kafka: KafkaConfig | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the JSON events of ``topic`` (all partitions, no consumer group).
@@ -350,17 +349,12 @@ def read_topic(
     it waits for new events until ``stop()`` returns True. Duplicate event ids (the
     at-least-once repeats) are dropped unless ``dedupe`` is False.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from pipeline.stream.kafka_client import client_kwargs
+    from pipeline.stream import kafka_client
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_kwargs(kafka),
-    )
+    at = kafka_client.with_bootstrap(bootstrap_servers, kafka)
+    consumer = kafka_client.consumer(at, "events", auto_offset_reset="earliest")
     seen = Deduper()
     try:
         parts = consumer.partitions_for_topic(topic)

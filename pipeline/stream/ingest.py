@@ -31,8 +31,8 @@ import cv2
 
 from pipeline import metrics
 from pipeline.config.stream import CameraConfig, StreamConfig
+from pipeline.stream import kafka_client
 from pipeline.stream.codec import H_SEQ, FrameMessage, encode_jpeg, headers_dict, to_record
-from pipeline.stream.kafka_client import client_kwargs
 from pipeline.stream.video import (
     FpsSampler,
     SourceError,
@@ -87,21 +87,14 @@ class IngestStats:
 
 
 def make_producer(cfg: StreamConfig, client_suffix: str = "ingest") -> KafkaProducer:
-    from kafka import KafkaProducer
-
-    if not cfg.kafka.bootstrap_servers:
-        raise ValueError("stream.kafka.bootstrap_servers is not set")
-    return KafkaProducer(
-        bootstrap_servers=cfg.kafka.bootstrap_servers,
-        client_id=f"{cfg.kafka.client_id}-{client_suffix}",
-        acks="all",
-        # Retries must not reorder or duplicate a camera's frames.
-        enable_idempotence=True,
+    # Idempotent (kafka_client.producer): retries must not reorder or duplicate a
+    # camera's frames.
+    return kafka_client.producer(
+        cfg.kafka,
+        client_suffix,
         linger_ms=5,
         max_block_ms=5_000,
-        request_timeout_ms=cfg.kafka.request_timeout_ms,
         max_request_size=cfg.workers.max_frame_bytes + 64 * 1024,
-        **client_kwargs(cfg.kafka),
     )
 
 
@@ -120,16 +113,10 @@ def resume_seq(cfg: StreamConfig, camera_id: str, *, timeout_s: float = 120.0) -
     back window by window (each twice the last) until it finds the camera's frames or
     reaches the partition's start. Stopping at the first window would restart the seq at
     0 and repeat event ids that consumers then drop as replays."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     topic = cfg.topics.frames
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg.kafka.bootstrap_servers,
-        client_id=f"{cfg.kafka.client_id}-resume",
-        enable_auto_commit=False,
-        max_poll_records=2_000,
-        **client_kwargs(cfg.kafka),
-    )
+    consumer = kafka_client.consumer(cfg.kafka, "resume", max_poll_records=2_000)
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:

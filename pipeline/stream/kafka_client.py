@@ -1,25 +1,31 @@
-"""The connection security of every Kafka client the pipeline opens.
+"""Every Kafka client of the pipeline, built here for a role, and the consumer-group lag.
 
-``client_kwargs(cfg.kafka)`` turns the ``[stream.kafka]`` TLS/SASL settings into
-kafka-python keyword arguments; every ``KafkaProducer``, ``KafkaConsumer`` and
-``KafkaAdminClient`` of ``pipeline/`` is built with ``**client_kwargs(...)`` (a unit test
-checks each construction), so one setting secures the workers, the ingesters, the
-monitor, the topic admin and the event readers alike.
+:func:`producer`, :func:`consumer` and :func:`admin` build kafka-python's clients from
+the ``[stream.kafka]`` section: its bootstrap servers, the client id
+``<client_id>-<role>`` (``facestream-worker-w0``, ``facestream-monitor``, …) and its
+TLS/SASL settings (:func:`client_kwargs`). They are the only constructions of a Kafka
+client in ``pipeline/`` (a unit test checks it), so one setting secures the workers,
+the ingesters, the monitor, the topic admin, the event readers and ``facestream status``
+alike. A caller given only an address (``--kafka``, a test's broker) names it with
+:func:`with_bootstrap`. :func:`group_lag` is the one computation of a group's lag.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config.stream import KafkaConfig
+
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 
 def client_kwargs(kafka: KafkaConfig | None) -> dict[str, Any]:
     """kafka-python keyword arguments of ``kafka``'s security settings.
 
-    ``None`` (a caller given only bootstrap servers) and the default PLAINTEXT give
-    ``{}``: kafka-python's own defaults, so plaintext clients are built exactly as before.
-    The SASL password leaves its ``SecretStr`` only here, into the client's arguments.
+    ``None`` and the default PLAINTEXT give ``{}``: kafka-python's own defaults, so
+    plaintext clients are built exactly as before. The SASL password leaves its
+    ``SecretStr`` only here, into the client's arguments.
     """
     if kafka is None or kafka.security_protocol == "PLAINTEXT":
         return {}
@@ -37,4 +43,74 @@ def client_kwargs(kafka: KafkaConfig | None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["client_kwargs"]
+def with_bootstrap(bootstrap: str, kafka: KafkaConfig | None = None) -> KafkaConfig:
+    """``kafka`` (the default settings when None) with ``bootstrap`` as its servers."""
+    return (kafka or KafkaConfig()).model_copy(update={"bootstrap_servers": bootstrap})
+
+
+def _address(kafka: KafkaConfig, role: str) -> dict[str, Any]:
+    if not kafka.bootstrap_servers:
+        raise ValueError("stream.kafka.bootstrap_servers is not set")
+    return {"bootstrap_servers": kafka.bootstrap_servers, "client_id": f"{kafka.client_id}-{role}"}
+
+
+def producer(kafka: KafkaConfig, role: str, **options: Any) -> KafkaProducer:
+    """A producer whose records all in-sync replicas acknowledge (``acks=all``) and whose
+    retries neither reorder nor duplicate them (idempotent). ``options``: the role's own
+    kafka-python settings (linger, max_request_size, …)."""
+    from kafka import KafkaProducer
+
+    settings = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        **options,
+    }
+    return KafkaProducer(**_address(kafka, role), **settings, **client_kwargs(kafka))
+
+
+def consumer(kafka: KafkaConfig, role: str, **options: Any) -> KafkaConsumer:
+    """A consumer that commits only when told (the workers commit after Kafka acknowledged
+    their outputs; readers without a group never do)."""
+    from kafka import KafkaConsumer
+
+    settings = {"enable_auto_commit": False, **options}
+    return KafkaConsumer(**_address(kafka, role), **settings, **client_kwargs(kafka))
+
+
+def admin(kafka: KafkaConfig, role: str, **options: Any) -> KafkaAdminClient:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(**_address(kafka, role), **options, **client_kwargs(kafka))
+
+
+def group_lag(
+    admin_client: KafkaAdminClient, reader: KafkaConsumer, group: str, topic: str
+) -> dict[int, int] | None:
+    """Records of ``topic`` not yet committed by ``group``, per partition (from the
+    partition's beginning where the group never committed); None when there is no such
+    topic."""
+    from kafka import TopicPartition
+
+    parts = sorted(reader.partitions_for_topic(topic) or [])
+    if not parts:
+        return None
+    tps = [TopicPartition(topic, p) for p in parts]
+    begins, ends = reader.beginning_offsets(tps), reader.end_offsets(tps)
+    committed = admin_client.list_group_offsets({group: tps}).get(group, {})
+    lag = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+        lag[tp.partition] = max(0, ends[tp] - done)
+    return lag
+
+
+__all__ = [
+    "admin",
+    "client_kwargs",
+    "consumer",
+    "group_lag",
+    "producer",
+    "with_bootstrap",
+]

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from pipeline import metrics
 from pipeline.config.stream import StreamConfig
+from pipeline.stream import kafka_client
 from pipeline.stream.events import Deduper
-from pipeline.stream.kafka_client import client_kwargs
 
 log = logging.getLogger(__name__)
 SEEN_CAPACITY = 100_000  # event ids remembered to count replays (about 10 MB)
@@ -67,14 +67,8 @@ class Monitor:
     def __init__(
         self, cfg: StreamConfig, window: int = 2_000, seen_capacity: int = SEEN_CAPACITY
     ) -> None:
-
         self.cfg = cfg
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=cfg.kafka.bootstrap_servers,
-            client_id=f"{cfg.kafka.client_id}-monitor",
-            enable_auto_commit=False,
-            **client_kwargs(cfg.kafka),
-        )
+        self._consumer = kafka_client.consumer(cfg.kafka, "monitor")
         t = cfg.topics
         tps = []
         for topic in (t.detections, t.identities, t.dlq):
@@ -169,36 +163,17 @@ class LagProbe:
         self._consumer: Any = None
 
     def __call__(self) -> int | None:
-
-        k = self.cfg.kafka
+        k, topic = self.cfg.kafka, self.cfg.topics.frames
         try:
             if self._admin is None:
-                self._admin = KafkaAdminClient(
-                    bootstrap_servers=k.bootstrap_servers,
-                    client_id=f"{k.client_id}-lag",
-                    **client_kwargs(k),
+                self._admin = kafka_client.admin(k, "lag")
+                self._consumer = kafka_client.consumer(k, "lag")
+            lag = kafka_client.group_lag(self._admin, self._consumer, k.group_id, topic) or {}
+            for partition, n in lag.items():
+                metrics.CONSUMER_LAG.labels(group=k.group_id, topic=topic, partition=partition).set(
+                    n
                 )
-                self._consumer = KafkaConsumer(
-                    bootstrap_servers=k.bootstrap_servers,
-                    client_id=f"{k.client_id}-lag",
-                    enable_auto_commit=False,
-                    **client_kwargs(k),
-                )
-            topic = self.cfg.topics.frames
-            parts = self._consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            begins = self._consumer.beginning_offsets(tps)
-            ends = self._consumer.end_offsets(tps)
-            committed = self._admin.list_group_offsets({k.group_id: tps}).get(k.group_id, {})
-            lag = 0
-            for tp in tps:
-                meta = committed.get(tp)
-                done = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-                lag += max(0, ends[tp] - done)
-                metrics.CONSUMER_LAG.labels(
-                    group=k.group_id, topic=topic, partition=tp.partition
-                ).set(max(0, ends[tp] - done))
-            return lag
+            return sum(lag.values())
         except Exception as exc:  # the summary goes on without a lag figure
             log.debug("lag: %s", exc)
             self.close()

@@ -8,8 +8,9 @@ Start-up order, each stage its own process or actor pool:
    that name is already there; one with an unusable photo is reported and left out, or,
    strict, undoes the others and fails the start-up), then the gallery is handed to its
    search deployment.
-3. Ray (local unless already initialised) and Ray Serve with two applications: the
-   batched embedder and the gallery search.
+3. Ray (local unless already initialised) and Ray Serve with its applications: the
+   batched embedder, the gallery search, the review recorder (when the review keeps
+   faces) and the frame analyzer.
 4. ``workers.count`` recognition actors in one consumer group.
 5. One ingest actor per camera.
 
@@ -33,14 +34,13 @@ import ray
 from ray import serve
 
 from pipeline.config.face import FaceConfig
-from pipeline.config.gallery import uses_local_milvus
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
 from pipeline.errors import FacestreamError, StartupFailed
 from pipeline.gallery.errors import EnrollmentRejected, GalleryError
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.gallery.service import Gallery
-from pipeline.gallery.swap import reconcile
+from pipeline.gallery.startup import attach_local_milvus, repair
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
 from pipeline.stream.broker import LocalKafka
@@ -99,7 +99,7 @@ def enroll_each(gallery: Gallery, people: dict[str, Path], *, strict: bool) -> l
     cannot be reached fails the whole call either way."""
     done: list[Enrolment] = []
     for name, path in people.items():
-        existing = [i for i in gallery.list(limit=100, name_contains=name) if i.name == name]
+        existing = gallery.catalogue.find_by_name(name)
         if existing:
             ident = existing[0].identity_id
             done.append(Enrolment(name, path, "already enrolled", ident, ident))
@@ -161,7 +161,9 @@ class StreamRunner:
         self.broker: LocalKafka | None = None
         self.local_milvus: LocalMilvus | None = None
         self.started_ray = False
-        self.apps = ServeApps(cfg.embedder, cfg.search, settings.models, cfg.analyzer)
+        self.apps = ServeApps(
+            cfg.embedder, cfg.search, settings.models, cfg.analyzer, recorder=cfg.recorder
+        )
         self.live_file: Path | None = None
         self.workers: list[Any] = []
         self.ingesters: dict[str, Any] = {}
@@ -194,7 +196,7 @@ class StreamRunner:
             with starting("the gallery (Milvus server and catalogue database)"):
                 self._enroll(enroll or {}, strict=strict_enroll)
             self.started_ray = start_ray(self.cfg)
-            with starting("Ray Serve (embedder, search, analyzer deployments)"):
+            with starting("Ray Serve (embedder, search, review, analyzer deployments)"):
                 self._deploy()
             self.monitor = Monitor(self.cfg)
             with starting("the recognition workers"):
@@ -222,17 +224,11 @@ class StreamRunner:
         """Attach to (or start) the local Milvus server when no server is configured. The
         gallery settings then name it, so the Serve replicas connect without attaching;
         `facestream gallery ...` and `facestream serve` attach to the same server."""
-        g = self.settings.gallery
-        if not uses_local_milvus(g):
+        g, self.local_milvus = attach_local_milvus(self.settings.gallery, log.info)
+        if self.local_milvus is None:
             return
-        self.local_milvus = LocalMilvus(
-            g.data_dir.expanduser().resolve() / "milvus", g.local_milvus_port
-        )
-        uri = self.local_milvus.attach(log=log.info)
-        self.settings = self.settings.model_copy(
-            update={"gallery": g.model_copy(update={"milvus_uri": uri})}
-        )
-        self.notes.append(f"local Milvus server at {uri}")
+        self.settings = self.settings.model_copy(update={"gallery": g})
+        self.notes.append(f"local Milvus server at {g.milvus_uri}")
 
     def _enroll(self, people: dict[str, Path], *, strict: bool = True) -> None:
         """Enrol ``people``. Either way reach both gallery stores first, so a Milvus or
@@ -240,15 +236,7 @@ class StreamRunner:
         the vectors of a catalogue whose vector store is empty."""
         s = self.settings
         with Gallery.from_settings(s.gallery, s.face, s.models) as gallery:
-            repaired = reconcile(gallery)  # a swap cut short: alias and ACTIVE disagree
-            if repaired is not None:
-                self.notes.append(repaired)
-            restored = gallery.restore_vectors()
-            if restored is not None:
-                self.notes.append(
-                    f"rebuilt {restored.collection} from the catalogue's {restored.faces} "
-                    "stored crops (the vector store had no active collection)"
-                )
+            self.notes.extend(repair(gallery))
             if people:
                 self.enrolments = enroll_each(gallery, people, strict=strict)
 
@@ -256,6 +244,9 @@ class StreamRunner:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
         self.apps.deploy_embedder()
         self.deploy_search()
+        review = self.settings.gallery.review
+        if review.event_crops or review.keep_unknowns:
+            self.apps.deploy_recorder(self.settings.gallery, self.settings.face)
         self.apps.deploy_analyzer(self.analyzer_face_config(), self.cfg.workers.call_timeout_s)
         # `facestream models promote|rollback` finds this file and swaps live.
         self.live_file = announce(self.apps)
@@ -351,10 +342,6 @@ class StreamRunner:
             self._lag = LagProbe(self.cfg)
         s.lag = self._lag()
         return s
-
-    def ingest_finished(self) -> bool:
-        done_states = {"finished", "failed", "stopped"}
-        return all(v.get("state") in done_states for v in self.ingest_stats().values())
 
     def drained(self, summary: Summary | None = None) -> bool:
         """Every camera finished and every produced frame committed by the group."""

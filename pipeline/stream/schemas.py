@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.gallery.records import ThresholdInfo
+
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 DETECTION_SCHEMA = "facestream.detection/1"
 IDENTITY_SCHEMA = "facestream.identity/1"
@@ -52,7 +54,17 @@ class ThresholdRef(_Msg):
     )
     target_far: float | None = Field(description="The false-accept rate it was derived for.")
     gallery_size: int | None = Field(description="Enrolled faces it was derived for.")
+    extrapolated: bool = Field(
+        description="True when the gallery is larger than the calibration data could "
+        "measure: the curve's last threshold holds, its target is not guaranteed."
+    )
     provenance: str = Field(description="Where the value came from (data, date, figures).")
+
+    @classmethod
+    def of(cls, info: ThresholdInfo) -> ThresholdRef:
+        """The wire form of the gallery's explanation: every field this schema names (the
+        one place events build it)."""
+        return cls.model_validate(info.model_dump(include=set(cls.model_fields)))
 
 
 class Quality(_Msg):

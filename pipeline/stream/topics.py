@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import contextlib
 
-from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import TopicAlreadyExistsError
 
 from pipeline.config.stream import StreamConfig
-from pipeline.stream.kafka_client import client_kwargs
+from pipeline.stream import kafka_client
 
 
 def ensure_topics(cfg: StreamConfig) -> None:
     """Create the four topics when missing (idempotent)."""
-
     k, t = cfg.kafka, cfg.topics
-    admin = KafkaAdminClient(
-        bootstrap_servers=k.bootstrap_servers,
-        client_id=f"{k.client_id}-admin",
-        **client_kwargs(k),
-    )
+    admin = kafka_client.admin(k, "admin")
     try:
         existing = set(admin.list_topics())
         wanted = {
@@ -42,13 +36,7 @@ def ensure_topics(cfg: StreamConfig) -> None:
 
 
 def topic_partitions(cfg: StreamConfig, topic: str) -> list[int]:
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg.kafka.bootstrap_servers,
-        client_id=f"{cfg.kafka.client_id}-meta",
-        enable_auto_commit=False,
-        **client_kwargs(cfg.kafka),
-    )
+    consumer = kafka_client.consumer(cfg.kafka, "meta")
     try:
         return sorted(consumer.partitions_for_topic(topic) or [])
     finally:

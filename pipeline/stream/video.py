@@ -7,8 +7,10 @@ an index (``"0"``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -61,14 +63,55 @@ def open_capture(
     return cap
 
 
+# What follows the '@' that ends a URL's user part: a host (name, IPv4, [IPv6]) and an
+# optional port, then the path, query, fragment or the end.
+_HOST_AFTER_AT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d*)?(?=[/?#]|$)")
+# key=value pairs of a query string, a fragment or a path (some cameras take their
+# credentials as path parameters: ``/user=admin&password=...&channel=1``). A value runs to
+# the next '&', ';' or '#', so an unescaped '/' in a password stays hidden with it.
+_PARAM = re.compile(r"(?P<key>[^=&;/?#]+)=(?P<value>[^&;#]+)")
+_SECRET_KEY = re.compile(r"pass|pwd|token|secret|auth|key|sig|credential|session|cookie|jwt")
+
+
+def _hide_param(m: re.Match[str]) -> str:
+    if _SECRET_KEY.search(unquote(m["key"]).lower()):
+        return f"{m['key']}=***"
+    return m[0]
+
+
+def _user_part_end(rest: str) -> int:
+    """Index of the '@' that ends the user part of ``rest`` (a URL after '://'), or -1.
+
+    Camera passwords hold unescaped '/' and '@' (``user:p@ss/word@cam``), which
+    ``urllib.parse.urlsplit`` cuts at the first '/': the user part ends instead at the
+    last '@' followed by a host. An '@' of the path or the query (``?email=a@b.com``)
+    has a '/', '?' or '#' before it and no ':' (a user name cannot hold those); one
+    with a ':' before it is taken as a password, which may hide more than needed but
+    never shows a password."""
+    for at in reversed([i for i, c in enumerate(rest) if c == "@"]):
+        if _HOST_AFTER_AT.match(rest, at + 1):
+            user_part = rest[:at]
+            if ":" not in user_part and any(c in user_part for c in "/?#"):
+                return -1
+            return at
+    return -1
+
+
 def redact(source: str) -> str:
-    """The source with any password in its URL hidden (for logs and messages)."""
+    """The source with its credentials hidden (for logs and messages): the password of
+    its user part (all of a user part without ':', which may be a token) and the value of
+    every query, fragment or path parameter named like a secret (password, pwd, token,
+    key, secret, auth, sig...). Files and device indexes are returned as they are."""
     scheme, sep, rest = source.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return source
-    creds, _, host = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    at = _user_part_end(rest)
+    user_part = ""
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        user_part = f"{user}:***@" if colon else "***@"
+        rest = rest[at + 1 :]
+    return f"{scheme}://{user_part}{_PARAM.sub(_hide_param, rest)}"
 
 
 def native_fps(cap: cv2.VideoCapture) -> float:

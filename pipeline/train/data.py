@@ -32,23 +32,22 @@ from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError
 from pipeline.face.image_io import decode_image, read_image_bytes
+from pipeline.files import private_dir
+from pipeline.image_folders import identity_folders
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
 CACHE_FORMAT = 1
 
 
 # -- listing images ----------------------------------------------------------------------
 
 
-def identity_folders(root: Path) -> dict[str, list[Path]]:
-    """Identity (sub-folder name) -> its sorted image files."""
-    if not root.is_dir():
-        raise TrainConfigError(f"not a folder of identity sub-folders: {root}")
-    out: dict[str, list[Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if imgs:
-            out[d.name] = imgs
+def identity_images(root: Path) -> dict[str, list[Path]]:
+    """Identity (sub-folder name) -> its sorted image files (``identity_folders``), as a
+    training data source: a missing or empty folder is a configuration error."""
+    try:
+        out = identity_folders(root)
+    except FileNotFoundError:
+        raise TrainConfigError(f"not a folder of identity sub-folders: {root}") from None
     if not out:
         raise TrainConfigError(f"{root}: no identity sub-folders with images")
     return out
@@ -88,7 +87,7 @@ def manifest_images(manifest: Path) -> dict[str, list[Path]]:
 
 def list_images(cfg: DataConfig) -> dict[str, list[Path]]:
     if cfg.root is not None:
-        return identity_folders(cfg.root)
+        return identity_images(cfg.root)
     assert cfg.manifest is not None
     return manifest_images(cfg.manifest)
 
@@ -180,7 +179,7 @@ class CropCache:
 
     @staticmethod
     def _write(path: Path, rec: CropRecord) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # face chips: owner-only (mkstemp files are 0600)
         meta = {
             "has_chip": rec.chip is not None,
             "passed": rec.passed,
@@ -326,7 +325,7 @@ def split_identities(
 
 
 @dataclass
-class Splits:
+class TrainSplits:
     train: FaceSet
     heldout: FaceSet
     all_faces: FaceSet
@@ -341,9 +340,9 @@ class Splits:
         }
 
 
-def make_splits(faces: FaceSet, cfg: DataConfig) -> Splits:
+def make_splits(faces: FaceSet, cfg: DataConfig) -> TrainSplits:
     train_names, held_names = split_identities(faces.names, cfg.heldout_fraction, cfg.split_seed)
-    return Splits(faces.subset(train_names), faces.subset(held_names), faces)
+    return TrainSplits(faces.subset(train_names), faces.subset(held_names), faces)
 
 
 def check_sampler_fits(train: FaceSet, p: int) -> None:
@@ -367,7 +366,7 @@ def replay_images(cfg: ReplayConfig, exclude: set[str]) -> list[Path]:
     in ``exclude`` (evaluated or held-out identities) left out, ``max_images`` in all."""
     import random
 
-    images = identity_folders(cfg.root) if cfg.root is not None else None
+    images = identity_images(cfg.root) if cfg.root is not None else None
     if images is None:
         assert cfg.manifest is not None
         images = manifest_images(cfg.manifest)

@@ -36,6 +36,7 @@ from pipeline.face.manifest import (
     read_manifest,
     version_digest,
 )
+from pipeline.files import private_dir, private_umask
 from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DlibResNet
 from pipeline.nets.onnx_export import export_onnx
@@ -94,6 +95,7 @@ class StagedVersion:
         )
         return Embedder(self.draft, backend, batch_size)
 
+    @private_umask()
     def commit(self, threshold: Threshold, lineage: dict[str, Any]) -> ModelManifest:
         """Write the manifest and move the version into the store."""
         manifest = self.draft.model_copy(update={"threshold": threshold, "lineage": lineage})
@@ -111,6 +113,9 @@ class StagedVersion:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+# Owner-only, like all local data (pipeline.files): a trained model is derived from the
+# training faces; torch and ONNX write their files with the umask's mode.
+@private_umask()
 def stage_version(
     store: ModelStore,
     parent: ModelManifest,
@@ -124,7 +129,7 @@ def stage_version(
     weights_sha = state_dict_digest(state)
     name = finetune_name(parent)
     version = f"{name}-{version_digest(weights_sha, parent.preprocessing, parent.alignment)}"
-    store.root.mkdir(parents=True, exist_ok=True)
+    private_dir(store.root)
     scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=store.root))
     try:
         torch.save(state, scratch / "model.pt")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from pipeline.face.manifest import ModelManifest, Threshold
 from pipeline.models.store import ModelStore
 from pipeline.train.data import (
     CropCache,
-    Splits,
+    TrainSplits,
     check_sampler_fits,
     list_images,
     load_faces,
@@ -48,6 +48,9 @@ from pipeline.train.data import (
 )
 from pipeline.train.loop import HISTORY_FILE, MODEL_FILE, WorkerData, steps_per_epoch
 from pipeline.train.model import load_torch_model
+
+if TYPE_CHECKING:
+    from pipeline.train.export import StagedVersion
 
 PARITY_CHIPS = 16
 
@@ -73,7 +76,7 @@ class Prepared:
     base: ModelManifest
     pipeline: FacePipeline
     cache: CropCache
-    splits: Splits
+    splits: TrainSplits
     guards: list[GuardChips]
     replay_chips: np.ndarray | None = None
     replay_info: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +234,7 @@ def fit(prep: Prepared, run_name: str) -> tuple[dict[str, torch.Tensor], list[di
     return state, history
 
 
-def calibrate(
+def calibrate_on_heldout(
     vectors: np.ndarray,
     labels: np.ndarray,
     target_far: float,
@@ -339,13 +342,65 @@ def run_training(
 
 
 @dataclass
-class Candidate:
+class CandidateModel:
     version: str | None  # None when not registered
     manifest: ModelManifest | None
     base_eval: ModelEval
     candidate_eval: ModelEval
     report_path: Path
     roc_path: Path
+
+
+def _lineage(
+    prep: Prepared,
+    run_name: str,
+    staged: StagedVersion,
+    base_eval: ModelEval,
+    cand_eval: ModelEval,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Where a candidate comes from: parent, run, data digests, the training recipe, the
+    held-out comparison, its files and the export's parity (the manifest's lineage)."""
+    cfg = prep.cfg
+    heldout_digest = prep.splits.heldout.digest(prep.cache.salt)
+    steps = steps_per_epoch(cfg, len(prep.splits.train))
+    return {
+        "parent": prep.base.version,
+        "run": run_name,
+        "storage": storage_path(cfg) + "/" + run_name,
+        "data": {
+            "source": str(cfg.data.root or cfg.data.manifest),
+            "digest": prep.splits.all_faces.digest(prep.cache.salt),
+            "train_digest": prep.splits.train.digest(prep.cache.salt),
+            "heldout_digest": heldout_digest,
+            "split_seed": cfg.data.split_seed,
+            "heldout_fraction": cfg.data.heldout_fraction,
+            "crop_cache_key": prep.cache.salt,
+            **prep.splits.describe(),
+        },
+        "loss": cfg.loss.model_dump(mode="json"),
+        "optim": cfg.optim.model_dump(mode="json"),
+        "sampler": cfg.sampler.model_dump(mode="json"),
+        "augment": cfg.augment.model_dump(mode="json"),
+        "freeze": cfg.freeze,
+        "init_head": cfg.init_head,
+        "epochs": cfg.epochs,
+        "steps": cfg.epochs * steps,
+        "seed": cfg.seed,
+        "training": training,
+        "replay": prep.replay_info or None,
+        "evaluation": {
+            "heldout_digest": heldout_digest,
+            "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
+            "models": {
+                prep.base.version: base_eval.summary(),
+                staged.version: cand_eval.summary(),
+            },
+        },
+        "metrics": cand_eval.summary(),
+        "files": {role: f.sha256 for role, f in staged.draft.files.items()},
+        "parity": staged.parity,
+    }
 
 
 def register_candidate(
@@ -359,7 +414,7 @@ def register_candidate(
     batch_size: int = 32,
     intra_op_threads: int = 0,
     wall: dict[str, float] | None = None,
-) -> Candidate:
+) -> CandidateModel:
     """Export, evaluate against the base, calibrate, write the report, and (with
     ``register``) add the model to the store as a new inactive version."""
     from pipeline.train.export import stage_version
@@ -387,7 +442,7 @@ def register_candidate(
         )
         wall["eval_s"] = time.perf_counter() - t
         heldout_digest = ho.digest(prep.cache.salt)
-        threshold = calibrate(
+        threshold = calibrate_on_heldout(
             cand_emb.embed(ho.chips),
             ho.labels,
             cfg.calibrate_far,
@@ -395,44 +450,7 @@ def register_candidate(
             f"({ho.n_identities} identities)",
             prep.base.threshold,
         )
-        steps = steps_per_epoch(cfg, len(prep.splits.train))
-        lineage: dict[str, Any] = {
-            "parent": prep.base.version,
-            "run": run_name,
-            "storage": storage_path(cfg) + "/" + run_name,
-            "data": {
-                "source": str(cfg.data.root or cfg.data.manifest),
-                "digest": prep.splits.all_faces.digest(prep.cache.salt),
-                "train_digest": prep.splits.train.digest(prep.cache.salt),
-                "heldout_digest": heldout_digest,
-                "split_seed": cfg.data.split_seed,
-                "heldout_fraction": cfg.data.heldout_fraction,
-                "crop_cache_key": prep.cache.salt,
-                **prep.splits.describe(),
-            },
-            "loss": cfg.loss.model_dump(mode="json"),
-            "optim": cfg.optim.model_dump(mode="json"),
-            "sampler": cfg.sampler.model_dump(mode="json"),
-            "augment": cfg.augment.model_dump(mode="json"),
-            "freeze": cfg.freeze,
-            "init_head": cfg.init_head,
-            "epochs": cfg.epochs,
-            "steps": cfg.epochs * steps,
-            "seed": cfg.seed,
-            "training": training or {},
-            "replay": prep.replay_info or None,
-            "evaluation": {
-                "heldout_digest": heldout_digest,
-                "guards": [g.model_dump(mode="json") for g in cfg.eval.guard_pairs],
-                "models": {
-                    prep.base.version: base_eval.summary(),
-                    staged.version: cand_eval.summary(),
-                },
-            },
-            "metrics": cand_eval.summary(),
-            "files": {role: f.sha256 for role, f in staged.draft.files.items()},
-            "parity": staged.parity,
-        }
+        lineage = _lineage(prep, run_name, staged, base_eval, cand_eval, training or {})
         report_path, roc_path = write_report(
             out_dir,
             base_eval,
@@ -454,7 +472,7 @@ def register_candidate(
     finally:
         if staged.scratch.exists():
             staged.discard()
-    return Candidate(
+    return CandidateModel(
         manifest.version if manifest else None,
         manifest,
         base_eval,

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.config.train import TrainConfig
 from pipeline.face.manifest import Preprocessing
+from pipeline.files import private_dir, private_umask
 from pipeline.nets.dlib_resnet import DlibResNet
 from pipeline.train.augment import augment_batch
 from pipeline.train.data import pk_sampler
@@ -213,8 +214,9 @@ class Training:
 
     # -- checkpoints --------------------------------------------------------------------
 
+    @private_umask()  # owner-only, like all local data (pipeline.files)
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         torch.save(
             {
                 "module": self.module.state_dict(),

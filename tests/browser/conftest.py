@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
+from tests.support.servers import serve_app
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -56,12 +55,6 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
-def _free_port() -> int:
-    from pipeline.procs import free_ports
-
-    return free_ports(1)[0]
-
-
 @pytest.fixture(scope="module")
 def web(
     tmp_path_factory: pytest.TempPathFactory,
@@ -69,11 +62,8 @@ def web(
     milvus_space_module: dict[str, str],
 ) -> Iterator[Web]:
     """The REST app with the web UI on a free port, its gallery and review service."""
-    import uvicorn
-
     from pipeline.config.review import ReviewConfig
-    from pipeline.gallery.review import Review
-    from pipeline.serve.api import create_app
+    from pipeline.serve.app import create_app
 
     token = f"tok-{uuid.uuid4().hex}"
     cfg = GalleryConfig(
@@ -86,26 +76,13 @@ def web(
         cfg, FaceConfig(), ModelsConfig(store=model_store.root), store=model_store
     )
     app = create_app(gallery, cfg)
-    # The app's own review service (create_app keeps it in app.state), so the test
-    # records through the very object the pages read.
-    review = getattr(app.state, "review", None) or Review(gallery)
-    app.state.review = review
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="web-ui-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the REST app did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    # The app's own review service, so the test records through the very object the
+    # pages read.
+    review = app.state.ctx.review
     try:
-        yield Web(f"http://127.0.0.1:{port}", token, gallery, review)
+        with serve_app(app, "web-ui-server") as url:
+            yield Web(url, token, gallery, review)
     finally:
-        server.should_exit = True
-        thread.join(30)
         review.close()
         gallery.close()
 

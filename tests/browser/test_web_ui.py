@@ -16,13 +16,13 @@ import cv2
 import pytest
 
 from tests.browser.conftest import WAIT_S, Web, screenshot
-from tests.gallery.support import photos
+from tests.support.gallery import photos
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
 
-    from pipeline.gallery.review_records import RecordedFace
+    from pipeline.gallery.review.records import RecordedFace
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -100,7 +100,7 @@ def kept_faces(
     """What the stream would hand over for these photos: each one's aligned chip (as a
     JPEG) and embedding from the gallery's own face core."""
     from pipeline.face.image_io import load_image
-    from pipeline.gallery.review_records import RecordedFace
+    from pipeline.gallery.review.records import RecordedFace
 
     version = web.gallery.serving_version()
     pipe = web.gallery.pipeline(version)
@@ -137,8 +137,9 @@ def signed_in(driver: WebDriver, web: Web) -> WebDriver:
     assert "Wrong token" in click_through(driver, button, "#error").text
     by_css(driver, "#login input[name=token]").send_keys(web.token)
     click_through(driver, driver.find_element("css selector", "#login button"), "#enrol-form")
-    cookie = driver.get_cookie("facestream_session")
+    cookie = driver.get_cookie("__Host-facestream_session")  # Secure by default (issue 17)
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["secure"] and cookie["path"] == "/"
     assert web.token not in cookie["value"]
     return driver
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.bench.search import Variant
+from pipeline.bench.synthetic import make_gallery
 from pipeline.cli import app
-from pipeline.gallery.bench import Variant, make_gallery
 from pipeline.gallery.index import BUILD_PARAMS, SEARCH_PARAMS, search_params
 
 COLUMNS = (

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.models.store import ModelStore
-from tests.stores import gallery_env
-from tests.stream_support import LIN, clip_media
+from tests.support.stores import facestream_env
+from tests.support.stream import LIN, clip_media
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -29,10 +29,8 @@ def test_soak_reports_memory_of_every_process_and_lag(
     from pipeline.cli import app
 
     media = clip_media(shared_dir)
-    monkeypatch.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
-    for key, value in gallery_env(milvus_space).items():
+    for key, value in facestream_env(model_store, milvus_space, tmp_path / "gallery").items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "gallery"))
     # Small CPU shares: everything fits the 2 logical CPUs of the session's Ray.
     for key, value in {
         "WORKERS__NUM_CPUS": "0.3",

@@ -35,8 +35,9 @@ from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
 from pipeline.stream.audit import frame_id, read_all
 from pipeline.stream.monitor import LagProbe
-from tests.stores import gallery_env, postgres_database
-from tests.stream_support import LIN, clip_media, stream_cfg
+from tests.support.stores import facestream_env, postgres_database
+from tests.support.stream import LIN, clip_media, stream_cfg
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -82,7 +83,7 @@ def _ray_start(temp_dir: str, *args: str) -> None:
         f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={env_agent}", "--object-store-memory=200000000", *args,
     ]  # fmt: skip
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)  # token authentication on: the session's RAY_AUTH_TOKEN
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
@@ -157,14 +158,6 @@ class TopicWatch:
         self._consumer.close()
 
 
-def _wait_until(what: str, cond: Callable[[], bool], timeout: float = EVENT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.5)
-
-
 def _is_identity(ident_id: str) -> Callable[[str, float, dict[str, Any]], bool]:
     def pred(topic: str, _: float, ev: dict[str, Any]) -> bool:
         return topic.endswith(".identities") and ev["identity"]["identity_id"] == ident_id
@@ -214,13 +207,14 @@ def test_two_nodes_share_one_gallery_through_restarts(
     api_port = free_ports(1)[0]
     settings_env = {
         **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "FACESTREAM_MODELS__STORE": str(model_store.root),
-        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "gallery"),
-        "FACESTREAM_GALLERY__CATALOGUE_URL": db_url,
-        "FACESTREAM_GALLERY__CATALOGUE_PASSWORD": db_password,
-        "FACESTREAM_GALLERY__API_TOKEN": TOKEN,
-        **gallery_env(milvus_space_module),
+        **facestream_env(
+            model_store,
+            milvus_space_module,
+            tmp_path / "gallery",
+            catalogue_url=db_url,
+            catalogue_password=db_password,
+            api_token=TOKEN,
+        ),
     }
     settings_env.pop("RAY_ADDRESS", None)
     cfg = stream_cfg(kafka_bootstrap, "d")
@@ -265,7 +259,7 @@ def test_two_nodes_share_one_gallery_through_restarts(
                 return http.get("/healthz").status_code == 200
             return False
 
-        _wait_until("the REST API answers", api_up, START_S)
+        wait_until("the REST API answers", api_up, START_S)
 
         # 1. Enrol through the REST API: identified by the running stream.
         with media[LIN].open("rb") as f:
@@ -336,9 +330,10 @@ def test_two_nodes_share_one_gallery_through_restarts(
         lag0 = lag()
         subprocess.run(["bash", pg, "stop", str(pg_dir)], check=True, timeout=120)
         try:
-            _wait_until(
+            wait_until(
                 "frames held back while PostgreSQL is down",
                 lambda: lag() >= lag0 + 10,
+                EVENT_S,
             )
         finally:
             port = db_url.rsplit(":", 1)[1].split("/")[0]
@@ -346,19 +341,20 @@ def test_two_nodes_share_one_gallery_through_restarts(
                 ["bash", pg, "start", str(pg_dir), port, postgres_url[1]],
                 check=True, timeout=300, capture_output=True,
             )  # fmt: skip
-        _wait_until("the frames held back are processed", _backlog_cleared(cfg))
+        wait_until("the frames held back are processed", _backlog_cleared(cfg), EVENT_S)
 
         # 5. The Milvus server restarts mid-stream: the same.
         lag0 = lag()
         milvus_local.stop()
         try:
-            _wait_until(
+            wait_until(
                 "frames held back while Milvus is down",
                 lambda: lag() >= lag0 + 10,
+                EVENT_S,
             )
         finally:
             milvus_local.restart()
-        _wait_until("the frames held back are processed", _backlog_cleared(cfg))
+        wait_until("the frames held back are processed", _backlog_cleared(cfg), EVENT_S)
         probe.close()
         back_ms = int(time.time() * 1000)
         watch.wait_for(

@@ -1,6 +1,6 @@
-"""Infrastructure faults mid-stream (issue 12), on real parts: each test runs the pipeline
-on a part of its own (a Kafka broker, a Milvus server) that it can stop without breaking
-the tests that share the session's ones.
+"""Infrastructure faults mid-stream (issue 12), on real parts: each test stops one of the
+session's services (the Kafka broker, the Milvus server) under the running pipeline and
+starts it again in place (same ports, same data), so the tests after it find it back.
 
 - The Kafka broker is stopped and started again on the same port and data dir while the
   camera streams and the workers process: the ingester and the workers ride it out, and
@@ -14,25 +14,22 @@ stream drained); the 30 s outage is the fault injected, not something measured.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pipeline.config.models import ModelsConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
-from pipeline.procs import free_ports
 from pipeline.stream.audit import account
 from pipeline.stream.broker import LocalKafka
 from pipeline.stream.runner import StreamRunner
-from tests.stores import gallery_env, milvus_space_settings
-from tests.stream_support import LIN, OBAMA, clip_media, stream_cfg
+from tests.support.stores import facestream_env
+from tests.support.stream import LIN, OBAMA, clip_media, stream_cfg, stream_settings
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -46,18 +43,12 @@ def media(shared_dir: Path) -> dict[str, Path]:
 
 
 def _settings(model_store: ModelStore, space: dict[str, str], gallery_dir: Path) -> Settings:
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in gallery_env(space).items():
-            mp.setenv(key, value)
-        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
-        return Settings(models=ModelsConfig(store=model_store.root))
+    with stream_settings(facestream_env(model_store, space, gallery_dir)) as settings:
+        return settings
 
 
-def _wait_for(what: str, cond: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+def _wait_for(what: str, cond: Callable[[], object]) -> None:
+    wait_until(what, cond, TIMEOUT_S, every_s=0.3)
 
 
 def _retries(runner: StreamRunner) -> int:
@@ -76,21 +67,8 @@ def _drain_and_account(runner: StreamRunner, cfg: StreamConfig) -> None:
     assert summary.processed + summary.dlq >= summary.produced == len(acc.frames)
 
 
-@pytest.fixture
-def own_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    """A broker of this test only, on fixed free ports and a kept data dir, so that it
-    can be restarted where the pipeline's clients expect it."""
-    port, controller = free_ports(2)
-    broker = LocalKafka(port=port, controller_port=controller, data_dir=tmp_path / "kafka")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def test_kafka_broker_restart_mid_stream_loses_no_frame(
-    own_kafka: LocalKafka,
+    kafka_local: LocalKafka,
     ray_local: None,
     model_store: ModelStore,
     milvus_space: dict[str, str],
@@ -101,7 +79,7 @@ def test_kafka_broker_restart_mid_stream_loses_no_frame(
     # Real time, so the camera is still producing while the broker goes down and back.
     camera = {"id": "hamilton", "url": str(media["clip"]), "fps": 2, "realtime": True}
     cfg = stream_cfg(
-        own_kafka.bootstrap_servers,
+        kafka_local.bootstrap_servers,
         prefix="kr",
         cameras=[camera],
         workers={"retry_backoff_s": 0.5, "retry_backoff_max_s": 4.0},
@@ -110,40 +88,28 @@ def test_kafka_broker_restart_mid_stream_loses_no_frame(
     try:
         runner.start({LIN: media[LIN], OBAMA: media[OBAMA]})
         _wait_for("processed frames", lambda: runner.summary().processed >= 2)
-        own_kafka.stop()
-        assert not own_kafka.is_alive()
-        own_kafka.start()  # same port, controller port and data dir: topics and offsets kept
-        _wait_for("the restarted broker", own_kafka.is_alive)
+        # The session's broker: the tests after this one find it back where it was.
+        kafka_local.stop()
+        try:
+            assert not kafka_local.is_alive()
+        finally:
+            kafka_local.start()  # same ports and data dir: topics and offsets kept
+        _wait_for("the restarted broker", kafka_local.is_alive)
         _drain_and_account(runner, cfg)
     finally:
         runner.stop()
 
 
-@pytest.fixture
-def own_milvus() -> Iterator[LocalMilvus]:
-    """A Milvus server of this test only (stopping the session's one would break the
-    tests that share it)."""
-    root = Path(tempfile.mkdtemp(prefix="fs-milvus-fault-", dir="/tmp"))
-    server = LocalMilvus(root / "milvus", free_ports(1)[0])
-    try:
-        server.attach()
-        yield server
-    finally:
-        try:
-            server.release()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
 def test_milvus_outage_the_workers_retry_and_lose_no_frame(
-    own_milvus: LocalMilvus,
+    milvus_local: LocalMilvus,
+    milvus_space: dict[str, str],
     kafka_bootstrap: str,
     ray_local: None,
     model_store: ModelStore,
     media: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    settings = _settings(model_store, milvus_space_settings(own_milvus.uri), tmp_path / "gallery")
+    settings = _settings(model_store, milvus_space, tmp_path / "gallery")
     # Enough frames that some are still waiting when the server goes down.
     camera = {"id": "hamilton", "url": str(media["clip"]), "fps": 4, "realtime": False}
     cfg = stream_cfg(
@@ -156,24 +122,21 @@ def test_milvus_outage_the_workers_retry_and_lose_no_frame(
     try:
         runner.start({LIN: media[LIN], OBAMA: media[OBAMA]})
         _wait_for("processed frames", lambda: runner.summary().processed >= 2)
-        own_milvus.stop()
-        down_at = time.monotonic()
-        assert not own_milvus.running()
-        _wait_for("the workers to retry", lambda: _retries(runner) >= 2)
-        # The outage is the fault: at least 30 s of it, whatever the retries did meanwhile.
-        time.sleep(max(0.0, MILVUS_OUTAGE_S - (time.monotonic() - down_at)))
-        during = runner.summary()
-        assert during.processed + during.dlq < during.produced  # the rest waited
-        retried = _retries(runner)
-        # Another handle on the same data and port starts it again; the fixture's handle
-        # stays attached, and the last of the two to release stops it.
-        again = LocalMilvus(own_milvus.root, own_milvus.port)
-        again.attach()
+        # The session's server, stopped and started again in place (its data kept): the
+        # tests after this one find it back where it was.
+        milvus_local.stop()
         try:
-            _drain_and_account(runner, cfg)
+            down_at = time.monotonic()
+            assert not milvus_local.running()
+            _wait_for("the workers to retry", lambda: _retries(runner) >= 2)
+            # The outage is the fault: at least 30 s of it, whatever the retries did.
+            time.sleep(max(0.0, MILVUS_OUTAGE_S - (time.monotonic() - down_at)))
+            during = runner.summary()
+            assert during.processed + during.dlq < during.produced  # the rest waited
+            retried = _retries(runner)
         finally:
-            runner.stop()
-            again.release()
+            milvus_local.restart()
+        _drain_and_account(runner, cfg)
     finally:
         runner.stop()
     assert retried >= 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ import pytest
 from pipeline.evaluation.calibrate import pair_scores, threshold_at_far, write_threshold
 from pipeline.face.manifest import Threshold
 from pipeline.gallery.errors import CalibrationError
-from pipeline.models.store import ModelStore
-from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
+from tests.support.gallery import as_input, lfw_root, open_gallery, photos
+from tests.support.models import TwoVersions, private_store
 
 
 def test_threshold_meets_the_target_far_exactly_when_scores_allow() -> None:
@@ -57,14 +56,12 @@ def test_pair_scores_split_genuine_and_impostor_pairs() -> None:
 @pytest.mark.integration
 @pytest.mark.shared_data
 def test_search_uses_the_calibrated_threshold_from_the_manifest(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, shared_dir: Path
+    tmp_path: Path, two_versions: TwoVersions, shared_dir: Path
 ) -> None:
     # The plain-TTA version: no shipped open-set curve (that one is the flip version's, and
     # takes precedence in 1:N search; tests/integration/test_open_set_threshold.py).
-    store, _, v_plain = two_version_store(tmp_path_factory)
-    private = ModelStore(tmp_path / "models")
-    shutil.copytree(store.folder(v_plain), private.folder(v_plain))
-    private.set_active(v_plain)
+    v_plain = two_versions.plain
+    private = private_store(two_versions.store, tmp_path / "models", v_plain)
     lfw = lfw_root(shared_dir)
     new = Threshold(value=0.9123, target_far=1e-3, provenance="test calibration")
     write_threshold(private, v_plain, new)

@@ -5,35 +5,30 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.evaluation.embcache import identity_folders
 from pipeline.gallery.catalogue import Catalogue
 from pipeline.gallery.milvus_server import LocalMilvus
+from pipeline.image_folders import identity_folders
 from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
-from tests.gallery.support import lfw_root, photos, two_version_store
+from tests.support.gallery import lfw_root, photos
+from tests.support.models import TwoVersions, private_store
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
 PERSON = "Abdullah_Gul"
-
-
-@pytest.fixture(scope="module")
-def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
-    return two_version_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +43,10 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def private_store(versions: tuple[ModelStore, str, str], dest: Path, version: str) -> Path:
-    """A store holding a copy of one version, for tests that rewrite its manifest."""
-    src = versions[0]
-    (dest / version).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src.folder(version), dest / version)
-    ModelStore(dest).set_active(version)
-    return dest
-
-
 def test_gallery_commands_end_to_end(
-    tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    store, v_flip, v_plain = versions
+    store, v_flip, v_plain = two_versions
     port = free_ports(1)[0]
     env = {
         "FACESTREAM_MODELS__STORE": str(store.root),
@@ -135,6 +121,12 @@ def _cli_session(
     assert all(f["decision"] != "identity" for f in json.loads(out)["faces"])
     code, _, err = cli(env, "gallery", "show", ident)
     assert code == 2 and "no identity" in err
+    # The audit names the command line's user for every change (issue 17).
+    from pipeline.gallery.audit import cli_actor, entries
+
+    trail = entries(catalogue, subject=ident)
+    assert [e.action for e in trail] == ["remove", "rename", "enrol"]
+    assert {e.actor for e in trail} == {cli_actor()} and trail[1].detail == {"name": "A. Gul"}
     # --milvus-uri points elsewhere: a different (empty) vector store
     code, out, _ = cli(
         env, "gallery", "--milvus-uri", str(tmp_path / "other.db"), "status", "--json"
@@ -143,7 +135,7 @@ def _cli_session(
 
 
 def test_milvus_lite_held_by_another_process_is_a_clear_error(
-    tmp_path: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, two_versions: TwoVersions
 ) -> None:
     db = tmp_path / "held.db"
     holder = subprocess.Popen(
@@ -164,7 +156,7 @@ def test_milvus_lite_held_by_another_process_is_a_clear_error(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        env = {"FACESTREAM_MODELS__STORE": str(versions[0].root)}
+        env = {"FACESTREAM_MODELS__STORE": str(two_versions.store.root)}
         code, _, err = cli(
             env, "gallery", "--data-dir", str(tmp_path / "g"), "--milvus-uri", str(db), "status"
         )
@@ -190,10 +182,11 @@ def test_cli_import_stays_light() -> None:
 
 
 def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
-    tmp_path: Path, lfw: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    _, v_flip, _ = versions
-    store_root = private_store(versions, tmp_path / "models", v_flip)
+    _, v_flip, _ = two_versions
+    # A copy of the version: calibration rewrites its manifest.
+    store_root = private_store(two_versions.store, tmp_path / "models", v_flip).root
     # A small LFW folder: the 24 first identities with >= 4 photos, at most 6 photos each.
     subset = tmp_path / "lfw"
     for name, paths in list(identity_folders(lfw, min_images=4).items())[:24]:
@@ -239,10 +232,10 @@ def test_calibrate_then_eval_openset_on_disjoint_identity_splits(
 
 
 def test_serve_refuses_to_start_without_an_api_token(
-    tmp_path: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, two_versions: TwoVersions
 ) -> None:
     env = {
-        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_MODELS__STORE": str(two_versions.store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
         "FACESTREAM_GALLERY__API_TOKEN": "",
     }
@@ -255,11 +248,11 @@ def test_serve_refuses_to_start_without_an_api_token(
 
 
 def test_stores_down_at_start_up_are_one_line_errors_naming_the_address(
-    tmp_path: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, two_versions: TwoVersions
 ) -> None:
     port = free_ports(1)[0]  # nothing listens there
     base = {
-        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_MODELS__STORE": str(two_versions.store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
     }
     code, _, err = cli(
@@ -289,11 +282,11 @@ def test_stores_down_at_start_up_are_one_line_errors_naming_the_address(
 
 
 def test_gallery_server_holds_the_local_server_until_interrupted(
-    tmp_path: Path, versions: tuple[ModelStore, str, str]
+    tmp_path: Path, two_versions: TwoVersions
 ) -> None:
     port = free_ports(1)[0]
     env = {
-        "FACESTREAM_MODELS__STORE": str(versions[0].root),
+        "FACESTREAM_MODELS__STORE": str(two_versions.store.root),
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "g"),
         "FACESTREAM_GALLERY__LOCAL_MILVUS_PORT": str(port),
     }
@@ -306,11 +299,13 @@ def test_gallery_server_holds_the_local_server_until_interrupted(
     )  # fmt: skip
     local = LocalMilvus(tmp_path / "g" / "milvus", port)
     try:
-        deadline = time.monotonic() + 300  # a guard: the wait ends when the server answers
-        while not local.running():
+
+        def answers() -> bool:
             assert holder.poll() is None, holder.communicate()
-            assert time.monotonic() < deadline, "the local Milvus server never answered"
-            time.sleep(0.5)
+            return local.running()
+
+        # 300 s: a guard; the wait ends when the server answers.
+        wait_until("the local Milvus server answers", answers, 300)
         code, out, _ = cli(env, "gallery", "server", "--status")
         assert code == 0 and f"127.0.0.1:{port}" in out and ": running" in out
         code, out, err = cli(env, "gallery", "status", "--json")  # attaches, leaves it up

@@ -24,16 +24,16 @@ from pipeline.gallery.errors import (
 from pipeline.gallery.service import Gallery
 from pipeline.gallery.vectors import Snapshot
 from pipeline.models.store import ModelStore
-from tests.gallery.support import (
+from tests.support.gallery import (
     as_input,
     lfw_root,
     open_gallery,
     photos,
     png,
     tight_crop,
-    two_version_store,
 )
-from tests.stores import drop_milvus_space, milvus_space_settings
+from tests.support.models import TwoVersions
+from tests.support.stores import drop_milvus_space, milvus_space_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -41,14 +41,9 @@ ENROLLED = ["Abdullah_Gul", "Abel_Pacheco", "Aaron_Peirsol"]
 STRANGER = "Adrien_Brody"
 
 
-@pytest.fixture(scope="module")
-def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
-    return two_version_store(tmp_path_factory)
-
-
 @pytest.fixture
-def store(versions: tuple[ModelStore, str, str]) -> ModelStore:
-    return versions[0]
+def store(two_versions: TwoVersions) -> ModelStore:
+    return two_versions.store
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +75,9 @@ def best(gallery: Gallery, path: Path, **kw: object):  # type: ignore[no-untyped
 
 
 def test_enrol_then_search_finds_each_person_and_a_stranger_is_unknown(
-    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+    gallery: Gallery, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    store, v_flip, _ = versions
+    store, v_flip, _ = two_versions
     with pytest.raises(NoActiveCollection):
         gallery.search_image(photos(lfw, ENROLLED[0])[2].read_bytes())
     ids = enrol_people(gallery, lfw, ENROLLED)
@@ -214,9 +209,9 @@ def test_tight_low_res_crops_enrol_and_match_scene_photos(hog_gallery: Gallery, 
 
 
 def test_remove_erases_every_version_and_the_crops(
-    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+    gallery: Gallery, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    _, v_flip, v_plain = versions
+    _, v_flip, v_plain = two_versions
     ids = enrol_people(gallery, lfw, ENROLLED[:2])
     gone, kept = ids[ENROLLED[0]], ids[ENROLLED[1]]
     assert gallery.catalogue.crop_count(gone) == 2
@@ -256,9 +251,9 @@ def test_remove_erases_every_version_and_the_crops(
 
 
 def test_reembed_builds_the_new_collection_flips_the_alias_and_searches_follow(
-    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+    gallery: Gallery, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    store, v_flip, v_plain = versions
+    store, v_flip, v_plain = two_versions
     ids = enrol_people(gallery, lfw, ENROLLED)
     before = gallery.active()
     assert before == Snapshot(gallery.vectors.collection_name(v_flip), v_flip)
@@ -303,9 +298,9 @@ def test_reembed_builds_the_new_collection_flips_the_alias_and_searches_follow(
 
 
 def test_cross_version_search_and_insert_are_refused(
-    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+    gallery: Gallery, lfw: Path, two_versions: TwoVersions
 ) -> None:
-    _, v_flip, v_plain = versions
+    _, v_flip, v_plain = two_versions
     enrol_people(gallery, lfw, ENROLLED[:1])
     from pipeline.face.image_io import load_image
 
@@ -375,6 +370,22 @@ def test_identity_records_rename_list_show_external_ids(gallery: Gallery, lfw: P
         gallery.vectors.delete_identity('x" or identity_id != "')
 
 
+def test_run_enroll_finds_a_person_among_many_whose_names_contain_theirs(
+    gallery: Gallery, lfw: Path
+) -> None:
+    """``facestream run --enroll Ann=...`` when "Ann" is enrolled after 101 people whose
+    names contain "Ann" (issue 18, bug 3): already enrolled, not enrolled twice."""
+    from pipeline.stream.runner import enroll_each
+
+    with gallery.catalogue.transaction() as con:
+        for i in range(101):
+            gallery.catalogue.add_identity(con, f"ann{i:03d}", f"Ann {i:03d}", None, {})
+        gallery.catalogue.add_identity(con, "ann", "Ann", None, {})
+    (done,) = enroll_each(gallery, {"Ann": photos(lfw, ENROLLED[0])[0]}, strict=True)
+    assert (done.status, done.identity_id) == ("already enrolled", "ann")
+    assert gallery.catalogue.counts() == (102, 0)
+
+
 def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) -> None:
     import sqlalchemy as sa
 
@@ -406,13 +417,13 @@ def test_failed_crop_write_leaves_no_partial_state(gallery: Gallery, lfw: Path) 
 
 
 def test_searches_in_flight_during_a_flip_never_mix_versions(
-    gallery: Gallery, lfw: Path, versions: tuple[ModelStore, str, str]
+    gallery: Gallery, lfw: Path, two_versions: TwoVersions
 ) -> None:
     import threading
 
     from pipeline.face.image_io import load_image
 
-    _, v_flip, v_plain = versions
+    _, v_flip, v_plain = two_versions
     ids = enrol_people(gallery, lfw, ENROLLED)
     gallery.pipeline(v_plain)  # loaded up front, so the flip is not delayed by it
     probe = load_image(photos(lfw, ENROLLED[0])[2])

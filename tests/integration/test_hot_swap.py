@@ -16,7 +16,6 @@ vectors of two versions; Lin-Manuel Miranda is identified by both versions.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config.models import ModelsConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 from pipeline.models.promotion import history, promote
@@ -35,8 +33,10 @@ from pipeline.serve.live import LIVE_DIR
 from pipeline.serve.swap import Cutover, ServeSwap
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.runner import StreamRunner
-from tests.stores import gallery_env
-from tests.stream_support import LIN, clip_media, stream_cfg
+from tests.support.models import TwoVersions, private_store
+from tests.support.stores import facestream_env
+from tests.support.stream import LIN, clip_media, stream_cfg, stream_settings
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -51,23 +51,15 @@ def media(shared_dir: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def two_versions(
-    tmp_path: Path, model_store: ModelStore, ray_local: None, milvus_space: dict[str, str]
+def swap_setup(
+    tmp_path: Path, two_versions: TwoVersions, ray_local: None, milvus_space: dict[str, str]
 ) -> Iterator[tuple[ModelStore, str, str, Settings]]:
-    """A copy of the session store (its ACTIVE changes here) plus a second version."""
-    from pipeline.models.bootstrap import bootstrap_default
-
-    store = ModelStore(tmp_path / "models")
-    shutil.copytree(model_store.root, store.root)
-    old = store.active_version()
-    new = bootstrap_default(store, tta="none", activate=False).version
-    assert new != old and store.active_version() == old
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACESTREAM_MODELS__STORE", str(store.root))
-        for key, value in gallery_env(milvus_space).items():
-            mp.setenv(key, value)  # the session's Milvus server, a private corner of it
-        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "gallery"))
-        yield store, old, new, Settings(models=ModelsConfig(store=store.root))
+    """A copy of the session's two versions (ACTIVE changes here): the default one
+    active, promoted to the other."""
+    old, new = two_versions.flip, two_versions.plain
+    store = private_store(two_versions.store, tmp_path / "models", active=old)
+    with stream_settings(facestream_env(store, milvus_space, tmp_path / "gallery")) as s:
+        yield store, old, new, s
 
 
 def _cfg(bootstrap: str, clip: Path) -> StreamConfig:
@@ -76,34 +68,36 @@ def _cfg(bootstrap: str, clip: Path) -> StreamConfig:
 
 
 def _wait_processed(runner: StreamRunner, at_least: int) -> int:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
+    def processed() -> int:
         s = runner.summary()
         assert not s.dlq, s.dlq_reasons
-        if s.processed >= at_least:
-            return s.processed
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {at_least} frames processed within {WAIT_S}s")
+        return s.processed if s.processed >= at_least else 0
+
+    return wait_until(f"{at_least} frames processed", processed, WAIT_S)
 
 
 def _wait_captured_after(cfg: StreamConfig, ts_ms: int, at_least: int) -> None:
     """Until ``at_least`` frames captured from ``ts_ms`` on are published, Lin named in
     one of them (the clip shows him once a pass)."""
-    assert cfg.kafka.bootstrap_servers
-    deadline = time.monotonic() + 2 * WAIT_S
-    while True:
-        events = [
+    bootstrap = cfg.kafka.bootstrap_servers
+    assert bootstrap
+    events: list[dict[str, Any]] = []
+
+    def published() -> bool:
+        events[:] = [
             d
-            for d in read_all(cfg.kafka.bootstrap_servers, cfg.topics.detections).json()
+            for d in read_all(bootstrap, cfg.topics.detections).json()
             if d["capture_ts_ms"] >= ts_ms and d["model_version"]
         ]
-        if len(events) >= at_least and LIN in _names(events):
-            return
-        assert time.monotonic() < deadline, (
-            f"{len(events)} frames captured after {ts_ms} within {2 * WAIT_S:.0f}s, "
-            f"names {_names(events)}"
-        )
-        time.sleep(1.0)
+        return len(events) >= at_least and LIN in _names(events)
+
+    wait_until(
+        f"{at_least} frames captured after {ts_ms}, Lin named in one",
+        published,
+        2 * WAIT_S,
+        every_s=1.0,
+        context=lambda: f"{len(events)} frames, names {_names(events)}",
+    )
 
 
 def _cli_app() -> typer.Typer:
@@ -117,11 +111,11 @@ def _names(events: list[dict[str, Any]]) -> set[str]:
 
 
 def test_promote_and_rollback_under_load(
-    kafka_bootstrap: str, two_versions: tuple[ModelStore, str, str, Settings], media: Any
+    kafka_bootstrap: str, swap_setup: tuple[ModelStore, str, str, Settings], media: Any
 ) -> None:
     import ray
 
-    store, old, new, settings = two_versions
+    store, old, new, settings = swap_setup
     cfg = _cfg(kafka_bootstrap, media["clip"])
     runner = StreamRunner(cfg, settings)
     try:

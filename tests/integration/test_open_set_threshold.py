@@ -6,6 +6,7 @@ gallery sizes."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -16,12 +17,14 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config.serve import SearchServeConfig
 from pipeline.evaluation.calibrate import write_threshold
-from pipeline.evaluation.embcache import identity_folders, split_of
+from pipeline.evaluation.embcache import split_of
 from pipeline.face.image_io import load_image
+from pipeline.image_folders import identity_folders
 from pipeline.models.bootstrap import load_shipped_curve
 from pipeline.models.store import ModelStore
 from pipeline.serve.search import GallerySearchDeployment
-from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
+from tests.support.gallery import as_input, lfw_root, open_gallery, photos
+from tests.support.models import TwoVersions, private_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -33,21 +36,17 @@ def lfw(shared_dir: Path) -> Path:
     return lfw_root(shared_dir)
 
 
-def private_store(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[ModelStore, str]:
+@pytest.fixture
+def flip_store(tmp_path: Path, two_versions: TwoVersions) -> tuple[ModelStore, str]:
     """A store holding a copy of the default (flip) version, for tests that rewrite it."""
-    store, v_flip, _ = two_version_store(tmp_path_factory)
-    private = ModelStore(tmp_path / "models")
-    shutil.copytree(store.folder(v_flip), private.folder(v_flip))
-    private.set_active(v_flip)
-    return private, v_flip
+    v_flip = two_versions.flip
+    return private_store(two_versions.store, tmp_path / "models", v_flip), v_flip
 
 
 def test_threshold_follows_the_gallery_size_and_explains_itself(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     curve = store.manifest(version).threshold.open_set
     assert curve is not None  # bootstrap ships the default version calibrated
     g = open_gallery(tmp_path / "g", store)
@@ -75,7 +74,7 @@ def test_threshold_follows_the_gallery_size_and_explains_itself(
         assert shrunk.value < grown.threshold.value
         asked = g.search_image(probe, threshold=0.5).threshold
         assert (asked.kind, asked.value, asked.overridden) == ("request", 0.5, True)
-        # the stream's search deployment hands the whole explanation on with the float
+        # the stream's search deployment hands the whole explanation on
         vec = g.search_image(probe)  # embed through the gallery's own face core
         assert vec.faces and vec.faces[0].similarity is not None
         cls = GallerySearchDeployment.func_or_class
@@ -86,20 +85,20 @@ def test_threshold_follows_the_gallery_size_and_explains_itself(
         face = pipe.analyze(load_image(photos(lfw, PEOPLE[0])[-1]), pick="center")[0]
         assert face.embedding is not None
         out = dep._search_version(version, face.embedding[None, :])
-        assert out.threshold == curve.at(5)[0]
-        assert out.threshold_info is not None
-        assert out.threshold_info["kind"] == "open_set"
-        assert out.threshold_info["gallery_size"] == 5
-        assert out.threshold_info["value"] == out.threshold
-        assert json.dumps(out.threshold_info)  # plain data: it travels to the workers
+        assert out.threshold is not None
+        assert out.threshold.value == curve.at(5)[0]
+        assert out.threshold.kind == "open_set"
+        assert out.threshold.gallery_size == 5
+        # the object itself travels to the workers (Ray pickles it), whole
+        assert pickle.loads(pickle.dumps(out.threshold)) == out.threshold
     finally:
         g.close()
 
 
 def test_an_older_default_manifest_gets_the_shipped_curve_in_place(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     shipped = load_shipped_curve()
     assert shipped is not None and shipped.model_version == version
     old = store.manifest(version).threshold.model_copy(update={"open_set": None})
@@ -120,9 +119,9 @@ def test_an_older_default_manifest_gets_the_shipped_curve_in_place(
 
 
 def test_calibrate_open_set_replaces_the_shipped_curve(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     before = store.manifest(version).threshold
     subset = tmp_path / "lfw"
     # 60 calibration-split people, up to 3 photos each: ~140 faces measure a 5% FAR
@@ -157,9 +156,9 @@ def test_calibrate_open_set_replaces_the_shipped_curve(
 
 
 def test_eval_openset_reports_both_gallery_sizes_at_the_gallery_threshold(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, lfw: Path
+    tmp_path: Path, flip_store: tuple[ModelStore, str], lfw: Path
 ) -> None:
-    store, version = private_store(tmp_path, tmp_path_factory)
+    store, version = flip_store
     curve = store.manifest(version).threshold.open_set
     assert curve is not None
     # 30 people with >= 4 photos (6 at most) to probe, and 60 with fewer: distractors

@@ -22,11 +22,12 @@ from pipeline.gallery.review import (
     NameTaken,
     Review,
 )
-from pipeline.gallery.review_records import RecordedFace
-from pipeline.gallery.review_store import feedback, sightings
+from pipeline.gallery.review.records import RecordedFace
+from pipeline.gallery.review.store import feedback, sightings
 from pipeline.gallery.service import Gallery
 from pipeline.models.store import ModelStore
-from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
+from tests.support.gallery import as_input, lfw_root, open_gallery, photos
+from tests.support.models import TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -35,9 +36,9 @@ STRANGER = "Adrien_Brody"  # several photos: becomes an unknown person
 OTHER = "Aaron_Peirsol"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    return two_version_store(tmp_path_factory)[0]
+@pytest.fixture
+def store(two_versions: TwoVersions) -> ModelStore:
+    return two_versions.store
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config.models import ModelsConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig
 from pipeline.face.image_io import load_image
@@ -31,8 +30,8 @@ from pipeline.models.store import ModelStore
 from pipeline.stream.audit import account, read_all
 from pipeline.stream.codec import H_SEQ, headers_dict
 from pipeline.stream.runner import StreamRunner
-from tests.stores import gallery_env
-from tests.stream_support import LIN, OBAMA, clip_media, stream_cfg
+from tests.support.stores import facestream_env
+from tests.support.stream import LIN, OBAMA, clip_media, stream_cfg, stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -46,13 +45,11 @@ def env(
     ray_local: None,
     milvus_space: dict[str, str],
 ) -> Iterator[Settings]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
-        for key, value in gallery_env(milvus_space).items():
-            mp.setenv(key, value)
-        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "gallery"))
-        mp.setenv("FACESTREAM_GALLERY__REVIEW__KEEP_UNKNOWNS", "true")
-        yield Settings(models=ModelsConfig(store=model_store.root))
+    env = facestream_env(
+        model_store, milvus_space, tmp_path / "gallery", review__keep_unknowns="true"
+    )
+    with stream_settings(env) as settings:
+        yield settings
 
 
 def _cli(args: list[str]) -> str:

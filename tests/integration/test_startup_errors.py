@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import procs
+from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
 from pipeline.stream import cluster
-from tests.stores import gallery_env
+from tests.support.stores import facestream_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +45,10 @@ def _one_error_line(res: subprocess.CompletedProcess[str], *needles: str) -> str
 
 
 @pytest.fixture
-def base_env(tmp_path: Path, milvus_space: dict[str, str], model_store: object) -> dict[str, str]:
-    return {
-        **gallery_env(milvus_space),
-        "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "gallery"),
-        "FACESTREAM_MODELS__STORE": str(model_store.root),  # type: ignore[attr-defined]
-    }
+def base_env(
+    tmp_path: Path, milvus_space: dict[str, str], model_store: ModelStore
+) -> dict[str, str]:
+    return facestream_env(model_store, milvus_space, tmp_path / "gallery")
 
 
 def test_kafka_down(base_env: dict[str, str], tmp_path: Path) -> None:

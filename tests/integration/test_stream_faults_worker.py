@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +31,13 @@ from pipeline.stream.audit import account, read_all
 from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
 from pipeline.stream.events import read_topic
 from pipeline.stream.runner import StreamRunner
-from tests.stores import gallery_env
-from tests.stream_support import LIN, clip_media, stream_cfg
+from tests.support.stream import LIN, clip_media, stream_cfg
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 DRAIN_TIMEOUT_S = 240.0
 BROKER_DEFAULT_MAX = 1_048_588  # message.max.bytes: the local broker keeps Kafka's default
-
-
-@pytest.fixture(scope="module")
-def stream_env(
-    tmp_path_factory: pytest.TempPathFactory,
-    model_store: ModelStore,
-    ray_local: None,
-    milvus_space_module: dict[str, str],
-) -> Iterator[Settings]:
-    gallery_dir = tmp_path_factory.mktemp("gallery")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
-        for key, value in gallery_env(milvus_space_module).items():
-            mp.setenv(key, value)
-        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
-        yield Settings(models=ModelsConfig(store=model_store.root))
 
 
 def _drain(runner: StreamRunner) -> None:
@@ -63,10 +46,10 @@ def _drain(runner: StreamRunner) -> None:
 
 
 def _wait_processed(runner: StreamRunner, n: int) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while runner.summary().processed < n and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert runner.summary().processed >= n
+    wait_until(
+        f"{n} frames processed", lambda: runner.summary().processed >= n, DRAIN_TIMEOUT_S,
+        every_s=0.3,
+    )
 
 
 def _record(camera: str, seq: int, data: bytes) -> tuple[bytes, bytes, list]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.config.models import ModelsConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 from pipeline.models.store import ModelStore
@@ -36,8 +34,7 @@ from pipeline.stream.codec import FrameMessage, encode_jpeg, frame_headers
 from pipeline.stream.ingest import camera_partition
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.schemas import load_schema
-from tests.stores import gallery_env
-from tests.stream_support import LIN, OBAMA, clip_media, stream_cfg
+from tests.support.stream import LIN, OBAMA, clip_media, stream_cfg
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -47,24 +44,6 @@ DRAIN_TIMEOUT_S = 180.0
 @pytest.fixture(scope="module")
 def media(shared_dir: Path) -> dict[str, Path]:
     return clip_media(shared_dir)
-
-
-@pytest.fixture(scope="module")
-def stream_env(
-    tmp_path_factory: pytest.TempPathFactory,
-    model_store: ModelStore,
-    ray_local: None,
-    milvus_space_module: dict[str, str],
-) -> Iterator[Settings]:
-    """Settings on the test's model store, the gallery in a temporary folder."""
-    gallery_dir = tmp_path_factory.mktemp("gallery")
-    with pytest.MonkeyPatch.context() as mp:
-        # The CLI reads its settings from the environment.
-        mp.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
-        for key, value in gallery_env(milvus_space_module).items():
-            mp.setenv(key, value)  # the session's Milvus server, a private corner of it
-        mp.setenv("FACESTREAM_GALLERY__DATA_DIR", str(gallery_dir))
-        yield Settings(models=ModelsConfig(store=model_store.root))
 
 
 def _toml(cfg: StreamConfig, path: Path) -> Path:

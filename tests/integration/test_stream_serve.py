@@ -1,7 +1,7 @@
 """The embedder deployment on Ray Serve: batching, splitting, version tags, hot swap.
 
-Its own model store with two versions (flip TTA and none: same weights and alignment,
-different preprocessing, so different version ids and different vectors).
+On the session's model store with two versions (flip TTA and none: same weights and
+alignment, different preprocessing, so different version ids and different vectors).
 """
 
 from __future__ import annotations
@@ -14,24 +14,13 @@ import pytest
 
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import EmbedderServeConfig
-from pipeline.models.store import ModelStore
+from tests.support.models import TwoVersions
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelStore, str, str]:
-    from pipeline.models.bootstrap import bootstrap_default
-
-    store = ModelStore(tmp_path_factory.mktemp("two-models"))
-    plain = bootstrap_default(store, tta="none", activate=False).version
-    flip = bootstrap_default(store, activate=True).version
-    assert plain != flip
-    return store, flip, plain
-
-
-@pytest.fixture(scope="module")
-def embedder_app(ray_local: None, two_versions: tuple[ModelStore, str, str]) -> Iterator[dict]:
+def embedder_app(ray_local: None, two_versions: TwoVersions) -> Iterator[dict]:
     from ray import serve
 
     from pipeline.serve.embedder_deployment import embedder_app as build
@@ -57,7 +46,7 @@ def _chips(n: int, seed: int) -> np.ndarray:
 
 
 def test_concurrent_requests_are_batched_and_split_back_correctly(
-    embedder_app: dict, two_versions: tuple[ModelStore, str, str]
+    embedder_app: dict, two_versions: TwoVersions
 ) -> None:
     from pipeline.serve.embedder_deployment import EmbedRequest
 
@@ -86,7 +75,7 @@ def test_chips_cut_for_another_template_are_refused(embedder_app: dict) -> None:
 
 
 def test_hot_swap_by_user_config_tags_vectors_with_the_new_version(
-    embedder_app: dict, two_versions: tuple[ModelStore, str, str]
+    embedder_app: dict, two_versions: TwoVersions
 ) -> None:
     from ray import serve
 

@@ -5,7 +5,6 @@ swap (re-embed, alias flip on the Milvus server) and dies right after the flip."
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pipeline.gallery.service import Gallery
 from pipeline.gallery.swap import reconcile
 from pipeline.models.promotion import JOURNAL_FILE, history, pending_swap
 from pipeline.models.store import ModelStore
-from tests.gallery.support import two_version_store
+from tests.support.models import TwoVersions, private_store
 
 pytestmark = [pytest.mark.integration]
 
@@ -69,13 +68,11 @@ class Setup:
 
 @pytest.fixture
 def setup(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, milvus_space: dict[str, str]
+    two_versions: TwoVersions, tmp_path: Path, milvus_space: dict[str, str]
 ) -> Iterator[Setup]:
-    shared, old, new = two_version_store(tmp_path_factory)
+    shared, old, new = two_versions
     # A private copy: this test moves ACTIVE, other tests share the session's store.
-    store = ModelStore(tmp_path / "models")
-    shutil.copytree(shared.root, store.root)
-    store.set_active(old)
+    store = private_store(shared, tmp_path / "models", active=old)
     cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]
     with Gallery(cfg, store, FaceConfig()) as g:
         g.reembed(old)  # the gallery serves the old version

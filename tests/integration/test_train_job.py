@@ -30,6 +30,7 @@ from pipeline.models.store import ModelStore
 from pipeline.nets.dlib_resnet import DlibResNet
 from pipeline.train.job import TrainOutcome, fit, prepare, register_candidate, run_training
 from pipeline.train.model import chips_to_input
+from tests.support.models import TwoVersions, private_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -48,13 +49,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(work: Path) -> ModelStore:
-    """A store of our own: promotions here must not move the session store's ACTIVE."""
-    from pipeline.models.bootstrap import bootstrap_default
-
-    s = ModelStore(work / "models")
-    bootstrap_default(s)
-    return s
+def store(work: Path, two_versions: TwoVersions) -> ModelStore:
+    """A copy of the session's default version: promotions here must not move the
+    session store's ACTIVE."""
+    return private_store(two_versions.store, work / "models", two_versions.flip)
 
 
 def spec(att: Path, work: Path, **over: object) -> TrainConfig:

@@ -102,6 +102,7 @@ def test_dashboard_queries_name_only_defined_metrics() -> None:
 def test_dashboard_configmap_is_value_gated_and_labelled() -> None:
     def render(*sets: str) -> list[dict[str, Any]]:
         args = [HELM, "template", "t", str(CHART), "--set", "api.token=0123456789abcdef-token"]
+        args += ["--set", "gallery.milvus.token=root:Milvus"]
         for s in sets:
             args += ["--set", s]
         out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120)

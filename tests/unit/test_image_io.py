@@ -87,3 +87,66 @@ def test_pixel_limit_is_configurable() -> None:
 def test_byte_limit() -> None:
     with pytest.raises(ImageTooLargeError, match="bytes exceeds"):
         decode_image(_jpeg(), max_bytes=100)
+
+
+# -- formats: what a camera or a photo uses is decoded; any other Pillow format is refused
+# before its decoder runs (issue 17: each format is its own parser, and most of them are
+# never exercised by anything facestream needs).
+
+
+def _encoded(fmt: str, mode: str = "RGB", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    rgb = np.random.default_rng(1).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert(mode).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _psd() -> bytes:
+    """A minimal 8-bit RGB Photoshop file (Pillow reads PSD but cannot write it)."""
+    h, w = 4, 6
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, h, w, 8, 3)
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + bytes(3 * h * w)
+
+
+ACCEPTED = {
+    "JPEG": lambda: _encoded("JPEG"),
+    "PNG": lambda: _encoded("PNG"),
+    "WEBP": lambda: _encoded("WEBP"),
+    "BMP": lambda: _encoded("BMP"),
+    "TIFF": lambda: _encoded("TIFF"),
+    "PPM": lambda: _encoded("PPM", "L"),  # PGM: research face sets (AT&T) ship as PGM
+}
+REFUSED = {
+    "GIF": lambda: _encoded("GIF", "P"),
+    "ICO": lambda: _encoded("ICO"),
+    "PSD": _psd,
+    "EPS": lambda: _encoded("EPS"),
+    "PCX": lambda: _encoded("PCX"),
+    "TGA": lambda: _encoded("TGA"),
+    "SGI": lambda: _encoded("SGI"),
+    "DDS": lambda: _encoded("DDS"),
+    "QOI": lambda: _encoded("QOI"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(ACCEPTED))
+def test_camera_and_photo_formats_decode(fmt: str) -> None:
+    data = ACCEPTED[fmt]()
+    out = decode_image(data, name=f"x.{fmt.lower()}")
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("fmt", sorted(REFUSED))
+def test_other_formats_are_refused_before_decoding(fmt: str) -> None:
+    from pipeline.face.errors import ImageError
+
+    data = REFUSED[fmt]()
+    with Image.open(io.BytesIO(data)) as img:  # Pillow itself would decode it
+        assert img.format == fmt
+    # Named when its signature is unambiguous (PCX and TGA have none to speak of).
+    named = fmt not in ("PCX", "TGA")
+    why = rf"{fmt} images are not accepted" if named else "not a recognised image format"
+    with pytest.raises(ImageDecodeError, match=rf"x\.bin: {why}") as exc:
+        decode_image(data, name="x.bin")
+    assert isinstance(exc.value, ImageError)  # the API answers 400, the stream dead-letters
+    assert "JPEG, PNG, WebP, BMP, TIFF" in str(exc.value)

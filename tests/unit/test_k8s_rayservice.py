@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 
 from pipeline.config.models import REPO_ROOT
+from tests.support.wait import wait_until
 
 MODULE_FILE = REPO_ROOT / "charts/facestream/files/facestream_rayservice.py"
 
@@ -28,11 +29,8 @@ def sup() -> ModuleType:
     return module
 
 
-def _wait_for(path: Path, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+def _wait_for(path: Path) -> None:
+    wait_until(f"{path} appears", path.exists, 20.0, every_s=0.05)
 
 
 def test_health_follows_the_driver(sup: ModuleType, tmp_path: Path) -> None:

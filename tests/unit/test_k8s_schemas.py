@@ -59,11 +59,23 @@ VALUES = (
 )
 
 
-def _helm(*files: Path) -> list[dict[str, Any]]:
+# Every optional security object and field: Kafka over SASL_SSL with a CA and a client
+# certificate (a projected volume), the API policy narrowed to given peers.
+SECURED = (
+    "kafka.securityProtocol=SASL_SSL",
+    "kafka.sasl.username=fs",
+    "kafka.sasl.existingSecret=fs-kafka",
+    "kafka.tls.ca.configMap=kafka-ca",
+    "kafka.tls.client.secret=fs-kafka",
+    "api.networkPolicy.from[0].namespaceSelector.matchLabels.team=edge",
+)
+
+
+def _helm(*files: Path, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     args = [HELM, "template", "t", str(CHART)]
     for f in files:
         args += ["-f", str(f)]
-    for v in VALUES:
+    for v in (*VALUES, *extra):
         args += ["--set", v]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]
@@ -81,6 +93,7 @@ def _kustomize(path: Path) -> list[dict[str, Any]]:
 RENDERINGS = {
     "chart-default": lambda: _helm(),
     "chart-gpu": lambda: _helm(CHART / "values-gpu.yaml"),
+    "chart-secured": lambda: _helm(extra=SECURED),
     "kustomize-base": lambda: _kustomize(REPO_ROOT / "deploy/k8s/base"),
     "kustomize-gpu": lambda: _kustomize(REPO_ROOT / "deploy/k8s/overlays/gpu"),
 }

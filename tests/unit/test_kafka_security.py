@@ -131,6 +131,75 @@ def test_every_kafka_client_in_pipeline_gets_the_security_kwargs() -> None:
             calls.append(where)
             if not _uses_helper(call):
                 missing.append(where)
-    # The pipeline builds clients in the worker, ingest, monitor, topics, audit, events.
-    assert len(calls) >= 10, calls
+    # One module builds them all: the producer, the consumer and the admin client.
+    assert len(calls) == 3, calls
+    assert {c.split(":")[0] for c in calls} == {"pipeline/stream/kafka_client.py"}, calls
     assert missing == [], f"Kafka clients built without **client_kwargs(...): {missing}"
+
+
+SASL = KafkaConfig(
+    bootstrap_servers="b:9093",
+    client_id="fs",
+    security_protocol="SASL_PLAINTEXT",
+    sasl_mechanism="PLAIN",
+    sasl_plain_username="u",
+    sasl_plain_password="p",  # type: ignore[arg-type]
+)
+
+
+@pytest.mark.parametrize("kind", ["KafkaProducer", "KafkaConsumer", "KafkaAdminClient"])
+def test_each_builder_names_the_role_and_applies_the_security(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kafka
+
+    from pipeline.stream import kafka_client
+
+    built: dict[str, Any] = {}
+    monkeypatch.setattr(kafka, kind, lambda **kw: built.update(kw) or kind)
+    build = {
+        "KafkaProducer": kafka_client.producer,
+        "KafkaConsumer": kafka_client.consumer,
+        "KafkaAdminClient": kafka_client.admin,
+    }[kind]
+    assert build(SASL, "worker-w0", request_timeout_ms=1234) == kind
+    assert built["bootstrap_servers"] == "b:9093" and built["client_id"] == "fs-worker-w0"
+    assert built["request_timeout_ms"] == 1234  # the role's options win over the defaults
+    assert {k: built[k] for k in client_kwargs(SASL)} == client_kwargs(SASL)
+    if kind == "KafkaProducer":
+        assert built["acks"] == "all" and built["enable_idempotence"] is True
+    if kind == "KafkaConsumer":
+        assert built["enable_auto_commit"] is False
+    with pytest.raises(ValueError, match="bootstrap_servers"):
+        build(KafkaConfig(), "x")
+    at = kafka_client.with_bootstrap("other:9092", SASL)
+    assert at.bootstrap_servers == "other:9092" and at.sasl_plain_username == "u"
+
+
+class _FakeReader:
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0, 1, 2} if topic == "frames" else None
+
+    def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: 5 for tp in tps}
+
+    def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: 20 for tp in tps}
+
+
+class _FakeAdmin:
+    def list_group_offsets(self, wanted: dict[str, list[Any]]) -> dict[str, dict[Any, Any]]:
+        from kafka.structs import OffsetAndMetadata
+
+        ((group, tps),) = wanted.items()
+        # partition 0: committed to 12; 1: never committed (-1); 2: not listed at all
+        got = {tps[0]: OffsetAndMetadata(12, "", -1), tps[1]: OffsetAndMetadata(-1, "", -1)}
+        return {group: got}
+
+
+def test_group_lag_counts_from_the_commit_or_the_partitions_beginning() -> None:
+    from pipeline.stream.kafka_client import group_lag
+
+    lag = group_lag(_FakeAdmin(), _FakeReader(), "g", "frames")  # type: ignore[arg-type]
+    assert lag == {0: 8, 1: 15, 2: 15}
+    assert group_lag(_FakeAdmin(), _FakeReader(), "g", "absent") is None  # type: ignore[arg-type]

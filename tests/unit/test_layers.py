@@ -19,16 +19,17 @@ ROOT = Path(__file__).resolve().parents[2] / "pipeline"
 # Lowest first. A package may import packages of lower layers; within a layer, sideways
 # imports are allowed as long as they make no cycle.
 LAYERS: list[set[str]] = [
-    {"errors", "procs"},
+    {"errors", "procs", "files"},
     {"config", "metrics"},
-    {"shared_data"},
+    {"shared_data", "image_folders"},
     {"face"},  # the pure face core
     {"runtime", "nets"},
     {"models"},  # model store, default build, promotion
     {"gallery"},
     {"evaluation"},
-    {"serve", "train", "bench"},
+    {"serve", "train"},
     {"stream"},
+    {"bench"},  # measures the parts below; only the CLI imports it
     {"cli"},
 ]
 # Nothing reachable from the face core may import these.
@@ -169,6 +170,11 @@ def test_no_package_imports_one_above_it(project: dict[str, set[str]]) -> None:
 
 def test_no_two_packages_import_each_other(project: dict[str, set[str]]) -> None:
     assert cycles(package_graph(project, "pipeline")) == []
+
+
+def test_only_the_cli_imports_the_benchmarks(project: dict[str, set[str]]) -> None:
+    users = {a for a, targets in package_graph(project, "pipeline").items() if "bench" in targets}
+    assert users <= {"cli"}, sorted(users)
 
 
 def test_no_infrastructure_reachable_from_the_face_core(project: dict[str, set[str]]) -> None:

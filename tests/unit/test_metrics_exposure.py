@@ -35,19 +35,35 @@ needs_helm = pytest.mark.skipif(
 
 def _render(*sets: str) -> list[dict[str, Any]]:
     args = [HELM, "template", "t", str(CHART), "--namespace", "vision"]
-    for s in ("api.token=0123456789abcdef-token", *sets):
+    for s in ("api.token=0123456789abcdef-token", "gallery.milvus.token=root:Milvus", *sets):
         args += ["--set", s]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
 def _ray_pods(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """(rayStartParams, pod template) of every Ray node group the chart runs."""
-    svc = next(d for d in docs if d["kind"] == "RayService")
-    cluster = svc["spec"]["rayClusterConfig"]
-    groups = {"head": cluster["headGroupSpec"]}
-    groups |= {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    """(rayStartParams, pod template) of every Ray node group the chart runs (the
+    pipeline's RayService, and the training RayJob when enabled)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        cluster = d.get("spec", {}).get("rayClusterConfig") or d.get("spec", {}).get(
+            "rayClusterSpec"
+        )
+        if d["kind"] not in ("RayService", "RayJob") or not cluster:
+            continue
+        prefix = "" if d["kind"] == "RayService" else "train-"
+        groups[f"{prefix}head"] = cluster["headGroupSpec"]
+        groups |= {f"{prefix}{g['groupName']}": g for g in cluster.get("workerGroupSpecs", [])}
     return {n: (g.get("rayStartParams") or {}, g["template"]) for n, g in groups.items()}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(
+        (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In")
+        for e in selector.get("matchExpressions", [])
+    )
 
 
 def test_metrics_are_defined_only_in_pipeline_metrics() -> None:
@@ -73,18 +89,18 @@ def test_metrics_are_defined_only_in_pipeline_metrics() -> None:
 
 @needs_helm
 def test_every_ray_pod_exports_on_the_port_the_podmonitor_scrapes() -> None:
-    docs = _render("metrics.podMonitor.enabled=true")
+    docs = _render("metrics.podMonitor.enabled=true", "training.enabled=true")
     mon = next(d for d in docs if d["kind"] == "PodMonitor")
     # kube-prometheus-stack's default podMonitorSelector is `release: <its release>`.
     assert mon["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert mon["spec"]["namespaceSelector"] == {"matchNames": ["vision"]}
     scraped = {e["port"] for e in mon["spec"]["podMetricsEndpoints"]}
-    selector = mon["spec"]["selector"]["matchLabels"]
+    selector = mon["spec"]["selector"]
     pods = _ray_pods(docs)
-    assert {"head", "recognition"} <= set(pods)
+    assert {"head", "recognition", "train-head"} <= set(pods)
     for group, (params, template) in pods.items():
         labels = template["metadata"]["labels"]
-        assert selector.items() <= labels.items(), f"{group}: not selected"
+        assert _selects(selector, labels), f"{group}: not selected"
         container = template["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         export = int(params["metrics-export-port"])
@@ -122,7 +138,8 @@ RAY_SCRIPT = textwrap.dedent(
     from pipeline import metrics
 
     port = int(sys.argv[1])
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+    from pipeline.procs import init_ray
+    init_ray(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=port, _temp_dir=sys.argv[2])
 
     def record_all():
@@ -166,7 +183,6 @@ def test_ray_processes_export_every_metric_through_the_node_agent(tmp_path: Path
             **os.environ,
             "PYTHONPATH": str(REPO_ROOT),
             "RAY_metrics_report_interval_ms": "500",
-            "RAY_AUTH_MODE": "disabled",
         }
         env.pop("RAY_ADDRESS", None)
         res = subprocess.run(

@@ -1,12 +1,15 @@
 """Open-set calibration: the stranger-FAR arithmetic, the curve in the manifest, the shipped
-curve of the default model and its in-place upgrade, and the threshold precedence."""
+curve of the default model and its in-place upgrade at start-up, and the threshold
+precedence."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.evaluation.openset_curve import Pool, StrangerFAR, gallery_grid
+from pipeline.evaluation.openset_curve import CalibrationFaces, StrangerFAR, gallery_grid
 from pipeline.face.align import dlib_chip_template
 from pipeline.face.manifest import (
     MANIFEST_NAME,
@@ -22,6 +25,7 @@ from pipeline.gallery.errors import CalibrationError
 from pipeline.gallery.service import threshold_info
 from pipeline.models.bootstrap import (
     DEFAULT_NAME,
+    add_shipped_curves,
     default_preprocessing,
     load_shipped_curve,
     upgrade_default_threshold,
@@ -29,7 +33,9 @@ from pipeline.models.bootstrap import (
 from pipeline.models.store import ModelStore
 
 
-def synthetic_pool(n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 5) -> Pool:
+def synthetic_pool(
+    n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 5
+) -> CalibrationFaces:
     """Identities as noisy copies of a random centre; a few look-alike pairs of identities
     share most of their centre, so false accepts cluster as they do on real faces."""
     rng = np.random.default_rng(seed)
@@ -43,10 +49,10 @@ def synthetic_pool(n_ids: int = 80, per_id: int = 4, dim: int = 12, seed: int = 
             labels.append(i)
     v = np.array(vecs, dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return Pool(v, np.array(labels), n_ids)
+    return CalibrationFaces(v, np.array(labels), n_ids)
 
 
-def brute_force_far(pool: Pool, t: float, n: int) -> float:
+def brute_force_far(pool: CalibrationFaces, t: float, n: int) -> float:
     """FAR(t, n) straight from the definition, every pair scored."""
     sims = pool.vectors @ pool.vectors.T
     out = []
@@ -225,3 +231,63 @@ def test_upgrade_adds_the_shipped_curve_in_place_and_keeps_the_version(tmp_path:
     (store.folder(other.version) / MANIFEST_NAME).write_text(other.model_dump_json())
     same = upgrade_default_threshold(store, other.version, other.threshold)
     assert same.open_set is None and read_manifest(store.folder(other.version)) == other
+
+
+def _old_default_store(root: Path) -> tuple[ModelStore, str]:
+    """A store holding the default version as bootstrapped before its curve shipped."""
+    shipped = load_shipped_curve()
+    assert shipped is not None
+    version = shipped.model_version
+    store = ModelStore(root)
+    store.folder(version).mkdir(parents=True)
+    manifest = ModelManifest(
+        name=DEFAULT_NAME,
+        version=version,
+        format="onnx",
+        files={},
+        preprocessing=default_preprocessing(),
+        alignment=dlib_chip_template(150, 0.25),
+        embedding_dim=128,
+        threshold=Threshold(value=0.912, provenance="an older bootstrap"),
+    )
+    (store.folder(version) / MANIFEST_NAME).write_text(manifest.model_dump_json())
+    return store, version
+
+
+def test_the_curve_is_added_at_start_up_and_searches_only_read(tmp_path: Path) -> None:
+    from pipeline.gallery.service import Gallery
+
+    store, version = _old_default_store(tmp_path / "models")
+    shipped = load_shipped_curve()
+    assert shipped is not None
+    assert add_shipped_curves(store) == {}  # written in place, nothing kept in memory
+    assert read_manifest(store.folder(version)).threshold.open_set == shipped.open_set
+    assert add_shipped_curves(ModelStore(tmp_path / "empty")) == {}
+    # A search reads the manifest as it is: it never writes it (the curve removed after
+    # start-up stays removed, as an operator's edit would).
+    store2, _ = _old_default_store(tmp_path / "models2")
+    g = Gallery.__new__(Gallery)
+    g.store, g._thresholds_in_memory = store2, {}
+    before = (store2.folder(version) / MANIFEST_NAME).read_text()
+    assert g.threshold(version).open_set is None
+    assert (store2.folder(version) / MANIFEST_NAME).read_text() == before
+
+
+def test_a_read_only_store_gets_the_curve_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.gallery.service import Gallery
+    from pipeline.models import bootstrap
+
+    store, version = _old_default_store(tmp_path / "models")
+
+    def refuse(*_: object) -> None:
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(bootstrap, "write_manifest", refuse)
+    kept = add_shipped_curves(store)
+    assert list(kept) == [version] and kept[version].open_set is not None
+    assert read_manifest(store.folder(version)).threshold.open_set is None
+    g = Gallery.__new__(Gallery)
+    g.store, g._thresholds_in_memory = store, kept
+    assert g.threshold(version).open_set == kept[version].open_set

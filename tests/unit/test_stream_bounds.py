@@ -15,8 +15,8 @@ from pipeline.config.stream import StreamConfig, TrackerConfig, WorkerConfig
 from pipeline.stream.events import RecordRef, dlq_event
 from pipeline.stream.monitor import Monitor
 from pipeline.stream.schemas import DlqEvent, to_json
+from pipeline.stream.stats import CameraLabels
 from pipeline.stream.tracker import CameraTracker, Observation, Tracker
-from pipeline.stream.worker import CameraLabels
 
 BROKER_DEFAULT_MAX = 1_048_588  # Kafka's default message.max.bytes
 REF = RecordRef("frames", 3, 881, 1_700_000_000_000)

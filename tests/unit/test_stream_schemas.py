@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.face.records import Detection, Face, Landmarks, QualityReport
+from pipeline.gallery.records import ThresholdInfo
 from pipeline.stream.codec import H_SEQ, FrameMessage
 from pipeline.stream.events import (
     Deduper,
@@ -75,7 +76,7 @@ def test_detection_and_identity_events_validate() -> None:
         [good, rejected],
         model_version="dlib-resnet-v1-x",
         collection="faces_v1",
-        threshold=0.912,
+        threshold=ThresholdInfo(value=0.912, kind="pair", target_far=1e-3, provenance="dlib"),
         worker="w0",
         timings_ms={"detect_ms": 80.123},
         published_ts_ms=1_700_000_000_250,
@@ -88,6 +89,8 @@ def test_detection_and_identity_events_validate() -> None:
     assert doc["faces"][0]["identity"]["name"] == "Lin-Manuel Miranda"
     assert doc["faces"][1]["quality"]["reasons"] == ["too blurred"]
     assert doc["faces"][1]["model_version"] is None
+    assert doc["threshold"] == 0.912 and doc["threshold_detail"]["kind"] == "pair"
+    assert doc["threshold_detail"]["extrapolated"] is False
 
     idev = identity_event(
         _frame(), good, track, lin, None, model_version="v", collection="c", published_ts_ms=1

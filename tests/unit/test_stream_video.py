@@ -48,3 +48,51 @@ def test_source_kinds_and_redaction() -> None:
     assert redact("rtsp://admin:s3cret@10.0.0.1/stream") == "rtsp://admin:***@10.0.0.1/stream"
     assert redact("rtsp://10.0.0.1/stream") == "rtsp://10.0.0.1/stream"
     assert redact("/a/b@c.mp4") == "/a/b@c.mp4"
+
+
+REDACTED = [
+    # a password holding '/' and '@' (the last '@' before the host ends it)
+    ("rtsp://user:p@ss/word@cam.local:554/stream1", "rtsp://user:***@cam.local:554/stream1"),
+    ("RTSP://Admin:P@ss@cam/1", "RTSP://Admin:***@cam/1"),
+    ("rtsp://u:p?x#y@cam/s", "rtsp://u:***@cam/s"),
+    (
+        "rtsp://u:a/b@[fe80::1]:554/live?Key=abc&channel=1",
+        "rtsp://u:***@[fe80::1]:554/live?Key=***&channel=1",
+    ),
+    ("http://tok3n@cam/x", "http://***@cam/x"),
+    # credentials in query strings, whatever their case
+    (
+        "http://cam/snap.jpg?user=a&password=secret&pwd=x&token=y",
+        "http://cam/snap.jpg?user=a&password=***&pwd=***&token=***",
+    ),
+    (
+        "http://cam/cgi?PASS=1&Passwd=2&api_key=3&apiKey=4&auth=5&sig=6&client_secret=7&n=8",
+        "http://cam/cgi?PASS=***&Passwd=***&api_key=***&apiKey=***&auth=***&sig=***"
+        "&client_secret=***&n=8",
+    ),
+    (
+        "https://cdn.example/live/index.m3u8?X-Amz-Signature=abcd&X-Amz-Credential=AK%2F20&ttl=60",
+        "https://cdn.example/live/index.m3u8?X-Amz-Signature=***&X-Amz-Credential=***&ttl=60",
+    ),
+    # an '@' in the query is not a user part
+    (
+        "http://cam/snap?email=ann@example.com&PASSWD=x",
+        "http://cam/snap?email=ann@example.com&PASSWD=***",
+    ),
+    # cameras that take them as path parameters (XMEye), and a token in a fragment
+    (
+        "rtsp://192.168.1.10:554/user=admin&password=hunter2&channel=1&stream=0.sdp",
+        "rtsp://192.168.1.10:554/user=admin&password=***&channel=1&stream=0.sdp",
+    ),
+    ("http://cam/a#access_token=zzz", "http://cam/a#access_token=***"),
+]
+SECRETS = ["p@ss/word", "P@ss", "p?x#y", "a/b", "tok3n", "=secret", "hunter2", "abcd", "zzz"]
+
+
+def test_redaction_hides_every_credential_and_keeps_the_rest() -> None:
+    for source, want in REDACTED:
+        got = redact(source)
+        assert got == want, (source, got)
+        assert not any(s in got for s in SECRETS), got
+    for plain in ("rtsp://cam.local/stream@1", "/videos/a@b.mp4", "0", "clip.mp4?password=x"):
+        assert redact(plain) == plain

@@ -18,7 +18,7 @@ from pipeline.train.data import (
     CropCache,
     FaceSet,
     check_sampler_fits,
-    identity_folders,
+    identity_images,
     load_faces,
     make_splits,
     manifest_images,
@@ -81,7 +81,7 @@ def test_listing_folders_and_manifests(tmp_path: Path) -> None:
         for f in files:
             (tmp_path / ident / f).write_bytes(b"x")
     (tmp_path / "ann" / "notes.txt").write_text("skip me")
-    got = identity_folders(tmp_path)
+    got = identity_images(tmp_path)
     assert {k: [p.name for p in v] for k, v in got.items()} == {
         "ann": ["1.pgm", "2.jpg"],
         "bob": ["a.png"],

@@ -44,6 +44,22 @@ below never disagree.
 {{- else if .Values.cameras -}}{{ include "facestream.secretName" . }} cameras{{- end -}}
 {{- end -}}
 
+{{- define "facestream.ref.kafkaPassword" -}}
+{{- with .Values.kafka.sasl -}}
+{{- if .existingSecret -}}{{ .existingSecret }} {{ .existingSecretKey }}
+{{- else if .password -}}{{ include "facestream.secretName" $ }} kafka-sasl-password{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kafka certificate files: one projected volume, fixed file names under this folder. */}}
+{{- define "facestream.kafkaTLS.dir" -}}/etc/facestream-kafka{{- end -}}
+{{- define "facestream.kafkaTLS.ca" -}}
+{{- with .Values.kafka.tls.ca }}{{ if or .secret .configMap }}true{{ end }}{{ end -}}
+{{- end -}}
+{{- define "facestream.kafkaTLS.enabled" -}}
+{{- if or (include "facestream.kafkaTLS.ca" .) .Values.kafka.tls.client.secret }}true{{ end -}}
+{{- end -}}
+
 {{/* env entry NAME from the secret reference REF ("name key"). */}}
 {{- define "facestream.secretEnv" -}}
 {{- $ref := splitList " " .ref -}}
@@ -73,18 +89,57 @@ Checks that stop a render which would deploy pods that cannot share one gallery.
 {{- if and .Values.api.enabled (not (include "facestream.ref.apiToken" .)) }}
 {{- fail "api.token (16+ characters) or api.existingSecret is required: writes to the gallery need a bearer token" }}
 {{- end }}
+{{- if and (or .Values.api.enabled .Values.pipeline.enabled) (not (include "facestream.ref.milvusToken" .)) (not .Values.gallery.milvus.allowAnonymous) }}
+{{- fail "gallery.milvus.token or gallery.milvus.existingSecret is required: whoever can write to an anonymous Milvus can plant faces under any identity. Set gallery.milvus.allowAnonymous=true only if Milvus runs without authorization on a network only facestream reaches" }}
+{{- end }}
+{{- include "facestream.validateKafka" . }}
 {{- if not (has .Values.models.persistence.accessMode (list "ReadWriteMany" "ReadWriteOnce")) }}
 {{- fail "models.persistence.accessMode must be ReadWriteMany or ReadWriteOnce" }}
 {{- end }}
 {{- end -}}
 
 {{/*
-Environment shared by every facestream container: the settings file, the one gallery
-(Milvus server and catalogue database) and the model store every pod must agree on.
+Kafka's security values, checked as the pipeline's own settings check them at start-up
+(pipeline/config/stream.py), so a half-configured client fails the render, not a pod.
 */}}
-{{- define "facestream.env" -}}
+{{- define "facestream.validateKafka" -}}
+{{- $k := .Values.kafka }}
+{{- $protocol := $k.securityProtocol }}
+{{- if not (has $protocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) }}
+{{- fail (printf "kafka.securityProtocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (got %q)" $protocol) }}
+{{- end }}
+{{- if hasPrefix "SASL_" $protocol }}
+{{- if not (has $k.sasl.mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512")) }}
+{{- fail (printf "kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (got %q)" $k.sasl.mechanism) }}
+{{- end }}
+{{- if or (not $k.sasl.username) (not (include "facestream.ref.kafkaPassword" .)) }}
+{{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.username and kafka.sasl.password or kafka.sasl.existingSecret" $protocol) }}
+{{- end }}
+{{- else if or $k.sasl.username $k.sasl.password $k.sasl.existingSecret }}
+{{- fail (printf "kafka.sasl.* only apply to kafka.securityProtocol SASL_PLAINTEXT or SASL_SSL (not %s)" $protocol) }}
+{{- end }}
+{{- if and (include "facestream.kafkaTLS.enabled" .) (not (hasSuffix "SSL" $protocol)) }}
+{{- fail (printf "kafka.tls.* only apply to kafka.securityProtocol SSL or SASL_SSL (not %s)" $protocol) }}
+{{- end }}
+{{- if and $k.tls.ca.secret $k.tls.ca.configMap }}
+{{- fail "kafka.tls.ca: give secret or configMap, not both" }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Environment, in the parts each pod needs, so no pod holds a secret it never uses (a pod
+that can be entered can be read): every pod gets the base (settings file, model store),
+the pods that read the gallery its stores, the pods that talk to Kafka its settings.
+*/}}
+{{- define "facestream.env.base" -}}
 - name: FACESTREAM_CONFIG
   value: /etc/facestream/facestream.toml
+- name: FACESTREAM_MODELS__STORE
+  value: {{ .Values.models.store | quote }}
+{{- end -}}
+
+{{/* The one gallery (Milvus server and catalogue database): the API and the pipeline. */}}
+{{- define "facestream.env.gallery" -}}
 - name: FACESTREAM_GALLERY__MILVUS_URI
   value: {{ .Values.gallery.milvus.uri | quote }}
 {{- with include "facestream.ref.milvusToken" . }}
@@ -97,10 +152,36 @@ Environment shared by every facestream container: the settings file, the one gal
 {{- end }}
 - name: FACESTREAM_GALLERY__DATA_DIR
   value: {{ .Values.gallery.dataDir | quote }}
-- name: FACESTREAM_MODELS__STORE
-  value: {{ .Values.models.store | quote }}
+{{- end -}}
+
+{{/*
+Kafka: the pipeline's Ray pods only (the API and training never open a Kafka client).
+The SASL password comes from a Secret; certificate files from the kafka-tls volume.
+*/}}
+{{- define "facestream.env.kafka" -}}
 - name: FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS
   value: {{ .Values.kafka.bootstrapServers | quote }}
+- name: FACESTREAM_STREAM__KAFKA__SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}
+- name: FACESTREAM_STREAM__KAFKA__SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: FACESTREAM_STREAM__KAFKA__SASL_PLAIN_USERNAME
+  value: {{ .Values.kafka.sasl.username | quote }}
+{{- with include "facestream.ref.kafkaPassword" . }}
+{{ include "facestream.secretEnv" (dict "name" "FACESTREAM_STREAM__KAFKA__SASL_PLAIN_PASSWORD" "ref" .) }}
+{{- end }}
+{{- end }}
+{{- if include "facestream.kafkaTLS.ca" . }}
+- name: FACESTREAM_STREAM__KAFKA__SSL_CAFILE
+  value: {{ printf "%s/ca.crt" (include "facestream.kafkaTLS.dir" .) | quote }}
+{{- end }}
+{{- if .Values.kafka.tls.client.secret }}
+- name: FACESTREAM_STREAM__KAFKA__SSL_CERTFILE
+  value: {{ printf "%s/client.crt" (include "facestream.kafkaTLS.dir" .) | quote }}
+- name: FACESTREAM_STREAM__KAFKA__SSL_KEYFILE
+  value: {{ printf "%s/client.key" (include "facestream.kafkaTLS.dir" .) | quote }}
+{{- end }}
 - name: FACESTREAM_STREAM__METRICS__PORT
   value: {{ .Values.metrics.port | quote }}
 {{- end -}}
@@ -110,7 +191,9 @@ Environment of the pipeline driver (`facestream run`). Every Ray node gets it: t
 runs in the supervisor replica, which Serve may place on the head or on any worker.
 */}}
 {{- define "facestream.pipelineEnv" -}}
-{{ include "facestream.env" . }}
+{{ include "facestream.env.base" . }}
+{{ include "facestream.env.gallery" . }}
+{{ include "facestream.env.kafka" . }}
 {{- with include "facestream.ref.cameras" . }}
 {{ include "facestream.secretEnv" (dict "name" "FACESTREAM_STREAM__CAMERAS" "ref" .) }}
 {{- end }}
@@ -218,6 +301,26 @@ moved there), and ACTIVE comes last, because readers treat a store without it as
 - name: rayservice
   configMap:
     name: {{ include "facestream.fullname" . }}-rayservice
+{{- if include "facestream.kafkaTLS.enabled" . }}
+- name: kafka-tls
+  projected:
+    defaultMode: 288         # 0440: the key is for this user (and fsGroup) only
+    sources:
+      {{- with .Values.kafka.tls.ca }}
+      {{- if .secret }}
+      - secret: {name: {{ .secret | quote }}, items: [{key: {{ .key | quote }}, path: ca.crt}]}
+      {{- else if .configMap }}
+      - configMap: {name: {{ .configMap | quote }}, items: [{key: {{ .key | quote }}, path: ca.crt}]}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.kafka.tls.client }}
+      {{- if .secret }}
+      - secret:
+          name: {{ .secret | quote }}
+          items: [{key: {{ .certKey | quote }}, path: client.crt}, {key: {{ .keyKey | quote }}, path: client.key}]
+      {{- end }}
+      {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "facestream.rayVolumeMounts" -}}
@@ -225,4 +328,9 @@ moved there), and ACTIVE comes last, because readers treat a store without it as
 - name: rayservice
   mountPath: /opt/facestream/rayservice
   readOnly: true
+{{- if include "facestream.kafkaTLS.enabled" . }}
+- name: kafka-tls
+  mountPath: {{ include "facestream.kafkaTLS.dir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}

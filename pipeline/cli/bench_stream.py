@@ -1,0 +1,230 @@
+"""``facestream bench stream`` and ``facestream bench soak``: the whole pipeline measured
+(local Kafka unless one is given, Ray, the Serve applications, the workers); they print
+tables, no pass/fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import check_positive, err, esc, out, parse_people, state
+
+if TYPE_CHECKING:
+    from pipeline.bench.soak import SoakReport
+    from pipeline.bench.stream import StreamBench
+
+SourceOpt = Annotated[
+    str | None, typer.Option(help="Video file. Default: the shared Hamilton clip.")
+]
+EnrollOpt = Annotated[
+    list[str] | None,
+    typer.Option("--enroll", help="NAME=IMAGE, repeatable. Default: the clip's people."),
+]
+WorkersOpt = Annotated[int, typer.Option(help="Recognition workers (consumers).")]
+AnalyzersOpt = Annotated[int, typer.Option(help="Frame analyzer replicas.")]
+KafkaOpt = Annotated[
+    str | None, typer.Option("--kafka", help="Kafka bootstrap servers; default: a local one.")
+]
+
+
+def _clip_and_people(source: str | None, enroll: list[str] | None) -> tuple[str, dict[str, Path]]:
+    """The video and the people to enrol: given, else the demo's (the shared clip)."""
+    from pipeline.stream.demo import default_input
+
+    inp = default_input(Path(".facestream/demo"))
+    return source or inp.video, parse_people(enroll) if enroll else inp.enroll
+
+
+def bench_stream(
+    source: SourceOpt = None,
+    enroll_opt: EnrollOpt = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Frames per second of video to take. Default: all.", callback=check_positive
+        ),
+    ] = None,
+    workers: WorkersOpt = 2,
+    analyzers: AnalyzersOpt = 2,
+    latency_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Length of the real-time run that measures latency.", callback=check_positive
+        ),
+    ] = 30.0,
+    kafka: KafkaOpt = None,
+) -> None:
+    """facestream run flat out vs face_recognition's per-frame loop on the same clip:
+    fps, faces, identities and their ratio; facestream's stages; latency at half peak."""
+    from rich.progress import Progress
+
+    from pipeline.bench.stream import bench_stream as run_bench
+
+    video, people = _clip_and_people(source, enroll_opt)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("face_recognition", total=None)
+        res = run_bench(
+            state.settings,
+            video,
+            people,
+            fps=fps,
+            workers=workers,
+            analyzers=analyzers,
+            latency_s=latency_seconds,
+            kafka=kafka,
+            on_step=lambda text: progress.update(task, description=text),
+            on_frame=lambda: progress.advance(task),
+        )
+    _print_stream(res, people)
+
+
+def _print_stream(res: StreamBench, people: dict[str, Path]) -> None:
+    names = sorted(set(people) | set(res.peer.identities) | set(res.peak.identities))
+    table = Table(
+        title=f"{esc(Path(res.video).name)}, flat out (facestream: {res.workers} workers, "
+        f"{res.analyzers} analyzers; face_recognition: one process, HOG + dlib)"
+    )
+    for col in ("", "frames", "fps", "ratio", "faces", *names):
+        table.add_column(esc(col), justify="left" if not col else "right")
+    table.add_row(
+        "face_recognition",
+        str(res.peer.frames),
+        f"{res.peer.fps:.2f}",
+        "1.00x",
+        str(res.peer.faces),
+        *[str(res.peer.identities.get(n, 0)) for n in names],
+    )
+    ratio = res.peak.fps / res.peer.fps if res.peer.fps else float("nan")
+    table.add_row(
+        "facestream run",
+        str(res.peak.frames),
+        f"{res.peak.fps:.2f}",
+        f"{ratio:.2f}x",
+        f"{res.peak.faces} ({res.peak.embedded} gated)",
+        *[str(res.peak.identities.get(n, 0)) for n in names],
+    )
+    out.print(table)
+    out.print(
+        "identification events (tracks): "
+        + (", ".join(f"{k} x{v}" for k, v in res.peak.identity_events.most_common()) or "none"),
+        highlight=False,
+        markup=False,
+    )
+    stages = Table(title="facestream per frame (mean ms; embed and search include queueing)")
+    stages.add_column("stage")
+    stages.add_column("ms/frame", justify="right")
+    for stage, ms in res.peak.stage_ms.items():
+        stages.add_row(esc(stage), f"{ms:.2f}")
+    out.print(stages)
+    rt = res.realtime
+    p50, p99 = rt.latency(50), rt.latency(99)
+    out.print(
+        f"real time at {res.realtime_fps:g} fps (half the peak): {rt.frames} frames, "
+        f"capture→publish p50 {p50 or float('nan'):.0f} ms, p99 {p99 or float('nan'):.0f} ms",
+        highlight=False,
+    )
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def bench_soak(
+    minutes: Annotated[
+        float, typer.Option(help="Length of the measured run.", callback=check_positive)
+    ] = 30.0,
+    peak_fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak processed fps; default: measured first (the clip once, flat out).",
+            callback=check_positive,
+        ),
+    ] = None,
+    source: SourceOpt = None,
+    enroll_opt: EnrollOpt = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Frames per second of video the peak run takes. Default: all.",
+            callback=check_positive,
+        ),
+    ] = None,
+    warmup: Annotated[
+        float, typer.Option(help="Seconds of load before the first memory sample.")
+    ] = 60.0,
+    sample_seconds: Annotated[
+        float, typer.Option(help="Seconds between lag and memory samples.", callback=check_positive)
+    ] = 10.0,
+    workers: WorkersOpt = 2,
+    analyzers: AnalyzersOpt = 2,
+    kafka: KafkaOpt = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """The pipeline at half its peak for --minutes: RSS of every process (driver, Ray
+    actors and Serve replicas, Ray, Kafka, Milvus) after the warm-up and at the end, the
+    consumer lag over time, and the throughput."""
+    from pipeline.bench.soak import run_soak
+
+    if warmup < 0:
+        raise typer.BadParameter("--warmup must not be negative")
+    video, people = _clip_and_people(source, enroll_opt)
+    with err.status("soak") as status:
+        rep = run_soak(
+            state.settings,
+            video,
+            people,
+            minutes=minutes,
+            peak_fps=peak_fps,
+            peak_sample_fps=fps,
+            warmup_s=warmup,
+            sample_s=sample_seconds,
+            workers=workers,
+            analyzers=analyzers,
+            kafka=kafka,
+            on_step=status.update,
+        )
+    _print_soak(rep)
+    if json_path is not None:
+        rep.write_json(json_path)
+        err.print(f"wrote {json_path}", highlight=False, markup=False)
+
+
+def _print_soak(rep: SoakReport) -> None:
+    from pipeline.bench.soak import GROWTH_AIM_PCT
+
+    how = "measured" if rep.peak_measured else "given"
+    table = Table(
+        title=f"Soak, {rep.seconds / 60:.1f} min after a {rep.warmup_s:g} s warm-up, "
+        f"{rep.target_fps:.2f} fps ({rep.cameras} camera(s)) = half the {how} peak of "
+        f"{rep.peak_fps:.2f} fps; RSS growth aim {GROWTH_AIM_PCT:g}%"
+    )
+    for col in ("process", "pid", "RSS start MiB", "RSS end MiB", "growth", "aim"):
+        table.add_column(col, justify="left" if col == "process" else "right")
+    for p in rep.processes:
+        g = p.growth_pct
+        verdict = "-" if g is None else ("ok" if g <= GROWTH_AIM_PCT else "[red]over[/red]")
+        name = esc(p.name) + (" (restarted)" if p.restarted else "")
+        table.add_row(
+            name,
+            str(p.pid),
+            _mib(p.rss_start),
+            _mib(p.rss_end),
+            "-" if g is None else f"{g:+.1f}%",
+            verdict,
+        )
+    out.print(table)
+    out.print(
+        f"throughput: {rep.processed} frames processed in {rep.seconds:.0f} s = {rep.fps:.2f} "
+        f"fps (target {rep.target_fps:.2f}); produced {rep.produced}; consumer lag max "
+        f"{rep.lag_max if rep.lag_max is not None else '?'}, end "
+        f"{rep.lag_end if rep.lag_end is not None else '?'} frames; drained after: "
+        f"{'yes' if rep.drained else 'no'}; over the aim: "
+        f"{', '.join(p.name for p in rep.over_aim()) or 'none'}",
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,138 @@
+"""REST endpoints of the review loop: identification events with their face crops and
+feedback, and unknown people (list, show, label, merge, purge).
+
+Every endpoint here needs the token, reads included, whatever ``gallery.auth_reads``
+says: they serve faces of people who never agreed to be enrolled.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the Annotated parameters.
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from pipeline.gallery.review.records import (
+    FeedbackKind,
+    FeedbackResult,
+    LabelResult,
+    PurgeResult,
+    Sighting,
+    UnknownCluster,
+    UnknownClusterDetail,
+)
+from pipeline.serve.context import Ctx, authorised
+
+
+class FeedbackBody(BaseModel):
+    kind: FeedbackKind = Field(
+        description="'not_this_person': the event named the wrong person; 'this_is': the "
+        "face is identity_id (or the person called name; a new person when nobody is)."
+    )
+    identity_id: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class LabelBody(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=200, description="A new person.")
+    identity_id: str | None = Field(None, max_length=64, description="An enrolled person.")
+
+
+class MergeBody(BaseModel):
+    into: str = Field(max_length=64)
+    others: list[str] = Field(min_length=1, max_length=100)
+
+
+# Every route needs the token; the principal is asked for again where it is audited.
+router = APIRouter(tags=["review"], dependencies=[Depends(authorised)])
+Who = Annotated[str, Depends(authorised)]
+
+
+@router.get("/events", response_model=list[Sighting])
+def events(
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    camera: Annotated[str | None, Query(max_length=300)] = None,
+) -> list[Sighting]:
+    """The newest identification events that kept their face, newest first."""
+    return ctx.review.recent_events(limit=limit, camera=camera)
+
+
+@router.get("/events/{event_id}", response_model=Sighting)
+def event(event_id: str, ctx: Ctx) -> Sighting:
+    return ctx.review.sighting(event_id)
+
+
+@router.post("/events/{event_id}/feedback", response_model=FeedbackResult)
+def give_feedback(
+    event_id: str, body: FeedbackBody, request: Request, ctx: Ctx, who: Who
+) -> FeedbackResult:
+    """Say an event was wrong ("not this person") or who the face is ("this is")."""
+    result = ctx.run(
+        lambda: ctx.review.feedback(
+            event_id, body.kind, identity_id=body.identity_id, name=body.name
+        )
+    )
+    ctx.audit(request, who, "feedback", event_id, kind=body.kind, identity_id=body.identity_id)
+    return result
+
+
+@router.get(
+    "/sightings/{face_id}/crop",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def crop(face_id: str, ctx: Ctx) -> Response:
+    """The aligned crop of a kept face (an event's ``crop_id``)."""
+    return Response(
+        ctx.review.crop_jpeg(face_id),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get("/unknowns", response_model=list[UnknownCluster])
+def unknowns(
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[UnknownCluster]:
+    """Unknown people (clusters of kept unknown faces), the most recently seen first."""
+    return ctx.review.clusters(limit=limit, offset=offset)
+
+
+@router.get("/unknowns/{cluster_id}", response_model=UnknownClusterDetail)
+def unknown(cluster_id: str, ctx: Ctx) -> UnknownClusterDetail:
+    return ctx.review.cluster(cluster_id)
+
+
+@router.post("/unknowns/{cluster_id}/label", response_model=LabelResult)
+def label(cluster_id: str, body: LabelBody, request: Request, ctx: Ctx, who: Who) -> LabelResult:
+    """Enrol the cluster's best crops as a new person (name) or into one (identity_id)."""
+    result: LabelResult = ctx.run(
+        lambda: ctx.review.label(cluster_id, name=body.name, identity_id=body.identity_id)
+    )
+    ctx.audit(request, who, "label", cluster_id, identity_id=result.identity.identity_id)
+    return result
+
+
+@router.post("/unknowns/merge", response_model=UnknownCluster)
+def merge(body: MergeBody, request: Request, ctx: Ctx, who: Who) -> UnknownCluster:
+    merged = ctx.review.merge(body.into, body.others)
+    ctx.audit(request, who, "merge", body.into, others=body.others)
+    return merged
+
+
+@router.delete("/unknowns/{cluster_id}", response_model=PurgeResult)
+def purge(cluster_id: str, request: Request, ctx: Ctx, who: Who) -> PurgeResult:
+    """Erase an unknown person's faces, crops and vectors."""
+    result = ctx.review.purge(cluster_id)
+    ctx.audit(request, who, "purge", cluster_id)
+    return result
+
+
+@router.delete("/unknowns", response_model=PurgeResult)
+def purge_all(request: Request, ctx: Ctx, who: Who, expired_only: bool = False) -> PurgeResult:
+    """Erase every unknown face (or, with expired_only, what passed its retention)."""
+    result = ctx.review.expire() if expired_only else ctx.review.purge(None)
+    ctx.audit(request, who, "purge_expired" if expired_only else "purge_all", None)
+    return result
