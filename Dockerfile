@@ -30,8 +30,12 @@ COPY scripts ./scripts
 ARG PIP_CERT
 ARG PIP_INDEX_URL
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 pip install --no-cache-dir . \
-    && FACESTREAM_MODELS__STORE=/opt/facestream/models facestream models bootstrap
-# /opt/facestream/models stays root-owned and read-only: it is the baked default version
+    && FACESTREAM_MODELS__STORE=/opt/facestream/models facestream models bootstrap \
+    && chmod -R a+rX,go-w /opt/facestream/models
+# /opt/facestream/models stays root-owned and read-only, but readable by every user:
+# `models bootstrap` makes what it writes owner-only (0700/0600, root's here), and the
+# chart's seed-models init container, uid 65532, failed with "cp: cannot stat
+# '/opt/facestream/models/.': Permission denied". It is the baked default version
 # that the Helm chart's init container copies into the shared, writable model store
 # (FACESTREAM_MODELS__STORE there) when that is empty. The data folders below are for
 # plain `docker run`; on Kubernetes they are volumes.

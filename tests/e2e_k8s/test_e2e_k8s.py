@@ -27,10 +27,15 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FACESTREAM_E2E_K8S") != "1",
-    reason="the Kubernetes end-to-end test runs with `make e2e-k8s` (FACESTREAM_E2E_K8S=1)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("FACESTREAM_E2E_K8S") != "1",
+        reason="the Kubernetes end-to-end test runs with `make e2e-k8s` (FACESTREAM_E2E_K8S=1)",
+    ),
+    # Each step bounds its own waits (K8S_E2E_READY_S, K8S_E2E_EVENT_S), longer than the
+    # suite's 900 s default on this 2-core machine.
+    pytest.mark.timeout(3600),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

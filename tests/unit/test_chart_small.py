@@ -62,8 +62,10 @@ def test_values_small_fit_a_two_cpu_node_during_an_upgrade() -> None:
     workers = [
         (g["replicas"], pod_requests(g["template"]["spec"])) for g in cluster["workerGroupSpecs"]
     ]
-    ray_cpu = head[0] + sum(n * r[0] for n, r in workers)
-    ray_mem = head[1] + sum(n * r[1] for n, r in workers)
+    # KubeRay adds the autoscaler sidecar to the head pod with these resources.
+    scaler = cluster["autoscalerOptions"]["resources"]["requests"]
+    ray_cpu = head[0] + cpu(scaler["cpu"]) + sum(n * r[0] for n, r in workers)
+    ray_mem = head[1] + gib(scaler["memory"]) + sum(n * r[1] for n, r in workers)
     api = one(docs, "Deployment")["spec"]["template"]["spec"]
     api_cpu, api_mem = pod_requests(api)
     # A helm upgrade that changes the Ray pods runs the new Ray cluster beside the old one
@@ -120,3 +122,19 @@ def test_the_test_cluster_values_render() -> None:
     (c,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
     assert c["image"] == "localhost/facestream/facestream:test"
     assert c["imagePullPolicy"] == "Never"
+
+
+def test_the_autoscaler_sidecar_is_sized_and_locked_down() -> None:
+    cluster = one(render(), "RayService")["spec"]["rayClusterConfig"]
+    opts = cluster["autoscalerOptions"]
+    assert opts["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    assert opts["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_image_bakes_a_model_store_every_user_can_read() -> None:
+    # `models bootstrap` writes owner-only files (root's, in the image build); the chart's
+    # seed-models init container copies them as uid 65532 and failed with
+    # "cp: cannot stat '/opt/facestream/models/.': Permission denied".
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    step = next(s for s in dockerfile.split("\nRUN ") if "models bootstrap" in s)
+    assert "chmod -R a+rX" in step and "/opt/facestream/models" in step.split("chmod -R a+rX")[1]
