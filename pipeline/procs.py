@@ -154,15 +154,31 @@ def loopback_node() -> Iterator[None]:
     manager, agents, workers and Serve replicas all listen on loopback only. The node's
     processes keep the setting (they inherit it at their start); this process and the
     programs it starts later get their environment back."""
+    import ray._private.parameter as ray_parameter
     import ray._private.ray_constants as ray_constants
 
     before_env = os.environ.get(RAY_CLUSTER_SWITCH)
     before_const = ray_constants.ENABLE_RAY_CLUSTER
+    before_params = ray_parameter.RayParams
+    agent_port = free_ports(1)[0]
+
+    class AgentOnFreePort(before_params):  # type: ignore[misc,valid-type]  # Ray's own class
+        """Ray's dashboard agent serves its HTTP API (jobs) on the fixed port 52365 unless
+        told otherwise, and ``ray.init`` cannot tell it: a second local cluster on the
+        machine (another facestream process, a test session's) would start without one.
+        Each local node gets a free port instead."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", agent_port)
+            super().__init__(*args, **kwargs)
+
     os.environ[RAY_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by Ray's node-address lookup
+    ray_parameter.RayParams = AgentOnFreePort  # looked up by ray.init at call time
     try:
         yield
     finally:
+        ray_parameter.RayParams = before_params
         ray_constants.ENABLE_RAY_CLUSTER = before_const
         if before_env is None:
             os.environ.pop(RAY_CLUSTER_SWITCH, None)

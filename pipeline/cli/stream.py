@@ -22,6 +22,7 @@ from pipeline.cli.common import (
     esc,
     out,
     parse_people,
+    printable,
     state,
 )
 
@@ -194,12 +195,13 @@ def enrolment_table(enrolments: list[Enrolment]) -> Table:
         t.add_column(col)
     style = {"enrolled": "green", "already enrolled": "green", "not enrolled": "red"}
     for e in enrolments:
-        # Text cells: names and file names are the user's, never markup.
+        # Text cells: names and file names are the user's, never markup; printable()
+        # escapes their control characters.
         t.add_row(
-            Text(e.name),
-            Text(e.image.name),
+            Text(printable(e.name)),
+            Text(printable(e.image.name)),
             Text(e.status, style=style[e.status]),
-            Text(e.detail),
+            Text(printable(e.detail)),
         )
     return t
 

@@ -374,7 +374,7 @@ class Catalogue:
         query = sa.select(
             faces.c.face_id, identities.c.identity_id, identities.c.name, identities.c.external_id
         ).join_from(faces, identities, faces.c.identity_id == identities.c.identity_id)
-        with self._reader() as con:
+        with self.reader() as con:
             for i in range(0, len(ids), IN_CHUNK):
                 for row in con.execute(query.where(faces.c.face_id.in_(ids[i : i + IN_CHUNK]))):
                     m = row._mapping
@@ -413,7 +413,7 @@ class Catalogue:
             .subquery()
         )
         query = sa.select(first.c.identity_id, first.c.face_id).where(first.c.rank == 1)
-        with self._reader() as con:
+        with self.reader() as con:
             return {row.identity_id: row.face_id for row in con.execute(query)}
 
     def crop_png(self, face_id: str) -> bytes:

@@ -50,7 +50,6 @@ from pipeline import metrics
 from pipeline.config.face import ImageLimits
 from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
-from pipeline.errors import FacestreamError
 from pipeline.gallery.review.records import RecordedFace
 from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
 from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult

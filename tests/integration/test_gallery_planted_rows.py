@@ -23,7 +23,7 @@ from pipeline.gallery.faces import find_faces
 from pipeline.gallery.service import Gallery
 from pipeline.gallery.vectors import VECTOR_FIELD, Snapshot
 from pipeline.models.store import ModelStore
-from tests.gallery.support import as_input, lfw_root, open_gallery, photos, two_version_store
+from tests.support.gallery import as_input, lfw_root, open_gallery, photos
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
@@ -31,8 +31,8 @@ VICTIM, OTHER, STRANGER = "Abdullah_Gul", "Abel_Pacheco", "Adrien_Brody"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    return two_version_store(tmp_path_factory)[0]
+def store(model_store: ModelStore) -> ModelStore:
+    return model_store
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from collections import Counter
 from pathlib import Path
 

@@ -13,6 +13,7 @@ from kafka.structs import OffsetAndMetadata
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.models.store import ModelStore
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def test_status_when_nothing_runs() -> None:
     assert "metrics http://127.0.0.1:1/metrics down" in out
 
 
-def test_status_reads_brokers_group_and_lag(kafka_bootstrap: str) -> None:
+def test_status_reads_brokers_group_and_lag(kafka_bootstrap: str, model_store: ModelStore) -> None:
     topic, group = f"fs-status-{uuid.uuid4().hex[:8]}", f"fs-status-g-{uuid.uuid4().hex[:6]}"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])

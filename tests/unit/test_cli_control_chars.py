@@ -8,17 +8,14 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.models.store import ModelStore
 
 NAME = "Eve\x1b[2J\rMallory"
 SHOWN = "Eve\\x1b[2J\\rMallory"
@@ -62,20 +59,6 @@ def test_stream_tables_escape_names_and_cameras() -> None:
     _clean(text)
     assert SHOWN in text and "lobby\\x1b[1A\\r" in text
 
-
-@pytest.fixture()
-def gallery_cli(
-    model_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[CliRunner]:
-    """The CLI on a private Milvus Lite gallery in tmp_path (no server to start)."""
-    uri = str(tmp_path / "milvus.db")
-    monkeypatch.setenv("FACESTREAM_MODELS__STORE", str(model_store.root))
-    monkeypatch.setenv("FACESTREAM_GALLERY__MILVUS_URI", uri)
-    monkeypatch.setenv("FACESTREAM_GALLERY__DATA_DIR", str(tmp_path / "g"))
-    yield CliRunner()
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(uri)
 
 
 def _ok(res: object) -> str:

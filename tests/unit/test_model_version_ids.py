@@ -15,7 +15,7 @@ from pipeline.face.errors import ModelError
 from pipeline.gallery.errors import ModelVersionMismatch
 from pipeline.gallery.vectors import VERSION_PROPERTY
 from pipeline.models.store import ModelStore
-from tests.gallery.support import open_gallery
+from tests.support.gallery import open_gallery
 
 BAD = [
     "../outside",
