@@ -14,6 +14,7 @@ The tests run in file order and share one release.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -179,6 +180,17 @@ class Topic:
         self.records.extend(new)
         return new
 
+    def catch_up(self, timeout: float = 300) -> None:
+        """Read until every partition's end offset as of now."""
+        if not self.assigned and not self._assign():
+            return
+        tps = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while any(self.consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{self.topic}: not read to its end"
+            self.poll()
+
     def wait(self, what: str, pred: Callable[[Any], bool], timeout: float = EVENT_S) -> Any:
         seen = [r for r in self.records if pred(r)]
         if seen:
@@ -234,8 +246,19 @@ def all_pods_ready() -> bool:
     return True
 
 
+def active_cluster() -> str | None:
+    rs = kjson("-n", NS, "get", "rayservice", RAYSERVICE)
+    return rs.get("status", {}).get("activeServiceStatus", {}).get("rayClusterName")
+
+
 def ray_pods(kind: str) -> list[dict[str, Any]]:
-    pods = kjson("-n", NS, "get", "pods", "-l", f"ray.io/node-type={kind}")["items"]
+    """The Ray pods of this kind of the RayService's active cluster (during an upgrade a
+    second cluster's pods exist too)."""
+    selector = f"ray.io/node-type={kind}"
+    cluster = active_cluster()
+    if cluster:
+        selector += f",ray.io/cluster={cluster}"
+    pods = kjson("-n", NS, "get", "pods", "-l", selector)["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
@@ -273,7 +296,19 @@ def release() -> Any:
     assert Path(KUBECTL).is_file(), f"{KUBECTL}: run scripts/k8s.sh up first"
     assert Path(HELM).is_file(), f"{HELM}: helm not installed (make tools)"
     kubectl("get", "--raw", "/readyz")
-    token = secrets.token_urlsafe(24)
+    # The release's token when it is installed already (a rerun with K8S_E2E_KEEP=1): a
+    # new one would change the chart's Secret and so roll every pod.
+    old = kubectl(
+        "-n",
+        NS,
+        "get",
+        "secret",
+        f"{FULL}-secrets",
+        "-o",
+        "jsonpath={.data.api-token}",
+        check=False,
+    )
+    token = base64.b64decode(old).decode() if old else secrets.token_urlsafe(24)
     kubectl("create", "namespace", NS, check=False)
     # The catalogue password of scripts/k8s.sh's PostgreSQL, as a Secret of this namespace.
     pw = Path(k8s_setting("RUN_DIR")) / "postgres-password"
@@ -441,6 +476,7 @@ def test_removed_person_is_no_longer_identified(release: Any) -> None:
 def test_each_ray_pod_serves_the_facestream_metrics(release: Any) -> None:
     import httpx
 
+    wait_for("RayService Ready", rayservice_ready, READY_S, every=10, diagnose=pods_report)
     pods = ray_pods("head") + ray_pods("worker")
     assert len(pods) >= 2
     for pod in pods:
@@ -457,13 +493,13 @@ def accounted(release: Any, what: str) -> None:
     """Every frame the camera produced up to now reaches the detections topic: 0 lost
     (duplicates are allowed and counted by event id)."""
     frames, detections = release["topics"]["frames"], release["topics"]["detections"]
-    frames.poll()
+    frames.catch_up()
     produced = {seq_of(r) for r in frames.records if r.key == CAMERA.encode()}
     assert produced, "no frames produced"
     upto = max(produced)
 
     def covered() -> bool:
-        detections.poll()
+        detections.catch_up()
         done = {value(r)["seq"] for r in detections.records if value(r)["camera_id"] == CAMERA}
         return not {s for s in produced if s <= upto} - done
 
@@ -485,7 +521,7 @@ def recover_after_deleting(release: Any, kind: str) -> None:
     (pod,) = ray_pods(kind)[:1]
     old = pod["metadata"]["name"]
     frames = release["topics"]["frames"]
-    frames.poll()
+    frames.catch_up()
     before = max((seq_of(r) for r in frames.records if r.key == CAMERA.encode()), default=-1)
     log(f"deleting the {kind} pod {old} (frames produced so far: up to seq {before})")
     kubectl("-n", NS, "delete", "pod", old, "--wait=false")
@@ -522,7 +558,7 @@ def test_pipeline_recovers_when_the_head_pod_is_deleted(release: Any) -> None:
 
 def test_helm_upgrade_while_streaming(release: Any) -> None:
     frames = release["topics"]["frames"]
-    frames.poll()
+    frames.catch_up()
     before = max((seq_of(r) for r in frames.records if r.key == CAMERA.encode()), default=-1)
     old = rayservice_ready()
     assert old, "RayService not Ready before the upgrade"
