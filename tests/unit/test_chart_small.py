@@ -138,3 +138,11 @@ def test_the_image_bakes_a_model_store_every_user_can_read() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     step = next(s for s in dockerfile.split("\nRUN ") if "models bootstrap" in s)
     assert "chmod -R a+rX" in step and "/opt/facestream/models" in step.split("chmod -R a+rX")[1]
+
+
+def test_the_api_pod_gives_ray_a_shared_memory_volume() -> None:
+    spec = one(render(), "Deployment")["spec"]["template"]["spec"]
+    (api,) = spec["containers"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in api["volumeMounts"]
+    dshm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+    assert dshm["emptyDir"]["medium"] == "Memory"
