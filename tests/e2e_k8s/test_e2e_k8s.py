@@ -262,6 +262,29 @@ def ray_pods(kind: str) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def raylet_healthy(pod: dict[str, Any]) -> bool:
+    if pod["status"].get("phase") != "Running":
+        return False
+    container = pod["spec"]["containers"][0]["name"]
+    out = kubectl(
+        "-n",
+        NS,
+        "exec",
+        pod["metadata"]["name"],
+        "-c",
+        container,
+        "--",
+        "wget",
+        "-T",
+        "5",
+        "-q",
+        "-O-",
+        "http://localhost:52365/api/local_raylet_healthz",
+        check=False,
+    )
+    return "success" in out
+
+
 def service_url(name: str, port_name: str = "http") -> str:
     svc = kjson("-n", NS, "get", "service", name)
     port = next(p["port"] for p in svc["spec"]["ports"] if p.get("name") == port_name)
@@ -548,16 +571,13 @@ def recover_after_deleting(release: Any, kind: str) -> None:
     before = max((seq_of(r) for r in frames.records if r.key == CAMERA.encode()), default=-1)
     log(f"deleting the {kind} pod {old} (frames produced so far: up to seq {before})")
     kubectl("-n", NS, "delete", "pod", old, "--wait=false")
+    # "Running with its raylet healthy", not "Ready": KubeRay's readiness probe of a
+    # RayService's Ray pods also asks the node's Serve proxy, and Serve runs proxies only
+    # on nodes with replicas, so a worker that comes back after its replicas moved to the
+    # head stays Running and not Ready, by KubeRay's design.
     wait_for(
-        f"a new {kind} pod Ready",
-        lambda: any(
-            p["metadata"]["name"] != old
-            and any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in p["status"].get("conditions", [])
-            )
-            for p in ray_pods(kind)
-        ),
+        f"a new {kind} pod Running, its raylet healthy",
+        lambda: any(p["metadata"]["name"] != old and raylet_healthy(p) for p in ray_pods(kind)),
         READY_S,
         every=5,
         diagnose=pods_report,
