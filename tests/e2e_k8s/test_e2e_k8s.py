@@ -583,10 +583,11 @@ def recover_after_deleting(release: Any, kind: str) -> None:
         diagnose=pods_report,
     )
     wait_for("RayService Ready again", rayservice_ready, READY_S, every=10, diagnose=pods_report)
-    # The stream comes back: a frame newer than any before the deletion is detected.
+    back_ms = int(time.time() * 1000)
+    # The stream comes back: a frame captured after the recovery is detected.
     release["topics"]["detections"].wait(
-        f"a detection event after the {kind} pod's deletion",
-        lambda r: value(r)["camera_id"] == CAMERA and value(r)["seq"] > before,
+        "a detection event of a frame captured after the recovery",
+        lambda r: value(r)["camera_id"] == CAMERA and value(r)["capture_ts_ms"] > back_ms,
     )
     accounted(release, f"after deleting the {kind} pod")
 
