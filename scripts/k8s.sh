@@ -492,6 +492,7 @@ cleanup_host() {
     "$KBIN/kube-proxy" --cleanup --config "$RUN_DIR/kube-proxy.yaml" >/dev/null 2>&1 || true
   fi
   cleanup_cni_iptables
+  cleanup_kubelet_iptables
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
   if [[ -f "$RUN_DIR/host/node-ip-added" ]]; then
     ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
@@ -534,6 +535,27 @@ cleanup_cni_iptables() {
       { iptables-save -t "$table" | grep -E "^-A .*-j $chain( |$)" || true; } | while read -r rule; do
         eval "iptables -t $table ${rule/-A/-D}" 2>/dev/null || true
       done
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
+# The kubelet's own chains, which `kube-proxy --cleanup` leaves: KUBE-FIREWALL (a DROP of
+# non-local traffic to 127.0.0.0/8, jumped to from INPUT and OUTPUT), the canaries it
+# watches for a flushed table, and the hint chain of iptables-wrapper.
+cleanup_kubelet_iptables() {
+  command -v iptables-save >/dev/null || return 0
+  local table chain rule
+  for chain in INPUT OUTPUT; do
+    while iptables -t filter -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+  done
+  for table in filter nat mangle; do
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      iptables-save -t "$table" | grep -qE "^:$chain " || continue
+      { iptables-save -t "$table" | grep -E "^-A .*-j $chain( |$)" || true; } | while read -r rule; do
+        eval "iptables -t $table ${rule/-A/-D}" 2>/dev/null || true
+      done
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
