@@ -73,3 +73,32 @@ bench: setup
 bench-stream: setup kafka-fetch
 	$(BIN)/pip install -q --no-deps face_recognition
 	$(BIN)/facestream bench stream
+
+# ---- A single-node Kubernetes test cluster, built from the package registries only ----
+# (scripts/k8s.sh; deploy/test-cluster/README.md). Needs root. The first `k8s-build` takes
+# tens of minutes on 2 cores (Kubernetes from source, the facestream image); later runs
+# reuse ~/.cache/facestream/k8s.
+.PHONY: k8s-build images k8s-up k8s-down k8s-status k8s-smoke e2e-k8s
+
+k8s-build:
+	bash scripts/k8s.sh build
+
+images:
+	bash scripts/k8s/images.sh all
+
+k8s-up:
+	bash scripts/k8s.sh up
+
+k8s-down:
+	bash scripts/k8s.sh down
+
+k8s-status:
+	bash scripts/k8s.sh status
+
+k8s-smoke:
+	bash scripts/k8s.sh smoke
+
+# The chart end to end on that cluster (scripts/k8s/e2e.sh): build, up, tests/e2e_k8s, down.
+# Not part of `make test`.
+e2e-k8s: setup tools
+	bash scripts/k8s/e2e.sh

@@ -334,3 +334,14 @@ moved there), and ACTIVE comes last, because readers treat a store without it as
   readOnly: true
 {{- end }}
 {{- end -}}
+
+{{/*
+Pod annotations that change when the settings ConfigMap or the chart's Secret does: the
+settings file and the secret env vars are read once, at process start, so a `helm upgrade`
+that changed only them would otherwise leave every pod on the old values (on the
+RayService the change to rayClusterConfig makes KubeRay roll a new Ray cluster).
+*/}}
+{{- define "facestream.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end -}}
