@@ -100,7 +100,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         test = f"{name}::{item.name}"
         if (
             (kind == "integration" and name not in QUICK_INTEGRATION)
-            or kind in ("browser", "gpu")
+            or kind in ("browser", "gpu", "e2e_k8s")
             or (kind == "unit" and (name in SLOW_UNIT or test in SLOW_UNIT))
         ):
             item.add_marker(pytest.mark.slow)
