@@ -62,6 +62,9 @@ def test_status_reads_brokers_group_and_lag(kafka_bootstrap: str, model_store: M
         "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
         "FACESTREAM_STREAM__KAFKA__GROUP_ID": group,
         "FACESTREAM_STREAM__TOPICS__FRAMES": topic,
+        # The session's store (ACTIVE set), not the checkout's .facestream/models, which
+        # only exists where something bootstrapped it before.
+        "FACESTREAM_MODELS__STORE": str(model_store.root),
     }
     try:
         code, out = _run(env, "--json")
