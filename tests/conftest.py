@@ -66,15 +66,13 @@ def _shared_missing_reason() -> str | None:
 # The fast lane (`make test-fast`, `-m "not slow"`): the unit tests and the integration
 # modules below, whose tests take seconds each on the session's shared services. Every
 # other integration module (a stream pipeline, a Ray or Serve cluster, a server process
-# of its own, training), the browser tests and the unit tests named below take a minute
+# of its own, training), the browser tests and the tests named below take half a minute
 # or more (pytest --durations); they run in `make test` only.
 QUICK_INTEGRATION = {
-    "test_api.py",
     "test_api_limits.py",
     "test_catalogue_names.py",
     "test_gallery_calibrate.py",
     "test_gallery_core.py",
-    "test_gallery_planted_rows.py",
     "test_kafka_smoke.py",
     "test_live_file.py",
     "test_milvus_smoke.py",
@@ -83,13 +81,15 @@ QUICK_INTEGRATION = {
     "test_status.py",
     "test_swap_repair.py",
 }
-SLOW_UNIT = {
+SLOW_TESTS = {  # in the unit tests and the quick modules
     "test_dlib_port.py",  # builds a model from dlib's weights twice
     "test_k8s_schemas.py",  # validates every chart object against the CRDs
     "test_metrics_exposure.py::test_ray_processes_export_every_metric_through_the_node_agent",
     "test_detect_default.py::test_every_detector_finds_the_face_and_nothing_in_a_blank_frame"
     "[dlib_cnn]",
     "test_eval_pairs.py::test_lfw_sample",
+    "test_gallery_core.py::test_tight_low_res_crops_enrol_and_match_scene_photos",
+    "test_cli_markup.py::test_rejected_enrolment_names_a_markup_file_literally",
 }
 
 
@@ -101,7 +101,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (
             (kind == "integration" and name not in QUICK_INTEGRATION)
             or kind in ("browser", "gpu", "e2e_k8s")
-            or (kind == "unit" and (name in SLOW_UNIT or test in SLOW_UNIT))
+            or name in SLOW_TESTS
+            or test in SLOW_TESTS
         ):
             item.add_marker(pytest.mark.slow)
 
