@@ -66,12 +66,26 @@ def images_loaded(driver: WebDriver) -> bool:
 def click_through(driver: WebDriver, element: WebElement, ready: str) -> WebElement:
     """Click what loads a new page, wait until the old page is gone, then for ``ready``
     (so an element of the same id on the old page never answers for the new one)."""
-    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element("tag name", "html")
     element.click()
-    WebDriverWait(driver, WAIT_S).until(ec.staleness_of(old))
+
+    def old_page_gone(_: WebDriver) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # While the page is being replaced Chromium may answer for the old node with
+            # this instead of a stale reference (selenium's staleness_of lets it through).
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, WAIT_S).until(old_page_gone)
     return by_css(driver, ready)
 
 
