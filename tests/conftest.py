@@ -76,6 +76,7 @@ QUICK_INTEGRATION = {
     "test_kafka_smoke.py",
     "test_live_file.py",
     "test_milvus_smoke.py",
+    "test_monitor.py",
     "test_open_set_threshold.py",
     "test_review.py",
     "test_status.py",

@@ -75,9 +75,13 @@ class Monitor:
             for p in sorted(self._consumer.partitions_for_topic(topic) or []):
                 tps.append(TopicPartition(topic, p))
         self._consumer.assign(tps)
-        for tp, off in self._consumer.end_offsets(tps).items():
+        self._tps = tps
+        starts = self._consumer.end_offsets(tps)
+        for tp, off in starts.items():
             self._consumer.seek(tp, off)
         self._init_state(window, seen_capacity)
+        self._next = dict(starts)  # the offset after the last record read, per partition
+        self._ends: Any = None  # a second consumer: the reading one belongs to the thread
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
         self._thread.start()
 
@@ -110,6 +114,7 @@ class Monitor:
             with self._lock:
                 for tp, records in polled.items():
                     for rec in records:
+                        self._next[tp] = rec.offset + 1
                         try:
                             ev = json.loads(rec.value)
                         except (TypeError, ValueError):
@@ -147,10 +152,37 @@ class Monitor:
             s.fps_out = len(recent) / 5.0
         return s
 
+    def catch_up(self, timeout_s: float) -> bool:
+        """Wait until every output record written so far has been read and counted.
+
+        A drained stream has written all its outputs, but this reader may still be behind
+        them: after a broker restart its client waits out a reconnect backoff of up to
+        half a minute. A summary taken before it caught up would undercount."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            if self._ends is None:
+                self._ends = kafka_client.consumer(self.cfg.kafka, "monitor-ends")
+            ends = self._ends.end_offsets(self._tps)
+        except Exception as exc:
+            log.warning("monitor: the output topics' ends are unknown (%s)", exc)
+            return False
+        while True:
+            with self._lock:
+                behind = sum(max(0, end - self._next.get(tp, 0)) for tp, end in ends.items())
+            if behind == 0:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("monitor: %d output records not read back in %.0fs", behind, timeout_s)
+                return False
+            self._stop.wait(0.2)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._consumer.close()
+        if self._ends is not None:
+            with contextlib.suppress(Exception):
+                self._ends.close()
 
 
 class LagProbe:

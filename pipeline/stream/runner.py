@@ -52,6 +52,9 @@ from pipeline.stream.worker import worker_actor_class
 
 log = logging.getLogger(__name__)
 ACTOR_CALL_TIMEOUT_S = 10.0
+# How long a drained run waits for its summary reader to read every output back (a broker
+# restart can leave the reader in a reconnect backoff of up to 30 s).
+MONITOR_CATCH_UP_S = 60.0
 
 
 def stream_face_config(face: FaceConfig, workers: WorkerConfig) -> FaceConfig:
@@ -363,6 +366,10 @@ class StreamRunner:
         end = None if duration_s is None else time.monotonic() + duration_s
         while True:
             s = self.summary()
+            if until_drained and self.drained(s) and self.monitor is not None:
+                left = MONITOR_CATCH_UP_S if end is None else max(1.0, end - time.monotonic())
+                if self.monitor.catch_up(left):
+                    s = self.summary()
             if on_summary is not None:
                 on_summary(s)
             if until_drained and self.drained(s):
