@@ -245,12 +245,14 @@ class StreamRunner:
 
     def _deploy(self) -> None:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
-        self.apps.deploy_embedder()
-        self.deploy_search()
         review = self.settings.gallery.review
-        if review.event_crops or review.keep_unknowns:
-            self.apps.deploy_recorder(self.settings.gallery, self.settings.face)
-        self.apps.deploy_analyzer(self.analyzer_face_config(), self.cfg.workers.call_timeout_s)
+        self.apps.deploy_pipeline(
+            self.settings.gallery,
+            self.settings.face,
+            self.analyzer_face_config(),
+            self.cfg.workers.call_timeout_s,
+            recorder=review.event_crops or review.keep_unknowns,
+        )
         # `facestream models promote|rollback` finds this file and swaps live.
         self.live_file = announce(self.apps)
 
