@@ -284,12 +284,16 @@ def test_training_pods_get_no_gallery_kafka_or_api_secret() -> None:
             }
     head = pods["RayJob/head"]["spec"]
     env = {e["name"]: e["value"] for e in head["containers"][0]["env"]}
+    train_dirs = {k: v for k, v in env.items() if k.startswith("FACESTREAM_TRAIN__")}
     assert env == {
         "FACESTREAM_CONFIG": "/etc/facestream/facestream.toml",
         "FACESTREAM_MODELS__STORE": "/var/lib/facestream/models",
+        **train_dirs,  # its own work folders (test_chart_small)
     }
     mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
-    assert {"/var/lib/facestream/models", "/data", "/etc/facestream"} == mounts
+    work = "/var/lib/facestream/train"
+    assert {"/var/lib/facestream/models", "/data", "/etc/facestream", work} == mounts
+    assert train_dirs and all(v.startswith(work + "/") for v in train_dirs.values())
     # The pipeline still gets both secrets.
     svc_env = {e["name"] for e in pods["RayService/head"]["spec"]["containers"][0]["env"]}
     assert {"FACESTREAM_GALLERY__MILVUS_TOKEN", "FACESTREAM_GALLERY__CATALOGUE_PASSWORD"} <= svc_env

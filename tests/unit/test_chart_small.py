@@ -95,6 +95,31 @@ def test_training_resources_come_from_the_values() -> None:
     assert head["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
 
 
+def test_training_writes_its_files_to_a_mounted_volume() -> None:
+    """Every path `facestream train` writes besides the model store (checkpoints, the
+    crop cache, the reports; by default relative to the image's root-owned working
+    folder) is set absolute, under a volume mounted in the training head."""
+    from pipeline.config.train import TrainSettings
+
+    job = one(render(SMALL, sets=("training.enabled=true",)), "RayJob")["spec"]
+    pod = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (head,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in head["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    written = {"checkpoint_dir", "crop_cache_dir", "reports_dir"}
+    assert written <= set(TrainSettings.model_fields)
+    for field in sorted(written):
+        path = env.get(f"FACESTREAM_TRAIN__{field.upper()}")
+        assert path and path.startswith("/"), (field, path)
+        mount = next((m for m in mounts if path.startswith(m.rstrip("/") + "/")), None)
+        assert mount is not None, f"{field}: {path} is on no volume"
+        assert not any(
+            m["mountPath"] == mount and m.get("readOnly") for m in head["volumeMounts"]
+        ), mount
+        assert "emptyDir" in volumes[mounts[mount]] or mounts[mount] == "models"
+
+
 def checksums(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
     templates = {
