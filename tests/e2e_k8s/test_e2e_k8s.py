@@ -418,6 +418,7 @@ def release() -> Any:
     if os.environ.get("K8S_E2E_KEEP") != "1":
         run(HELM, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "300s", check=False)
         kubectl("delete", "namespace", NS, "--wait=true", "--timeout=300s", check=False)
+        kubectl("delete", "pv", f"{NS}-{TRAIN_PVC}", "--ignore-not-found", check=False)
 
 
 def test_install_every_pod_ready_and_rayservice_running(release: Any) -> None:
@@ -629,8 +630,166 @@ def test_helm_upgrade_while_streaming(release: Any) -> None:
         every=10,
         diagnose=pods_report,
     )
+    switched_ms = int(time.time() * 1000)
     release["topics"]["detections"].wait(
         "a detection event after the upgrade",
         lambda r: value(r)["camera_id"] == CAMERA and value(r)["seq"] > before,
     )
+    # Events keep flowing on the upgraded cluster: frames captured after the switch are
+    # detected too, not only the backlog of the old one.
+    release["topics"]["detections"].wait(
+        "a detection event of a frame captured on the upgraded cluster",
+        lambda r: value(r)["camera_id"] == CAMERA and value(r)["capture_ts_ms"] > switched_ms,
+    )
     accounted(release, "after helm upgrade")
+
+
+# ---- training: the RayJob registers a version, `models promote` swaps it in ----------------
+
+TRAIN_PVC = "train-data"
+# A few steps: this checks the plumbing on the cluster (data volume, Ray Train on the job's
+# cluster, registration in the shared store, the live swap), not an accuracy gain.
+TRAIN_ARGS = ["train", "--data", "/data", "--epochs", "1", "--steps", "2", "--freeze", "14"]
+TRAIN_ARGS += ["--workers", "1", "--run-name", "e2e"]
+
+
+def train_data_volume() -> None:
+    """The shared AT&T faces as a read-only volume: a hostPath PersistentVolume (the test
+    cluster has one node, this machine) bound to the claim the chart's training.dataPVC
+    names."""
+    att = SHARED / "data" / "att-faces"
+    if not att.is_dir():
+        pytest.skip(f"{att} missing (the shared test data, ../shared)")
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{NS}-{TRAIN_PVC}"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(att.resolve()), "type": "Directory"},
+            "claimRef": {"namespace": NS, "name": TRAIN_PVC},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": TRAIN_PVC, "namespace": NS},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": pv["metadata"]["name"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    name = pv["metadata"]["name"]
+    phase = kubectl("get", "pv", name, "-o", "jsonpath={.status.phase}", check=False)
+    if phase == "Released":  # a former run's: its claim is gone, so it would never bind
+        kubectl("delete", "pv", name, "--wait=true")
+    for obj in (pv, pvc):
+        run(KUBECTL, "apply", "-f", "-", input=json.dumps(obj).encode())
+
+
+def in_pod(pod: dict[str, Any], script: str, check: bool = True) -> str:
+    name, container = pod["metadata"]["name"], pod["spec"]["containers"][0]["name"]
+    return kubectl("-n", NS, "exec", name, "-c", container, "--", "sh", "-c", script, check=check)
+
+
+def driver_pod() -> dict[str, Any] | None:
+    """The Ray pod whose processes include the pipeline driver (`facestream run`, the
+    RayService supervisor's child): `models promote` finds the running pipeline from its
+    pod (the announcement names a process of that pod)."""
+    listing = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " <"$f"; echo; done'
+    for pod in ray_pods("head") + ray_pods("worker"):
+        procs = in_pod(pod, listing, check=False).splitlines()
+        if any(re.search(r"\bfacestream run\b", line) for line in procs):
+            return pod
+    return None
+
+
+def store_state(pod: dict[str, Any]) -> tuple[str, set[str]]:
+    """The shared model store as a pod sees it: the active version and every version."""
+    out = in_pod(pod, 'cd "$FACESTREAM_MODELS__STORE" && cat ACTIVE && ls -1 */manifest.json')
+    active, *manifests = out.split()
+    return active, {m.split("/")[0] for m in manifests}
+
+
+def rayjob_finished(name: str) -> dict[str, Any] | None:
+    status = kjson("-n", NS, "get", "rayjob", name).get("status", {})
+    if status.get("jobStatus") in ("SUCCEEDED", "FAILED", "STOPPED") or status.get(
+        "jobDeploymentStatus"
+    ) in ("Complete", "Failed"):
+        return status
+    return None
+
+
+def test_training_job_registers_a_version_that_promote_swaps_in(release: Any) -> None:
+    train_data_volume()
+    driver = wait_for("the pipeline driver's pod", driver_pod, READY_S, every=10)
+    active, versions = store_state(driver)
+    job = f"{FULL}-train"
+    kubectl("-n", NS, "delete", "rayjob", job, "--ignore-not-found", "--wait=true")
+    start = time.monotonic()
+    run(
+        HELM,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        *helm_args(),
+        "--reuse-values",
+        "--set",
+        "training.enabled=true",
+        "--set",
+        f"training.dataPVC={TRAIN_PVC}",
+        "--set-json",
+        f"training.args={json.dumps(TRAIN_ARGS)}",
+    )
+    status = wait_for(
+        "the training RayJob finished",
+        lambda: rayjob_finished(job),
+        READY_S,
+        every=10,
+        diagnose=lambda: (
+            pods_report()
+            + kubectl("-n", NS, "get", "rayjob", job, "-o", "yaml", check=False)[-4000:]
+        ),
+    )
+    submitter = kubectl("-n", NS, "logs", f"job/{job}", "--tail=60", check=False)
+    assert status.get("jobStatus") == "SUCCEEDED", f"{status}\n{submitter}"
+    log(f"training RayJob SUCCEEDED in {time.monotonic() - start:.0f}s")
+    same_active, after = store_state(driver)
+    assert same_active == active, "training must register, not activate"
+    (new,) = after - versions
+    log(f"registered {new} (active: {active})")
+    # The pipeline is live: promote swaps its embedder and the gallery in place (forced:
+    # two training steps need not beat the base on held-out faces).
+    out = in_pod(
+        driver,
+        f"facestream models promote {new} --force --reason 'e2e: the training RayJob'",
+    )
+    # The command returns after the cutover: every frame captured from now on is embedded
+    # by the new version (one clock: the pods run on this machine).
+    done_ms = int(time.time() * 1000)
+    log(out.strip().replace("\n", " | "))
+    assert store_state(driver)[0] == new
+    ev = release["topics"]["detections"].wait(
+        f"a detection event of a frame captured after the promotion, embedded by {new}",
+        lambda r: (
+            value(r)["camera_id"] == CAMERA
+            and value(r)["capture_ts_ms"] > done_ms
+            and value(r)["model_version"] == new
+        ),
+    )
+    log(f"after the swap: {value(ev)['event_id']} seq {value(ev)['seq']}")
+    stale = [
+        (value(r)["event_id"], value(r)["model_version"])
+        for r in release["topics"]["detections"].records
+        if value(r)["capture_ts_ms"] > done_ms and value(r)["model_version"] not in (new, None)
+    ]
+    assert not stale, stale
+    for r in release["topics"]["detections"].records:  # whatever the moment, one version
+        faces = {f["model_version"] for f in value(r)["faces"] if f["decision"] != "rejected"}
+        assert faces <= {value(r)["model_version"]}, value(r)
+    accounted(release, "after the promotion")
