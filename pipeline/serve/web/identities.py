@@ -2,6 +2,8 @@
 (photos, add photos) and removal."""
 
 # No `from __future__ import annotations`: FastAPI resolves the Annotated parameters.
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -104,6 +106,34 @@ def identities(
     return identities_page(request, ctx, q=q, page_no=page_no)
 
 
+async def _enrol_form(
+    ctx: ApiContext,
+    photos: list[UploadFile] | None,
+    error_page: Callable[..., Response],
+    missing: str,
+    enrol_files: Callable[[list[Any]], Any],
+    *,
+    complete: bool = True,
+) -> tuple[Any, int] | Response:
+    """The upload -> enrol sequence of both enrolment forms: the enrolment's result and
+    how many photos it took, or ``error_page`` with the status and message of what went
+    wrong (too large, ``missing`` when there is no photo or the form is not
+    ``complete``, a rejected photo, a store error)."""
+    try:
+        files = await uploads(ctx, photos)
+    except TooLarge as exc:
+        return error_page(status=413, error=str(exc))
+    if not files or not complete:
+        return error_page(status=422, error=missing)
+    try:
+        result = await ctx.run_off_loop(lambda: enrol_files(files))
+    except EnrollmentRejected as exc:
+        return error_page(status=422, error=str(exc), verdicts=exc.verdicts)
+    except FacestreamError as exc:
+        return error_page(status=http_status(exc), error=str(exc))
+    return result, len(files)
+
+
 @router.post("/ui/identities")
 async def enrol(
     request: Request,
@@ -115,27 +145,20 @@ async def enrol(
 ) -> Response:
     if (bad := refused(request, ctx, csrf)) is not None:
         return bad
-    try:
-        files = await uploads(ctx, photos)
-    except TooLarge as exc:
-        return identities_page(request, ctx, status=413, error=str(exc), name=name)
-    if not name.strip() or not files:
-        return identities_page(
-            request, ctx, status=422, error="Give a name and at least one photo.", name=name
-        )
-    try:
-        result = await ctx.run_off_loop(
-            lambda: ctx.gallery.enroll(files, name=name.strip(), pick=pick or None)
-        )
-    except EnrollmentRejected as exc:
-        return identities_page(
-            request, ctx, status=422, error=str(exc), verdicts=exc.verdicts, name=name
-        )
-    except FacestreamError as exc:
-        return identities_page(request, ctx, status=http_status(exc), error=str(exc), name=name)
+    done = await _enrol_form(
+        ctx,
+        photos,
+        partial(identities_page, request, ctx, name=name),
+        "Give a name and at least one photo.",
+        lambda files: ctx.gallery.enroll(files, name=name.strip(), pick=pick or None),
+        complete=bool(name.strip()),
+    )
+    if isinstance(done, Response):
+        return done
+    result, faces = done
     ident = result.identity
     who = session_of(request, ctx).principal
-    ctx.audit(request, who, "enrol", ident.identity_id, name=ident.name, faces=len(files))
+    ctx.audit(request, who, "enrol", ident.identity_id, name=ident.name, faces=faces)
     return see_other(f"/ui/identities/{quote(ident.identity_id)}?done=enrolled")
 
 
@@ -155,25 +178,17 @@ async def add_photos(
 ) -> Response:
     if (bad := refused(request, ctx, csrf)) is not None:
         return bad
-    try:
-        files = await uploads(ctx, photos)
-    except TooLarge as exc:
-        return identity_page(request, ctx, identity_id, status=413, error=str(exc))
-    if not files:
-        return identity_page(request, ctx, identity_id, status=422, error="Choose a photo.")
-    try:
-        await ctx.run_off_loop(
-            lambda: ctx.gallery.enroll(files, identity_id=identity_id, pick=pick or None)
-        )
-    except EnrollmentRejected as exc:
-        return identity_page(
-            request, ctx, identity_id, status=422, error=str(exc), verdicts=exc.verdicts
-        )
-    except FacestreamError as exc:
-        return identity_page(request, ctx, identity_id, status=http_status(exc), error=str(exc))
-    ctx.audit(
-        request, session_of(request, ctx).principal, "add_faces", identity_id, faces=len(files)
+    done = await _enrol_form(
+        ctx,
+        photos,
+        partial(identity_page, request, ctx, identity_id),
+        "Choose a photo.",
+        lambda files: ctx.gallery.enroll(files, identity_id=identity_id, pick=pick or None),
     )
+    if isinstance(done, Response):
+        return done
+    who = session_of(request, ctx).principal
+    ctx.audit(request, who, "add_faces", identity_id, faces=done[1])
     return see_other(f"/ui/identities/{quote(identity_id)}?done=added")
 
 
