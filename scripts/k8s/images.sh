@@ -144,6 +144,8 @@ build_image() {
   rm -f "$tar.tmp"
   nice -n 10 "${BUILDAH[@]}" push -q --compression-format zstd "$ref" "oci-archive:$tar.tmp:$ref" >/dev/null
   mv "$tar.tmp" "$tar"
+  # The tarballs of former inputs are never imported again (the .ref names this one).
+  find "$IMAGES" -maxdepth 1 -name "$name-*.tar" ! -path "$tar" -delete
   "${BUILDAH[@]}" rmi "$ref" >/dev/null   # disk: the tarball is the cache
   echo "$ref" >"$IMAGES/$name.ref"
   log "$name: built in $((SECONDS - start))s ($(du -h "$tar" | cut -f1))"
