@@ -311,6 +311,11 @@ def helm_args() -> list[str]:
     ]
 
 
+def helm_upgrade(*changes: str) -> None:
+    """`helm upgrade` of the installed release: its values, with ``changes``."""
+    run(HELM, "upgrade", RELEASE, str(CHART), *helm_args(), "--reuse-values", *changes)
+
+
 @pytest.fixture(scope="module")
 def release() -> Any:
     for path in (CLIP, STILL):
@@ -608,16 +613,7 @@ def test_helm_upgrade_while_streaming(release: Any) -> None:
     old = rayservice_ready()
     assert old, "RayService not Ready before the upgrade"
     old_cluster = old["status"]["activeServiceStatus"].get("rayClusterName")
-    run(
-        HELM,
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        *helm_args(),
-        "--reuse-values",
-        "--set",
-        "settings.models.batch_size=16",
-    )
+    helm_upgrade("--set", "settings.models.batch_size=16")
 
     def switched() -> bool:
         rs = rayservice_ready()
@@ -732,13 +728,7 @@ def test_training_job_registers_a_version_that_promote_swaps_in(release: Any) ->
     job = f"{FULL}-train"
     kubectl("-n", NS, "delete", "rayjob", job, "--ignore-not-found", "--wait=true")
     start = time.monotonic()
-    run(
-        HELM,
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        *helm_args(),
-        "--reuse-values",
+    helm_upgrade(
         "--set",
         "training.enabled=true",
         "--set",
