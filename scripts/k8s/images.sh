@@ -48,6 +48,18 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
+# Fail before a build, not 15 minutes into it: the facestream image (~8 GB unpacked)
+# needs its rootfs, the committed layer and the archive at once; a build with 25 GB free
+# died at its last step with "no space left on device".
+declare -A NEED_GB=([facestream]=30)
+need_disk() {
+  local want="${NEED_GB[$1]:-3}" free
+  mkdir -p "$K8S_CACHE/buildah"
+  free="$(df -BG --output=avail "$K8S_CACHE/buildah" | tail -n 1 | tr -dc 0-9)"
+  ((free >= want)) ||
+    die "$1: the build needs about ${want} GB free under $K8S_CACHE, there are ${free} GB (scripts/k8s.sh up removes former images from containerd)"
+}
+
 image_id() { "${BUILDAH[@]}" inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null; }
 
 build_base() {
@@ -128,6 +140,7 @@ build_image() {
     return
   fi
   if ! image_id "$ref" >/dev/null; then
+    need_disk "$name"
     log "$name: building $ref"
     # chroot isolation: as root, no runc or user namespace is needed for RUN steps, and
     # they share the host's network, so apt and pip reach the mirrors as the host does.
