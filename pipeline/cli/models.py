@@ -80,9 +80,18 @@ def _swap(no_gallery: bool) -> Iterator[tuple[Swap | None, bool]]:
     if no_gallery:
         yield None, False
         return
-    from pipeline.serve.live import attach, live_pipelines
+    from pipeline.serve.live import attach, elsewhere, live_pipelines
 
     lives = live_pipelines(model_store().root)
+    for other in elsewhere(model_store().root):
+        # Swapped from here, a pipeline there would go on embedding with the old version
+        # while the gallery moves to the new one (its searches then refuse to compare).
+        out.print(
+            f"[yellow]warning:[/yellow] a pipeline on {esc(str(other.get('host')))} (pid "
+            f"{esc(str(other.get('pid')))}) announced itself for this model store; if it "
+            "still runs, run this command there (kubectl exec into its pod) to swap it live",
+            highlight=False,
+        )
     if len(lives) > 1:
         pids = ", ".join(str(x["pid"]) for x in lives)
         raise typer.BadParameter(

@@ -1,9 +1,12 @@
 """How ``facestream models promote|rollback`` finds a running ``facestream run``.
 
-A running pipeline writes ``<store>/.live/<pid>.json`` (its Ray address and the
-settings of its Serve applications; nothing else, so no camera URL or credential is
-written) and removes it when it stops. :func:`attach` connects another process to
-that Ray cluster and returns the applications, ready for a
+A running pipeline writes ``<store>/.live/<pid>.json`` (its host, its Ray address and
+the settings of its Serve applications; nothing else, so no camera URL or credential is
+written) and removes it when it stops. A process id means something only on its own host
+(on Kubernetes: its pod), while the store may be a volume that many pods share: only the
+announcements of this host are checked for a live process; the others are listed apart
+(:func:`elsewhere`), since nothing here can tell whether they still run. :func:`attach`
+connects another process to that Ray cluster and returns the applications, ready for a
 :class:`pipeline.serve.swap.ServeSwap`.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ def announce(apps: ServeApps) -> Path | None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = {
         "pid": os.getpid(),
+        "host": socket.gethostname(),
         "ray_address": address,
         "embedder": apps.embedder.model_dump(mode="json"),
         "search": apps.search.model_dump(mode="json"),
@@ -57,8 +62,7 @@ def announce(apps: ServeApps) -> Path | None:
     return path
 
 
-def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
-    """The running pipelines announced for the store (stale files of dead ones skipped)."""
+def _announcements(store_root: Path) -> list[dict[str, Any]]:
     folder = Path(store_root).resolve() / LIVE_DIR
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -66,9 +70,26 @@ def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if pid_alive(int(data.get("pid", -1))):
+        if isinstance(data, dict):
             out.append(data)
     return out
+
+
+def _here(data: dict[str, Any]) -> bool:
+    # Announcements written before the host was recorded count as this host's.
+    return data.get("host") in (None, socket.gethostname())
+
+
+def live_pipelines(store_root: Path) -> list[dict[str, Any]]:
+    """The running pipelines of this host announced for the store (stale files of dead
+    ones skipped)."""
+    return [d for d in _announcements(store_root) if _here(d) and pid_alive(int(d.get("pid", -1)))]
+
+
+def elsewhere(store_root: Path) -> list[dict[str, Any]]:
+    """Announcements for the store from other hosts (pods sharing its volume): running
+    pipelines there, or files left by ones that died without removing them."""
+    return [d for d in _announcements(store_root) if not _here(d)]
 
 
 def attach(live: dict[str, Any]) -> ServeApps:
