@@ -4,7 +4,8 @@
 #      included (scripts/k8s.sh build);
 #   2. bring the cluster up with its dependencies (scripts/k8s.sh up);
 #   3. run tests/e2e_k8s (FACESTREAM_E2E_K8S=1): helm install with values-small.yaml,
-#      the camera, the events, the API, metrics, pod deletions, helm upgrade;
+#      the camera, the events, the API, metrics, pod deletions, helm upgrade, the
+#      training RayJob and `models promote` of its version;
 #   4. bring the cluster down (always; K8S_E2E_KEEP_CLUSTER=1 leaves it running).
 # Prints how long each step took. Needs root, the project venv (make setup) and helm
 # (make tools).
