@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from click.testing import Result
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
@@ -47,9 +48,7 @@ def test_stream_tables_escape_names_and_cameras() -> None:
     from pipeline.stream.runner import Enrolment
 
     console = Console(width=300, record=True, file=io.StringIO())
-    console.print(
-        enrolment_table([Enrolment(NAME, Path(f"/x/{NAME}.jpg"), "not enrolled", NAME)])
-    )
+    console.print(enrolment_table([Enrolment(NAME, Path(f"/x/{NAME}.jpg"), "not enrolled", NAME)]))
     summary = Summary()
     summary.identities = Counter({NAME: 2})
     summary.ingest_states = {CAMERA: "running"}
@@ -60,10 +59,9 @@ def test_stream_tables_escape_names_and_cameras() -> None:
     assert SHOWN in text and "lobby\\x1b[1A\\r" in text
 
 
-
-def _ok(res: object) -> str:
-    out = res.output  # type: ignore[attr-defined]
-    assert res.exit_code == 0, (res.exit_code, out)  # type: ignore[attr-defined]
+def _ok(res: Result) -> str:
+    out = res.output
+    assert res.exit_code == 0, (res.exit_code, out)
     _clean(out)
     return out
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
@@ -20,14 +21,13 @@ from pipeline.models.store import ModelStore
 NAMES = ["[/b]x", "[red]Ann[/red]", "[/q] Bob \\"]
 
 
-def _ok(res: object, *expect: str) -> str:
-    out = res.output  # type: ignore[attr-defined]
-    assert res.exit_code == 0, (res.exit_code, out)  # type: ignore[attr-defined]
+def _ok(res: Result, *expect: str) -> str:
+    out = res.output
+    assert res.exit_code == 0, (res.exit_code, out)
     assert "Traceback" not in out and "MarkupError" not in out
     for e in expect:
         assert e in out, (e, out)
     return out
-
 
 
 def test_esc_round_trips_through_rich() -> None:

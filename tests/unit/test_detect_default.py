@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ def test_the_shipped_yunet_is_the_default_and_matches_its_manifest() -> None:
     assert (model.parent / "LICENSE-YuNet-Apache-2.0.txt").is_file()
 
 
-def test_a_replaced_detector_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_replaced_detector_file_is_refused(tmp_path: Path) -> None:
     manifest = json.loads(PACKAGED_YUNET.read_text())
     fake = tmp_path / manifest["file"]
     fake.write_bytes(b"not the model")
