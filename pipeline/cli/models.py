@@ -82,8 +82,9 @@ def _swap(no_gallery: bool) -> Iterator[tuple[Swap | None, bool]]:
         return
     from pipeline.serve.live import attach, elsewhere, live_pipelines
 
-    lives = live_pipelines(model_store().root)
-    for other in elsewhere(model_store().root):
+    root = model_store().root
+    lives = live_pipelines(root)
+    for other in elsewhere(root):
         # Swapped from here, a pipeline there would go on embedding with the old version
         # while the gallery moves to the new one (its searches then refuse to compare).
         out.print(
