@@ -21,6 +21,7 @@ from pipeline.cli import (
     train,
 )
 from pipeline.cli.common import config_errors, err, esc, state
+from pipeline.cli.helptext import reflow_app
 from pipeline.config.settings import load_settings
 
 app = typer.Typer(
@@ -59,3 +60,5 @@ bench.register(app)  # bench ...
 gallery.register(app)  # gallery ...
 review.register(app)  # unknowns ..., feedback ...
 status.register(app)  # status
+
+reflow_app(app)  # after every command is registered

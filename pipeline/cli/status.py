@@ -159,12 +159,15 @@ def _ray_address(explicit: str | None) -> str | None:
     return live[0]["ray_address"] if live else None
 
 
-def check_serve(address: str | None) -> Part:
+def check_serve(address: str | None, required: list[str]) -> Part:
+    """Serve on the Ray cluster at ``address``: up when every application is RUNNING and
+    the ``required`` ones (the pipeline's analyzer, embedder and search) are there."""
     if address is None:
         return Part("serve", SKIPPED, "no Ray address (no running `facestream run` announced)")
     try:
         import ray
         from ray import serve
+        from ray.serve.schema import ApplicationStatus
 
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
@@ -172,17 +175,21 @@ def check_serve(address: str | None) -> Part:
     except Exception as exc:
         return Part("serve", DOWN, f"Ray at {address}: {_one_line(exc)}")
     apps: dict[str, Any] = {}
-    unhealthy = []
+    unhealthy = [f"{name} missing" for name in required if name not in st.applications]
     for name, app in st.applications.items():
         replicas = {d: sum(dep.replica_states.values()) for d, dep in app.deployments.items()}
-        apps[name] = {"status": str(app.status), "replicas": replicas}
-        if str(app.status) != "RUNNING":
-            unhealthy.append(f"{name} {app.status}")
+        # The enum's value: str() of it is "ApplicationStatus.RUNNING" on this Ray.
+        status = ApplicationStatus(app.status).value
+        apps[name] = {"status": status, "replicas": replicas}
+        if status != ApplicationStatus.RUNNING.value:
+            unhealthy.append(f"{name} {status}")
+    if not apps:
+        return Part("serve", DOWN, f"Ray at {address}: no Serve application", {"apps": {}})
     summary = ", ".join(
         f"{n} {a['status']} ({sum(a['replicas'].values())} replicas)" for n, a in apps.items()
     )
-    if not apps:
-        return Part("serve", DOWN, f"Ray at {address}: no Serve application", {"apps": {}})
+    if unhealthy:
+        summary = f"{'; '.join(unhealthy)} (of {summary})"
     return Part("serve", DOWN if unhealthy else OK, summary, {"applications": apps})
 
 
@@ -233,12 +240,11 @@ def collect(
     gallery: bool,
     timeout_s: float,
 ) -> list[Part]:
-    from pipeline.cli.stream import LOCAL_KAFKA_PORT
+    from pipeline.cli.stream import bootstrap_servers
 
     cfg = state.settings.stream
     parts = check_kafka(
-        # None configured: the broker a local `facestream run` starts (as `events` does).
-        kafka or cfg.kafka.bootstrap_servers or f"127.0.0.1:{LOCAL_KAFKA_PORT}",
+        kafka or bootstrap_servers(cfg),
         cfg.kafka.group_id,
         cfg.topics.frames,
         timeout_s,
@@ -246,7 +252,8 @@ def collect(
     )
     parts.append(check_models())
     parts.append(check_gallery() if gallery else Part("gallery", SKIPPED, "--no-gallery"))
-    parts.append(check_serve(_ray_address(ray_address)))
+    pipeline_apps = [cfg.analyzer.app_name, cfg.embedder.app_name, cfg.search.app_name]
+    parts.append(check_serve(_ray_address(ray_address), pipeline_apps))
     parts += [check_metrics(u, timeout_s) for u in metrics_urls]
     return parts
 

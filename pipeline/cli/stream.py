@@ -137,6 +137,11 @@ def parse_sources(
     return cams
 
 
+def bootstrap_servers(cfg: StreamConfig) -> str:
+    """The configured brokers, else the one a local `facestream run` starts."""
+    return cfg.kafka.bootstrap_servers or f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -444,7 +449,7 @@ def events(
     }
     if topic not in topics:
         raise typer.BadParameter(f"--topic must be one of {', '.join(topics)}")
-    bootstrap = cfg.kafka.bootstrap_servers or f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+    bootstrap = bootstrap_servers(cfg)
     try:
         since_ms = parse_since(since) if since else None
     except ValueError as exc:

@@ -26,6 +26,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from pipeline.cli.status import check_serve
 from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 from pipeline.models.store import ModelStore
@@ -236,8 +237,17 @@ def test_one_camera_spreads_over_the_analyzers_and_is_tracked_in_order(
         runner.start({LIN: media[LIN]})
         _run_until_drained(runner)
         stats = [s for s in runner.worker_stats() if s is not None]
+        # `facestream status`'s serve row on the live pipeline (issue 22: it said down).
+        apps = [cfg.analyzer.app_name, cfg.embedder.app_name, cfg.search.app_name]
+        live = check_serve("auto", apps)
+        absent = check_serve("auto", [*apps, "facestream-absent"])
     finally:
         runner.stop()
+    gone = check_serve("auto", apps)
+    assert live.status == "ok", live
+    assert live.details["applications"][cfg.analyzer.app_name]["status"] == "RUNNING"
+    assert absent.status == "down" and absent.summary.startswith("facestream-absent missing")
+    assert gone.status == "down" and "no Serve application" in gone.summary, gone
     out = _check_outputs(cfg)
     analyzers = Counter(d["analyzer"] for d in out["detections"])
     assert len(analyzers) == cfg.analyzer.replicas, analyzers  # every replica took frames
