@@ -55,6 +55,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.data", "ray.tune")
+
+
+def ray_logs_to_file(path: Path) -> Path:
+    """Send this process's Ray and Serve log records to ``path`` instead of the terminal,
+    whose lines are the operator's (``facestream run`` prints its own summary).
+
+    ``ray.serve`` puts a terminal handler on its logger when imported and ``ray.init``
+    only re-formats the handlers the ``ray`` logger has, so both are replaced here, after
+    that import and before ``ray.init``.
+    """
+    import ray.serve  # noqa: F401  (configures its logger on import)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+    return path
+
+
 def init_ray(**kwargs: Any) -> None:
     """``ray.init(**kwargs)`` for every facestream process (run, serve, train), failing as
     one ``StartupFailed`` line naming Ray instead of a traceback.
@@ -74,7 +99,7 @@ def init_ray(**kwargs: Any) -> None:
     attempts = 1 if joining else RAY_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            if joining:
+            if joining and not _on_loopback(str(address)):
                 ray.init(**kwargs)
             else:
                 with loopback_node():
@@ -87,6 +112,21 @@ def init_ray(**kwargs: Any) -> None:
                 where = address if joining else "a local Ray"
                 raise StartupFailed("Ray", f"cannot start or join {where} ({exc})") from None
             log.warning("Ray did not start (%s); trying once more", exc)
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether ``address`` (host:port) names this machine's loopback. Ray rewrites such
+    an address to the machine's own IP before connecting, where a local facestream
+    node does not listen; :func:`loopback_node` keeps it on 127.0.0.1."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:

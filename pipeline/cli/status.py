@@ -169,8 +169,10 @@ def check_serve(address: str | None, required: list[str]) -> Part:
         from ray import serve
         from ray.serve.schema import ApplicationStatus
 
+        from pipeline.procs import init_ray
+
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            init_ray(address=address, log_to_driver=False, logging_level=logging.ERROR)
         st = serve.status()
     except Exception as exc:
         return Part("serve", DOWN, f"Ray at {address}: {_one_line(exc)}")

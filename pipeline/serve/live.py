@@ -23,7 +23,7 @@ import ray
 
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import EmbedderServeConfig, SearchServeConfig
-from pipeline.procs import pid_alive
+from pipeline.procs import init_ray, pid_alive
 from pipeline.serve.apps import ServeApps
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def attach(live: dict[str, Any]) -> ServeApps:
     """The Serve applications of an announced pipeline (connects this process to its
     Ray); never deployed or deleted from here, only swapped."""
     if not ray.is_initialized():
-        ray.init(address=live["ray_address"], log_to_driver=False)
+        init_ray(address=live["ray_address"], log_to_driver=False)  # loopback kept
     apps = ServeApps(
         EmbedderServeConfig.model_validate(live["embedder"]),
         SearchServeConfig.model_validate(live["search"]),

@@ -410,9 +410,9 @@ class StreamRunner:
             self._lag = None
         if running and self.apps.deployed:
             self.apps.delete()
-            if self.started_ray:
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
+        # No serve.shutdown() on a Ray this runner started: ray.shutdown() ends the
+        # controller with the cluster, while serve.shutdown() kills it under its own
+        # graceful_shutdown task, which the raylet reports as a failure on the terminal.
         if self.started_ray and running:
             ray.shutdown()
             self.started_ray = False

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,5 +188,53 @@ def test_run_listens_on_loopback_only_and_ray_needs_its_token(
         broker = psutil.Process(int((tmp_path / "kafka" / "broker.pid").read_text()))
         assert any(s[2] == broker.pid for s in _listening([broker])), "the broker listens nowhere"
         _check_exposure(psutil.Process(proc.pid), tmp_path / "pwned-run", broker)
+        _check_status_of_live_run(env, tmp_path, proc, log)
     finally:
         _stop(proc)
+    _check_quiet_terminal(log.read_text(errors="replace"), proc.returncode)
+
+
+def _check_status_of_live_run(
+    env: dict[str, str], tmp_path: Path, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """`facestream status` beside the live run, with no options but the broker when the
+    run could not take the well-known port: every part up, Serve's row included, exit 0
+    (issue 22: it said serve down, and it could not join a Ray on loopback)."""
+    started = "local Kafka broker at "
+    _wait_until("the run prints its broker", lambda: started in log.read_text(), proc, log)
+    kafka = log.read_text().split(started, 1)[1].split()[0]
+    opts = [] if kafka == "127.0.0.1:9092" else ["--kafka", kafka]
+    res = subprocess.run(
+        [FACESTREAM, "status", "--json", *opts], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    doc = json.loads(res.stdout)
+    parts = {p["name"]: p for p in doc["parts"]}
+    assert res.returncode == 0 and doc["ok"], (parts, res.stderr[-2000:])
+    assert parts["serve"]["status"] == "ok", parts["serve"]
+    assert {"kafka", "models", "gallery", "serve"} <= set(parts), parts
+
+
+# A Ray or Serve log record as Ray prints it: "INFO 2026-12-04 02:20:10,123 serve ..." or
+# "2026-12-04 02:20:10,123\tINFO worker.py:..." (its driver logger).
+RAY_LOG_LINE = re.compile(
+    r"^\s*(\(\w+(, pid=\d+)?\)\s)?((DEBUG|INFO|WARNING|ERROR|CRITICAL) \d{4}-\d\d-\d\d"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL))"
+)
+
+
+def _check_quiet_terminal(output: str, returncode: int | None) -> None:
+    """What an operator sees of a normal `facestream run` and its stop: facestream's
+    own lines only, no Ray log records, no lines of Ray's processes, no traceback
+    (issue 22)."""
+    noisy = [
+        line
+        for line in output.splitlines()
+        if RAY_LOG_LINE.match(line)
+        or "(raylet)" in line
+        or "(ServeController" in line
+        or "Traceback" in line
+    ]
+    assert not noisy, "\n".join(noisy[:20])
+    assert "Ray's log: " in output  # where those lines went instead
+    assert returncode in (0, 130), output[-3000:]  # 130: stopped with Ctrl-C (SIGINT)

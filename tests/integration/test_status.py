@@ -80,3 +80,18 @@ def test_status_reads_brokers_group_and_lag(kafka_bootstrap: str, model_store: M
     assert parts["workers"]["status"] == "ok" and len(parts["workers"]["details"]["members"]) == 1
     assert parts["models"]["status"] == "ok"
     assert code == 0, out
+
+
+def test_status_without_options_looks_for_the_local_broker(model_store: ModelStore) -> None:
+    """No broker configured: the one a local `facestream run` starts, as `events` finds
+    it (issue 22: it crashed on the missing setting)."""
+    env: dict[str, str | None] = {
+        "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": None,
+        "RAY_ADDRESS": None,
+        "FACESTREAM_MODELS__STORE": str(model_store.root),
+    }
+    res = CliRunner().invoke(app, ["status", "--no-gallery", "--json"], env=env)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert res.exit_code in (0, 1), res.output
+    kafka = next(p for p in json.loads(res.stdout)["parts"] if p["name"] == "kafka")
+    assert "127.0.0.1:9092" in kafka["summary"] or kafka["status"] == "ok", kafka
