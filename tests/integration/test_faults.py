@@ -14,12 +14,16 @@ stream drained); the 30 s outage is the fault injected, not something measured.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.config.settings import Settings
 from pipeline.config.stream import StreamConfig
 from pipeline.gallery.milvus_server import LocalMilvus
@@ -53,6 +57,12 @@ def _wait_for(what: str, cond: Callable[[], object]) -> None:
 
 def _retries(runner: StreamRunner) -> int:
     return sum(sum(s["retries"].values()) for s in runner.worker_stats() if s is not None)
+
+
+def _status(env: dict[str, str], kafka: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """`facestream status --json` on the test's settings: exit code and parts by name."""
+    res = CliRunner().invoke(app, ["status", "--json", "--kafka", kafka], env=env)
+    return res.exit_code, {p["name"]: p for p in json.loads(res.stdout)["parts"]}
 
 
 def _drain_and_account(runner: StreamRunner, cfg: StreamConfig) -> None:
@@ -109,6 +119,7 @@ def test_milvus_outage_the_workers_retry_and_lose_no_frame(
     media: dict[str, Path],
     tmp_path: Path,
 ) -> None:
+    settings_env = facestream_env(model_store, milvus_space, tmp_path / "gallery")
     settings = _settings(model_store, milvus_space, tmp_path / "gallery")
     # Enough frames that some are still waiting when the server goes down.
     camera = {"id": "hamilton", "url": str(media["clip"]), "fps": 4, "realtime": False}
@@ -129,6 +140,7 @@ def test_milvus_outage_the_workers_retry_and_lose_no_frame(
             down_at = time.monotonic()
             assert not milvus_local.running()
             _wait_for("the workers to retry", lambda: _retries(runner) >= 2)
+            gallery_down = _status(settings_env, kafka_bootstrap)
             # The outage is the fault: at least 30 s of it, whatever the retries did.
             time.sleep(max(0.0, MILVUS_OUTAGE_S - (time.monotonic() - down_at)))
             during = runner.summary()
@@ -140,6 +152,11 @@ def test_milvus_outage_the_workers_retry_and_lose_no_frame(
     finally:
         runner.stop()
     assert retried >= 2
+    # `facestream status` during the outage: the gallery down, with its reason (issue 22).
+    code, parts = gallery_down
+    assert code == 1 and parts["gallery"]["status"] == "down", parts
+    assert parts["kafka"]["status"] == "ok" and parts["models"]["status"] == "ok", parts
+    assert "\n" not in parts["gallery"]["summary"]
     # No frame was given up on because of the outage: it is not the frames' fault.
     acc = account(cfg)
     assert not acc.dlq, acc.describe()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.models.store import ModelStore
+from tests.support.stores import facestream_env
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +97,22 @@ def test_status_without_options_looks_for_the_local_broker(model_store: ModelSto
     assert res.exit_code in (0, 1), res.output
     kafka = next(p for p in json.loads(res.stdout)["parts"] if p["name"] == "kafka")
     assert "127.0.0.1:9092" in kafka["summary"] or kafka["status"] == "ok", kafka
+
+
+def test_an_unreachable_catalogue_is_the_gallery_down(
+    kafka_bootstrap: str, model_store: ModelStore, milvus_space: dict[str, str], tmp_path: Path
+) -> None:
+    """The Milvus server answers but the catalogue does not: the gallery part is down
+    with one line naming the catalogue, Kafka stays up, exit 1 (issue 22)."""
+    env = {
+        **facestream_env(model_store, milvus_space, tmp_path / "gallery"),
+        "FACESTREAM_GALLERY__CATALOGUE_URL": "postgresql+psycopg://fs@127.0.0.1:1/fs",
+        "FACESTREAM_STREAM__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "RAY_ADDRESS": None,
+    }
+    res = CliRunner().invoke(app, ["status", "--json", "--timeout", "5"], env=env)
+    parts = {p["name"]: p for p in json.loads(res.stdout)["parts"]}
+    assert res.exit_code == 1, res.output
+    assert parts["gallery"]["status"] == "down", parts["gallery"]
+    assert "\n" not in parts["gallery"]["summary"] and "127.0.0.1" in parts["gallery"]["summary"]
+    assert parts["kafka"]["status"] == "ok", parts["kafka"]
