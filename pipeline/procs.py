@@ -68,7 +68,10 @@ def ray_logs_to_file(path: Path) -> Path:
     """
     import ray.serve  # noqa: F401  (configures its logger on import)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from pipeline.files import private_dir, private_file
+
+    private_dir(path.parent)  # beside the gallery's faces, and naming its people: owner-only
+    os.close(private_file(path, os.O_WRONLY | os.O_APPEND))
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
     for name in RAY_LOGGERS:

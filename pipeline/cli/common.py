@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -245,3 +245,23 @@ def audit(gallery: Gallery, action: str, subject: str | None, **detail: Any) -> 
     from pipeline.gallery.audit import cli_actor, record
 
     record(gallery.catalogue, actor=cli_actor(), action=action, subject=subject, **detail)
+
+
+RayVerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Show Ray's and Serve's own log lines here; by default they go to "
+        "<gallery data_dir>/logs/ray.log, whose path is printed at start.",
+    ),
+]
+
+
+def ray_logs_unless_verbose(verbose: bool) -> None:
+    """Keep the terminal for facestream's lines: Ray's go to a file, named once."""
+    if verbose:
+        return
+    from pipeline.procs import ray_logs_to_file
+
+    log = ray_logs_to_file(state.settings.gallery.data_dir.resolve() / "logs" / "ray.log")
+    err.print(f"Ray's log: {esc(str(log))}", highlight=False)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.cli.common import (
+    RayVerboseOpt,
     check_positive,
     cli_errors,
     err,
@@ -23,6 +24,7 @@ from pipeline.cli.common import (
     out,
     parse_people,
     printable,
+    ray_logs_unless_verbose,
     state,
 )
 
@@ -312,14 +314,7 @@ def run(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
     ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            help="Show Ray's and Serve's own log lines here; by default they go to "
-            "<gallery data_dir>/logs/ray.log, whose path is printed at start.",
-        ),
-    ] = False,
+    verbose: RayVerboseOpt = False,
     stream_config_file: StreamConfigOpt = None,
 ) -> None:
     """Run the whole pipeline: Kafka, Ray, the embedder and search deployments, the
@@ -338,7 +333,6 @@ def run(
     """
     from rich.live import Live
 
-    from pipeline.procs import ray_logs_to_file
     from pipeline.stream.runner import StreamRunner
     from pipeline.stream.video import is_live
 
@@ -354,9 +348,7 @@ def run(
         local_kafka_port=LOCAL_KAFKA_PORT if _port_free(LOCAL_KAFKA_PORT) else 0,
     )
     stop = threading.Event()
-    if not verbose:
-        log = ray_logs_to_file(state.settings.gallery.data_dir.resolve() / "logs" / "ray.log")
-        err.print(f"Ray's log: {esc(str(log))}", highlight=False)
+    ray_logs_unless_verbose(verbose)
     try:
         err.print(
             "starting: Kafka, Ray, Serve (embedder, gallery search), workers, ingest …",

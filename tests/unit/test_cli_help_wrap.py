@@ -54,9 +54,7 @@ def _early_breaks(out: str, width: int) -> list[str]:
 
 
 def test_every_command_is_listed() -> None:
-    assert {("run",), ("status",), ("gallery", "enroll"), ("models", "promote")} <= set(
-        COMMANDS
-    )
+    assert {("run",), ("status",), ("gallery", "enroll"), ("models", "promote")} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("width", [80, 120])
