@@ -97,7 +97,9 @@ def init_ray(**kwargs: Any) -> None:
     joining = bool(address) and address != "local"
     if joining:
         _check_reachable(str(address))
-    else:
+    if not joining or _on_loopback(str(address)):
+        # Started here, or a local facestream's cluster joined by `status` or `models
+        # promote`: its token is this user's (the environment's, or ~/.ray/auth_token).
         require_token_auth()
     attempts = 1 if joining else RAY_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
