@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
 from tests.support.wait import wait_until
 
@@ -118,13 +119,13 @@ def _check_exposure(root: psutil.Process, marker: Path, *others: psutil.Process)
 
 
 @pytest.fixture
-def user_env(tmp_path: Path, model_store: object) -> Iterator[dict[str, str]]:
+def user_env(tmp_path: Path, model_store: ModelStore) -> Iterator[dict[str, str]]:
     env = {
         **os.environ,
         "FACESTREAM_GALLERY__DATA_DIR": str(tmp_path / "gallery"),
         "FACESTREAM_GALLERY__LOCAL_MILVUS_PORT": str(free_ports(1)[0]),
         "FACESTREAM_GALLERY__API_TOKEN": TOKEN,
-        "FACESTREAM_MODELS__STORE": str(model_store.root),  # type: ignore[attr-defined]
+        "FACESTREAM_MODELS__STORE": str(model_store.root),
     }
     for name in (
         "RAY_ADDRESS",
