@@ -97,14 +97,16 @@ def init_ray(**kwargs: Any) -> None:
     joining = bool(address) and address != "local"
     if joining:
         _check_reachable(str(address))
-    if not joining or _on_loopback(str(address)):
-        # Started here, or a local facestream's cluster joined by `status` or `models
-        # promote`: its token is this user's (the environment's, or ~/.ray/auth_token).
+    # Started here, or a local facestream's cluster joined by `status` or `models
+    # promote`: on loopback, with this user's token (the environment's, or
+    # ~/.ray/auth_token).
+    local = not joining or _on_loopback(str(address))
+    if local:
         require_token_auth()
     attempts = 1 if joining else RAY_START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            if joining and not _on_loopback(str(address)):
+            if not local:
                 ray.init(**kwargs)
             else:
                 with loopback_node():
