@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,16 @@ def pid_alive(pid: int) -> bool:
 
 
 RAY_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.data", "ray.tune")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT. SIGTERM is how Kubernetes and process managers
+    stop a long-running command; SIGINT (Ctrl-C) is set explicitly because a shell starts
+    background jobs with it ignored, and a child inherits that."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def ray_logs_to_file(path: Path) -> Path:

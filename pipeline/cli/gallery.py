@@ -337,11 +337,9 @@ def server(
     of gallery commands. On exit it stops unless `facestream run` or `serve` still uses
     it. Not for a gallery on a Milvus server of its own (gallery.milvus_uri).
     """
-    import signal
-    import threading
-
     from pipeline.config.gallery import uses_local_milvus
     from pipeline.gallery.milvus_server import LocalMilvus
+    from pipeline.procs import stop_on_signals
 
     cfg = gallery_config()
     if not uses_local_milvus(cfg):
@@ -357,9 +355,7 @@ def server(
         )
         raise typer.Exit(0 if local.running() else 1)
     uri = local.attach(log=lambda msg: err.print(esc(msg), highlight=False))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     err.print(
         f"local Milvus server {esc(uri)} (data {esc(local.root)}); Ctrl-C to let go",
         highlight=False,

@@ -27,6 +27,7 @@ from pipeline.cli.common import (
     ray_logs_unless_verbose,
     state,
 )
+from pipeline.procs import stop_on_signals
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -347,7 +348,6 @@ def run(
         # The well-known port when free, so `facestream events` finds it without --kafka.
         local_kafka_port=LOCAL_KAFKA_PORT if _port_free(LOCAL_KAFKA_PORT) else 0,
     )
-    stop = threading.Event()
     ray_logs_unless_verbose(verbose)
     try:
         err.print(
@@ -355,6 +355,9 @@ def run(
             highlight=False,
         )
         runner.start(people, strict_enroll=strict)
+        # From here on SIGTERM and SIGINT end the wait below, so the run stops cleanly
+        # even when started in the background (SIGINT ignored) or by a process manager.
+        stop = stop_on_signals()
         _report_start(runner)
         with Live(console=err, refresh_per_second=2, transient=json_out) as live:
             try:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +104,7 @@ def run_blocking(
     import ray
     from ray import serve
 
-    from pipeline.procs import init_ray
+    from pipeline.procs import init_ray, stop_on_signals
 
     if config.port == 0:
         with socket.socket() as s:
@@ -122,11 +120,7 @@ def run_blocking(
         started = not ray.is_initialized()
         if started:
             init_ray(include_dashboard=False)
-        stop = threading.Event()
-        # SIGTERM is how Kubernetes and process managers stop a server; SIGINT is Ctrl-C
-        # (set explicitly: a shell starts background jobs with SIGINT ignored).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals()
         try:
             url = deploy(config, face, models)
             if on_ready is not None:
