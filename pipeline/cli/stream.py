@@ -355,9 +355,7 @@ def run(
             highlight=False,
         )
         runner.start(people, strict_enroll=strict)
-        # From here on SIGTERM and SIGINT end the wait below, so the run stops cleanly
-        # even when started in the background (SIGINT ignored) or by a process manager.
-        stop = stop_on_signals()
+        stop = stop_on_signals()  # SIGTERM/SIGINT now end the wait: a clean stop
         _report_start(runner)
         with Live(console=err, refresh_per_second=2, transient=json_out) as live:
             try:
