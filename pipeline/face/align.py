@@ -6,6 +6,8 @@ model manifest, never from code, so a model's preprocessing travels with its ver
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 import cv2
@@ -41,6 +43,12 @@ class AlignmentTemplate(BaseModel):
                 f"{len(SCHEMES[self.scheme])}"
             )
         return self
+
+
+def template_digest(template: AlignmentTemplate) -> str:
+    """Digest of what defines an aligned crop's geometry (not its description)."""
+    payload = json.dumps(template.model_dump(mode="json", exclude={"source"}), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

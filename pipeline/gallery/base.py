@@ -10,8 +10,6 @@ rename, list, show), ``search.py`` (thresholds, 1:N search, 1:1 verification) an
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -20,7 +18,6 @@ import numpy as np
 
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig, resolved_paths, uses_local_milvus
-from pipeline.face.align import AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.image_io import decode_image
 from pipeline.face.manifest import Threshold
@@ -39,12 +36,6 @@ log = logging.getLogger(__name__)
 def crop_ref(face_id: str) -> str:
     """Where a face's crop is: its row of the catalogue's ``crops`` table."""
     return f"catalogue:crops/{face_id}"
-
-
-def template_digest(template: AlignmentTemplate) -> str:
-    """Digest of what defines an aligned crop's geometry (not its description)."""
-    payload = json.dumps(template.model_dump(mode="json", exclude={"source"}), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 class GalleryBase:

@@ -22,10 +22,11 @@ import numpy as np
 
 from pipeline.config.face import PickPolicy
 from pipeline.config.gallery import CropMode
+from pipeline.face.align import template_digest
 from pipeline.face.analyze import FacePipeline
 from pipeline.face.errors import FaceError, MultipleFacesError
 from pipeline.face.records import Face, embeddings_of
-from pipeline.gallery.base import GalleryBase, ImageInput, crop_ref, template_digest
+from pipeline.gallery.base import GalleryBase, ImageInput, crop_ref
 from pipeline.gallery.blobs import encode_crop
 from pipeline.gallery.errors import (
     EnrollmentRejected,

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from pipeline.gallery.base import GalleryBase, template_digest
+from pipeline.face.align import template_digest
+from pipeline.gallery.base import GalleryBase
 from pipeline.gallery.blobs import decode_crop
 from pipeline.gallery.errors import ReembedError
 from pipeline.gallery.records import CollectionInfo, GalleryStatus, ReembedResult

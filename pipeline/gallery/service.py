@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
-from pipeline.gallery.base import ImageInput, crop_ref, template_digest
+from pipeline.face.align import template_digest
+from pipeline.gallery.base import ImageInput, crop_ref
 from pipeline.gallery.enrolment import Enrolment
 from pipeline.gallery.maintenance import Maintenance
 from pipeline.gallery.search import Search, threshold_info

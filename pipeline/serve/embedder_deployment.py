@@ -29,8 +29,8 @@ from ray import serve
 from pipeline import metrics
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import EmbedderServeConfig
+from pipeline.face.align import template_digest
 from pipeline.face.embed import Embedder
-from pipeline.gallery.service import template_digest
 from pipeline.models.store import ModelStore
 from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import as_deployment, replica_options, set_batching

@@ -26,7 +26,6 @@ from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import RecorderServeConfig
 from pipeline.gallery.review.records import RecordedFace, RecordResult
-from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import as_deployment, replica_options
 
@@ -39,7 +38,9 @@ DEPLOYMENT_NAME = "ReviewRecorder"
 @serve.deployment(name=DEPLOYMENT_NAME)
 class ReviewRecorderDeployment:
     def __init__(self, gallery: GalleryConfig, face: FaceConfig, models: ModelsConfig) -> None:
+        # Imported here, in the replica: the workers import this module for its name.
         from pipeline.gallery.review import Review
+        from pipeline.gallery.service import Gallery
 
         keep_replica_on_loopback()
         self.gallery = Gallery.from_settings(gallery, face, models)

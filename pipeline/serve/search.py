@@ -38,7 +38,6 @@ from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
 from pipeline.config.serve import SearchServeConfig
 from pipeline.gallery.records import ThresholdInfo
-from pipeline.gallery.service import Gallery
 from pipeline.serve.loopback import keep_replica_on_loopback
 from pipeline.serve.options import as_deployment, replica_options, set_batching
 
@@ -87,6 +86,10 @@ class GallerySearchDeployment:
     ) -> None:
         keep_replica_on_loopback()
         self.cfg = cfg
+        # Imported here, in the replica: the analyzers and workers import this module for
+        # its request types and must not pay for the gallery's stores at start-up.
+        from pipeline.gallery.service import Gallery
+
         self.gallery = Gallery.from_settings(gallery, face, models)
         # Milvus Lite's client is not meant for concurrent calls from several threads.
         self._lock = threading.Lock()

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from pipeline.config.stream import TrackerConfig
 
@@ -145,6 +144,9 @@ class CameraTracker:
         assigned: dict[int, Track] = {}
         if self.tracks and observations:
             scores = np.array([[self._score(t, o) for t in self.tracks] for o in observations])
+            # Imported here: scipy.optimize costs 0.5 s in every worker process at start.
+            from scipy.optimize import linear_sum_assignment
+
             rows, cols = linear_sum_assignment(scores, maximize=True)
             for r, c in zip(rows, cols, strict=True):
                 if scores[r, c] > 0:

@@ -32,12 +32,28 @@ faces and feedback, so the gallery reads the store's tables as the review reads 
 gallery.
 """
 
-from pipeline.gallery.review.errors import (
-    ClusterNotFound,
-    EventNotFound,
-    FeedbackRefused,
-    NameTaken,
-)
-from pipeline.gallery.review.service import Review
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.gallery.review.errors import (
+        ClusterNotFound,
+        EventNotFound,
+        FeedbackRefused,
+        NameTaken,
+    )
+    from pipeline.gallery.review.service import Review
 
 __all__ = ["ClusterNotFound", "EventNotFound", "FeedbackRefused", "NameTaken", "Review"]
+
+# Resolved at first use: the stream's worker processes import ``records`` (the shape of a
+# kept face) and must not pay for the service and SQLAlchemy (0.3 s in each process).
+_HOMES = {"Review": "service"} | dict.fromkeys(__all__[:4], "errors")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
