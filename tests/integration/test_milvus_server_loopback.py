@@ -87,18 +87,35 @@ def assert_loopback_only(server: LocalMilvus) -> list[psutil.Process]:
     return procs
 
 
-def _search_works(uri: str) -> None:
-    store = VectorStore(uri, prefix="t_loopback", alias="t_loopback_active", index_type="HNSW")
+def _store(uri: str) -> VectorStore:
+    return VectorStore(uri, prefix="t_loopback", alias="t_loopback_active", index_type="HNSW")
+
+
+def _write(uri: str) -> np.ndarray:
+    store = _store(uri)
     try:
         name = store.create("loopback-v1", 8, replace=True)
         vecs = np.eye(8, dtype=np.float32)[:4]
         rows = [{"face_id": f"f{i}", "identity_id": f"p{i}", "crop": ""} for i in range(4)]
         store.insert(name, "loopback-v1", rows, vecs)
+        return vecs
+    finally:
+        store.close()
+
+
+def _finds_and_drops(uri: str, vecs: np.ndarray) -> None:
+    store = _store(uri)
+    try:
+        name = store.collection_name("loopback-v1")
         hits = store.search(Snapshot(name, "loopback-v1"), vecs[2:3], "loopback-v1", limit=1)
         assert hits[0][0].face_id == "f2" and hits[0][0].similarity == pytest.approx(1.0)
         store.drop(name)
     finally:
         store.close()
+
+
+def _search_works(uri: str) -> None:
+    _finds_and_drops(uri, _write(uri))
 
 
 def test_local_milvus_listens_on_loopback_only_and_serves(milvus_local: LocalMilvus) -> None:
@@ -112,10 +129,11 @@ def test_restart_and_release_keep_loopback_and_leave_nothing_running() -> None:
     try:
         server.attach()
         first = assert_loopback_only(server)
-        server.restart()
+        vecs = _write(server.uri)
+        server.restart()  # its graceful stop is cut short (SETTINGS): the writes survive
         assert not _live(first), _live(first)
         second = assert_loopback_only(server)
-        _search_works(server.uri)
+        _finds_and_drops(server.uri, vecs)
         assert server.release() is True
         psutil.wait_procs(second, timeout=10)
         assert not _live(second), _live(second)
