@@ -12,6 +12,7 @@ alike. A caller given only an address (``--kafka``, a test's broker) names it wi
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.stream import KafkaConfig
@@ -46,6 +47,27 @@ def client_kwargs(kafka: KafkaConfig | None) -> dict[str, Any]:
 def with_bootstrap(bootstrap: str, kafka: KafkaConfig | None = None) -> KafkaConfig:
     """``kafka`` (the default settings when None) with ``bootstrap`` as its servers."""
     return (kafka or KafkaConfig()).model_copy(update={"bootstrap_servers": bootstrap})
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(kafka: KafkaConfig) -> None:
+    """Raise ``ConnectionError`` naming the bootstrap servers when none of them accepts a
+    TCP connection. kafka-python retries an unreachable bootstrap for the whole request
+    timeout (30 s) before it says so; a refused connection is known at once."""
+    servers = [s.strip() for s in (kafka.bootstrap_servers or "").split(",") if s.strip()]
+    reasons = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), REACH_TIMEOUT_S):
+                return
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{server}: {exc}")
+    raise ConnectionError(
+        f"no Kafka broker answers at {kafka.bootstrap_servers} ({'; '.join(reasons)})"
+    )
 
 
 def _address(kafka: KafkaConfig, role: str) -> dict[str, Any]:

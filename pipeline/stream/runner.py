@@ -43,6 +43,7 @@ from pipeline.gallery.service import Gallery
 from pipeline.gallery.startup import attach_local_milvus, repair
 from pipeline.serve.apps import ServeApps
 from pipeline.serve.live import announce
+from pipeline.stream import kafka_client
 from pipeline.stream.broker import LocalKafka
 from pipeline.stream.cluster import start_ray
 from pipeline.stream.ingest import IngestActor
@@ -215,6 +216,7 @@ class StreamRunner:
 
     def _start_kafka(self) -> None:
         if self.cfg.kafka.bootstrap_servers:
+            kafka_client.check_reachable(self.cfg.kafka)
             return
         self.broker = LocalKafka(port=self.local_kafka_port, data_dir=self.kafka_data_dir)
         bootstrap = self.broker.start()
