@@ -70,7 +70,7 @@ def web(
         data_dir=tmp_path_factory.mktemp("web-gallery"),
         api_token=SecretStr(token),
         review=ReviewConfig(keep_unknowns=True),
-        **milvus_space_module,  # type: ignore[arg-type]
+        **milvus_space_module,  # type: ignore[arg-type]  # the str settings pydantic parses
     )
     gallery = Gallery.from_settings(
         cfg, FaceConfig(), ModelsConfig(store=model_store.root), store=model_store

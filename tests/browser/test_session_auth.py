@@ -18,7 +18,7 @@ TOKEN = SecretStr("a-token-of-at-least-16")
 
 
 def sessions(token: SecretStr | None = TOKEN, **kw: object) -> auth.Sessions:
-    return auth.Sessions(token, **kw)  # type: ignore[arg-type]
+    return auth.Sessions(token, **kw)  # type: ignore[arg-type]  # each test's keyword options
 
 
 def request(
@@ -81,7 +81,7 @@ def test_a_cookie_of_this_token_is_a_session() -> None:
 )
 def test_forged_cookies_are_no_session(forge: object) -> None:
     cookie, _ = signed_in()
-    assert sessions().current(request(cookie=forge(cookie))) is None  # type: ignore[operator]
+    assert sessions().current(request(cookie=forge(cookie))) is None  # type: ignore[operator]  # the parametrized forgeries are callables
 
 
 def test_a_signed_out_session_is_dead_everywhere() -> None:

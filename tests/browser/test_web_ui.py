@@ -134,7 +134,7 @@ def kept_faces(
                 quality=face.quality.metrics,
                 crop_jpeg=jpeg.tobytes(),
                 embedding=face.embedding.tolist(),
-                **event,  # type: ignore[arg-type]
+                **event,  # type: ignore[arg-type]  # each row's event fields, parsed by pydantic
             )
         )
     return out

@@ -73,7 +73,7 @@ def served(
         port=free_port(),
         catalogue_url=db_url,
         catalogue_password=SecretStr(db_password),
-        **milvus_space_module,  # type: ignore[arg-type]
+        **milvus_space_module,  # type: ignore[arg-type]  # the str settings pydantic parses
     )
     # Serve's HTTP options only apply when Serve starts: stop an instance another module
     # left running (for example with its proxy disabled) so ours listens on our port.

@@ -65,7 +65,7 @@ def server(
         max_request_bytes=LIMIT,
         login_body_timeout_s=LOGIN_TIMEOUT_S,
         ui={"secure_cookie": False, "login_failures": 3},  # plain http to 127.0.0.1 here
-        **milvus_space_module,  # type: ignore[arg-type]
+        **milvus_space_module,  # type: ignore[arg-type]  # the str settings pydantic parses
     )
     assert cfg.auth_reads  # the default under test
     gallery = Gallery.from_settings(
@@ -233,7 +233,7 @@ def test_healthz_answers_while_a_search_computes(server: Server) -> None:
                 )
             )
 
-    server.gallery.search_image = slow_search  # type: ignore[method-assign]
+    server.gallery.search_image = slow_search  # type: ignore[method-assign]  # a slow search on purpose
     t = threading.Thread(target=search)
     try:
         t.start()

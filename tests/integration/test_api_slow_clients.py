@@ -56,7 +56,7 @@ def served(
         port=free_ports(1)[0],
         max_ongoing_requests=SLOTS,
         login_body_timeout_s=BODY_TIMEOUT_S,
-        **milvus_space_module,  # type: ignore[arg-type]
+        **milvus_space_module,  # type: ignore[arg-type]  # the str settings pydantic parses
     )
     serve.shutdown()  # Serve's HTTP options apply only when it starts
     url = deploy(cfg, FaceConfig(), ModelsConfig(store=model_store.root))

@@ -66,9 +66,9 @@ def enrol_people(gallery: Gallery, lfw: Path, people: list[str]) -> dict[str, st
     }
 
 
-def best(gallery: Gallery, path: Path, **kw: object):  # type: ignore[no-untyped-def]
+def best(gallery: Gallery, path: Path, **kw: object):  # type: ignore[no-untyped-def]  # returns what the gallery's result holds
     """The result for the centre face of a probe photo."""
-    res = gallery.search_image(path.read_bytes(), name=path.name, **kw)  # type: ignore[arg-type]
+    res = gallery.search_image(path.read_bytes(), name=path.name, **kw)  # type: ignore[arg-type]  # the search options each test passes
     assert res.faces, f"no face found in {path}"
     centre = min(res.faces, key=lambda f: abs((f.box[0] + f.box[2]) / 2 - 125) + abs(f.box[1] - 60))
     return res, centre

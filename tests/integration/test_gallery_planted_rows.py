@@ -121,7 +121,7 @@ def test_rows_written_straight_into_milvus_are_never_identifications(
     from pipeline.serve.search import GallerySearchDeployment, SearchRequest
 
     deployment = GallerySearchDeployment.func_or_class(
-        GalleryConfig(data_dir=gallery.data_dir, **milvus_space),  # type: ignore[arg-type]
+        GalleryConfig(data_dir=gallery.data_dir, **milvus_space),  # type: ignore[arg-type]  # the str settings pydantic parses
         FaceConfig(),
         ModelsConfig(store=store.root),
         SearchServeConfig(),

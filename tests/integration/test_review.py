@@ -81,7 +81,7 @@ def seen(
         camera_id=camera,
         track_id=track,
         capture_ts_ms=ts,
-        decision=decision,  # type: ignore[arg-type]
+        decision=decision,  # type: ignore[arg-type]  # a str of the Literal, or a wrong one on purpose
         identity_id=identity_id,
         similarity=None,
         quality=face.quality.metrics,
@@ -160,7 +160,7 @@ def test_feedback_not_this_person_and_this_is(
     with pytest.raises(EventNotFound):
         review.feedback("cam-z:1:0", "not_this_person")
     with pytest.raises(GalleryError):
-        review.feedback("cam-a:7:0", "bogus")  # type: ignore[arg-type]
+        review.feedback("cam-a:7:0", "bogus")  # type: ignore[arg-type]  # an invalid kind on purpose
     with review.catalogue.transaction() as con:
         n_feedback = con.execute(sa.select(sa.func.count()).select_from(feedback)).scalar()
     assert n_feedback == 0

@@ -66,6 +66,11 @@ class Setup:
         return Gallery(self.cfg, self.store, FaceConfig())
 
 
+def _active_version(gallery: Gallery) -> str | None:
+    snap = gallery.active()
+    return None if snap is None else snap.version
+
+
 @pytest.fixture
 def setup(
     two_versions: TwoVersions, tmp_path: Path, milvus_space: dict[str, str]
@@ -73,10 +78,10 @@ def setup(
     shared, old, new = two_versions
     # A private copy: this test moves ACTIVE, other tests share the session's store.
     store = private_store(shared, tmp_path / "models", active=old)
-    cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]
+    cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]  # the str settings pydantic parses
     with Gallery(cfg, store, FaceConfig()) as g:
         g.reembed(old)  # the gallery serves the old version
-        assert g.active() is not None and g.active().version == old  # type: ignore[union-attr]
+        assert _active_version(g) == old
     yield Setup(cfg, store, old, new)
 
 
@@ -94,7 +99,7 @@ def test_a_swap_cut_after_the_alias_flip_rolls_forward_at_start_up(setup: Setup)
     crash_during_promotion(setup)
     # The half-done state, for real: the alias serves the new version, ACTIVE the old.
     with setup.gallery() as g:
-        assert g.active().version == setup.new  # type: ignore[union-attr]
+        assert _active_version(g) == setup.new
     assert setup.store.active_version() == setup.old
     pending = pending_swap(setup.store)
     assert pending is not None and pending.to_version == setup.new
@@ -107,7 +112,7 @@ def test_a_swap_cut_after_the_alias_flip_rolls_forward_at_start_up(setup: Setup)
     runner._enroll({})
     assert setup.store.active_version() == setup.new
     with setup.gallery() as g:
-        assert g.active().version == setup.new  # type: ignore[union-attr]
+        assert _active_version(g) == setup.new
     assert not (setup.store.root / JOURNAL_FILE).exists()
     assert any("rolled forward" in n for n in runner.notes), runner.notes
     last = history(setup.store)[-1]
@@ -121,12 +126,12 @@ def test_a_swap_cut_after_the_alias_flip_rolls_forward_at_start_up(setup: Setup)
 def test_an_alias_moved_without_a_swap_goes_back_to_active(setup: Setup) -> None:
     with setup.gallery() as g:
         g.reembed(setup.new)  # builds new's collection and moves the alias, no promotion
-        assert g.active().version == setup.new  # type: ignore[union-attr]
+        assert _active_version(g) == setup.new
     assert setup.store.active_version() == setup.old
     with setup.gallery() as g:
         done = reconcile(g)
         assert done is not None and "points at" in done
-        assert g.active().version == setup.old  # type: ignore[union-attr]
+        assert _active_version(g) == setup.old
     assert setup.store.active_version() == setup.old
 
 
@@ -136,7 +141,7 @@ def test_a_swap_cut_before_the_flip_leaves_both_and_clears_the_journal(setup: Se
     write_journal(setup.store, PendingSwap("promote", setup.old, setup.new, "then"))
     with setup.gallery() as g:
         assert reconcile(g) is None
-        assert g.active().version == setup.old  # type: ignore[union-attr]
+        assert _active_version(g) == setup.old
     assert setup.store.active_version() == setup.old
     assert pending_swap(setup.store) is None
 

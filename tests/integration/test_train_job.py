@@ -189,7 +189,7 @@ def test_a_worse_candidate_is_refused_with_the_numbers(
 
 @pytest.fixture
 def gallery(tmp_path: Path, store: ModelStore, milvus_space: dict[str, str]) -> Iterator[Gallery]:
-    cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]
+    cfg = GalleryConfig(data_dir=tmp_path / "gallery", **milvus_space)  # type: ignore[arg-type]  # the str settings pydantic parses
     g = Gallery(cfg, store, FaceConfig())
     yield g
     g.close()
@@ -207,10 +207,11 @@ def test_promotion_reembeds_the_gallery_and_rollback_reverses_it(
         ).identity.identity_id
         for name, paths in people.items()
     }
-    assert gallery.active() is not None and gallery.active().version == base  # type: ignore[union-attr]
+    snap = gallery.active()
+    assert snap is not None and snap.version == base
 
     rec = promote(store, GallerySwap(gallery), cand, force=True, reason="integration test")
-    assert rec.forced == (not rec.gate["passed"])  # type: ignore[index]
+    assert rec.forced == (not rec.gate["passed"])  # type: ignore[index]  # a forced promotion records its gate
     assert store.active_version() == cand
     snap = gallery.active()
     assert snap is not None and snap.version == cand

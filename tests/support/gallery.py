@@ -63,6 +63,6 @@ def open_gallery(
     """A gallery in ``data_dir`` (its SQLite catalogue) on the Milvus server corner
     ``space`` (tests/conftest.py ``milvus_space``), or on a Milvus Lite file there."""
     vectors = space or {"milvus_uri": str(data_dir / "milvus.db")}
-    gallery = GalleryConfig(data_dir=data_dir, **vectors, **cfg)  # type: ignore[arg-type]
+    gallery = GalleryConfig(data_dir=data_dir, **vectors, **cfg)  # type: ignore[arg-type]  # settings of any type, parsed by pydantic
     models = ModelsConfig(store=store.root)
     return Gallery.from_settings(gallery, face or FaceConfig(), models, store=store)

@@ -20,7 +20,7 @@ from pipeline.face.errors import ModelError
 
 
 def _pipeline(**detector: object) -> FacePipeline:
-    cfg = FaceConfig(detector=DetectorConfig(fallbacks=[], **detector))  # type: ignore[arg-type]
+    cfg = FaceConfig(detector=DetectorConfig(fallbacks=[], **detector))  # type: ignore[arg-type]  # parsed by pydantic
     return FacePipeline.from_config(cfg, Aligner(dlib_chip_template()))
 
 

@@ -77,7 +77,7 @@ def test_stop_is_a_sigint_even_from_a_thread_that_blocks_it(
     s = holder[0]
     _wait_for(flag)
     t0 = time.monotonic()
-    assert s.stop(grace_s=20) == 0  # type: ignore[attr-defined]
+    assert s.stop(grace_s=20) == 0  # type: ignore[attr-defined]  # the server object the thread set
     assert stopped.exists() and time.monotonic() - t0 < 20
 
 

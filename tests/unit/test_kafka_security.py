@@ -29,7 +29,7 @@ def test_sasl_ssl_becomes_client_kwargs(tmp_path: Path) -> None:
         ssl_cafile=tmp_path / "ca.pem",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username="fs",
-        sasl_plain_password="s3cret",  # type: ignore[arg-type]
+        sasl_plain_password="s3cret",  # type: ignore[arg-type]  # a str, made a SecretStr by pydantic
     )
     assert client_kwargs(cfg) == {
         "security_protocol": "SASL_SSL",
@@ -143,7 +143,7 @@ SASL = KafkaConfig(
     security_protocol="SASL_PLAINTEXT",
     sasl_mechanism="PLAIN",
     sasl_plain_username="u",
-    sasl_plain_password="p",  # type: ignore[arg-type]
+    sasl_plain_password="p",  # type: ignore[arg-type]  # a str, made a SecretStr by pydantic
 )
 
 
@@ -200,6 +200,6 @@ class _FakeAdmin:
 def test_group_lag_counts_from_the_commit_or_the_partitions_beginning() -> None:
     from pipeline.stream.kafka_client import group_lag
 
-    lag = group_lag(_FakeAdmin(), _FakeReader(), "g", "frames")  # type: ignore[arg-type]
+    lag = group_lag(_FakeAdmin(), _FakeReader(), "g", "frames")  # type: ignore[arg-type]  # stand-ins of the two client calls it makes
     assert lag == {0: 8, 1: 15, 2: 15}
-    assert group_lag(_FakeAdmin(), _FakeReader(), "g", "absent") is None  # type: ignore[arg-type]
+    assert group_lag(_FakeAdmin(), _FakeReader(), "g", "absent") is None  # type: ignore[arg-type]  # stand-ins of the two client calls it makes

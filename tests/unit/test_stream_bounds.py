@@ -24,7 +24,7 @@ HEADERS = [("fs.v", b"1"), ("fs.seq", b"17"), ("fs.ts", b"1700000000000")]
 
 
 def _dead(value: bytes, **kw: object) -> DlqEvent:
-    return dlq_event(REF, b"gate", value, HEADERS, "undecodable", "corrupt", worker="w0", **kw)  # type: ignore[arg-type]
+    return dlq_event(REF, b"gate", value, HEADERS, "undecodable", "corrupt", worker="w0", **kw)  # type: ignore[arg-type]  # each test's optional fields
 
 
 def test_default_dlq_record_limit_is_below_the_broker_default() -> None:

@@ -41,7 +41,7 @@ RGB = np.zeros((24, 32, 3), dtype=np.uint8)
 
 def test_live_source_drops_and_counts_beyond_the_limit() -> None:
     producer = HeldProducer()
-    ing = CameraIngester(CameraConfig(id="cam", url="rtsp://cam/1"), _cfg(2), producer)  # type: ignore[arg-type]
+    ing = CameraIngester(CameraConfig(id="cam", url="rtsp://cam/1"), _cfg(2), producer)  # type: ignore[arg-type]  # a producer that holds its sends
     results = [ing.produce(RGB, None) for _ in range(5)]
     assert results == [True, True, False, False, False]
     assert ing.stats.dropped["backpressure"] == 3
@@ -59,7 +59,7 @@ def test_live_source_drops_and_counts_beyond_the_limit() -> None:
 def test_file_read_flat_out_waits_instead_of_dropping() -> None:
     producer = HeldProducer()
     cam = CameraConfig(id="cam", url="/clips/a.mp4", realtime=False)
-    ing = CameraIngester(cam, _cfg(1), producer)  # type: ignore[arg-type]
+    ing = CameraIngester(cam, _cfg(1), producer)  # type: ignore[arg-type]  # a producer that holds its sends
     assert ing.produce(RGB, 0.0)
     done = threading.Event()
 

@@ -35,7 +35,7 @@ def test_loss_hyper_parameters_by_name(tmp_path: Path) -> None:
     spec = write(tmp_path, '[data]\nroot = "x"\n[loss]\nname = "combined"\nm1 = 1.0\nm2 = 0.4\n')
     cfg = load_train_config(spec)
     assert cfg.loss.name == "combined"
-    assert cfg.loss.m2 == 0.4  # type: ignore[union-attr]
+    assert cfg.loss.m2 == 0.4  # type: ignore[union-attr]  # the union's member by its name
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_overrides_and_deployment_defaults(tmp_path: Path) -> None:
         **{"loss.name": "triplet", "epochs": 7, "data.root": str(tmp_path), "freeze": None},
     )
     # another loss: arcface's margin does not leak into it (triplet's default is 0.2)
-    assert cfg.loss.name == "triplet" and cfg.loss.margin == 0.2  # type: ignore[union-attr]
+    assert cfg.loss.name == "triplet" and cfg.loss.margin == 0.2  # type: ignore[union-attr]  # the union's member by its name  # the union's member by its name
     assert cfg.epochs == 7 and cfg.freeze == 0  # None means "not given"
     assert cfg.data.root == tmp_path and cfg.data.manifest is None  # --data replaces both
     assert (cfg.num_workers, cfg.use_gpu, cfg.checkpoint_dir) == (2, True, "s3://b/train")
@@ -89,6 +89,6 @@ def test_check_paths_names_the_missing_folder(tmp_path: Path) -> None:
 
 
 def test_loss_config_helper_validates() -> None:
-    assert loss_config("cosface", margin=0.2).margin == 0.2  # type: ignore[union-attr]
+    assert loss_config("cosface", margin=0.2).margin == 0.2  # type: ignore[union-attr]  # the union's member by its name
     with pytest.raises(ValueError, match="margin"):
         loss_config("cosface", margin=2.0)
