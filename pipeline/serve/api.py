@@ -13,6 +13,7 @@ freely; with a Milvus Lite file (``gallery.milvus_uri = "*.db"``) one replica ow
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -120,6 +121,7 @@ def run_blocking(
         started = not ray.is_initialized()
         if started:
             init_ray(include_dashboard=False)
+        own_cluster = started and os.environ.get("RAY_ADDRESS", "local") == "local"
         stop = stop_on_signals()
         try:
             url = deploy(config, face, models)
@@ -127,7 +129,15 @@ def run_blocking(
                 on_ready(url)
             stop.wait()
         finally:
-            serve.shutdown()
+            if not own_cluster:
+                # Our applications only: serve.shutdown() would take every application
+                # of a shared cluster (a pipeline's) down with the controller.
+                for name in (APP_NAME, health.APP_NAME):
+                    with contextlib.suppress(Exception):
+                        serve.delete(name)
+            # On a Ray of our own, ray.shutdown() ends the controller with the cluster;
+            # serve.shutdown() there killed it under its own graceful_shutdown task and
+            # printed that as an error.
             if started:
                 ray.shutdown()
     finally:
