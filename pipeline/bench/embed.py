@@ -21,6 +21,7 @@ from pipeline.face.embed import Embedder
 from pipeline.face.image_io import load_image
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
 from pipeline.face.records import Face
+from pipeline.models.quantize import quantized_of
 from pipeline.models.store import ModelStore
 
 
@@ -120,19 +121,31 @@ def bench_embedders(
     return rows
 
 
-def embedder_variants(active: Embedder, store: ModelStore) -> dict[str, Embedder]:
-    """The active embedder without TTA, the same on one ONNX Runtime thread, and as it is
-    (with its TTA): the rows of ``facestream bench embed``."""
-    m = active.manifest
+def _without_tta(embedder: Embedder) -> Embedder:
+    m = embedder.manifest
     plain = m.model_copy(
         update={"preprocessing": m.preprocessing.model_copy(update={"tta": "none"})}
     )
-    one_thread = store.load_embedder(m.version, intra_op_threads=1)
-    return {
-        "onnxruntime": Embedder(plain, active.backend),
-        "onnxruntime, 1 thread": Embedder(plain, one_thread.backend),
-        f"onnxruntime, tta={m.preprocessing.tta} (active)": active,
+    return Embedder(plain, embedder.backend)
+
+
+def embedder_variants(active: Embedder, store: ModelStore) -> dict[str, Embedder]:
+    """The rows of ``facestream bench embed``: the active embedder without TTA, the same
+    on one ONNX Runtime thread, every INT8 version made from it
+    (``facestream models quantize``) without TTA and on one thread, and the active
+    embedder as it is (with its TTA)."""
+    version = active.model_version
+    rows = {
+        "onnxruntime": _without_tta(active),
+        "onnxruntime, 1 thread": _without_tta(store.load_embedder(version, intra_op_threads=1)),
     }
+    for v in quantized_of(store, version):
+        rows[f"onnxruntime int8 ({v})"] = _without_tta(store.load_embedder(v))
+        rows[f"onnxruntime int8, 1 thread ({v})"] = _without_tta(
+            store.load_embedder(v, intra_op_threads=1)
+        )
+    rows[f"onnxruntime, tta={active.manifest.preprocessing.tta} (active)"] = active
+    return rows
 
 
 def stage_ms_per_image(

@@ -37,7 +37,8 @@ def bench_embed(
     faces: Annotated[int, typer.Option(help="Number of aligned faces to embed.")] = 256,
     repeats: Annotated[int, typer.Option(help="Timed runs per row; the best is reported.")] = 3,
 ) -> None:
-    """Faces/s of the batched ONNX Runtime embedder vs dlib as face_recognition calls it."""
+    """Faces/s of the batched ONNX Runtime embedder vs dlib as face_recognition calls it,
+    with rows for the INT8 versions of the active one (`facestream models quantize`)."""
     from rich.progress import Progress
 
     from pipeline.bench.embed import (
@@ -79,6 +80,12 @@ def bench_embed(
             f"{r.faces_per_s / base:.2f}x",
         )
     out.print(table)
+    if not any("int8" in r.runtime for r in rows):
+        out.print(
+            f"no INT8 version of {esc(m.version)} in the store: `facestream models quantize` "
+            "adds its rows",
+            highlight=False,
+        )
     stage_table = Table(title=f"Face core per image ({n_images} images, {len(samples)} faces)")
     stage_table.add_column("stage")
     stage_table.add_column("ms/image", justify="right")

@@ -105,9 +105,11 @@ def eval_pairs(
     ] = None,
 ) -> None:
     """10-fold accuracy, ROC AUC, EER and TAR@FAR of the full face core on a pairs file."""
-    from pipeline.evaluation.pairs import evaluate_pairs, read_pairs
+    from pipeline.evaluation.pairs import evaluate_pairs, read_pairs, require_both_kinds
 
-    pair_list = read_pairs(pairs, root)[: limit or None]
+    pair_list = read_pairs(pairs, root)
+    if limit:
+        pair_list = require_both_kinds(pair_list[:limit], f"the first {limit} pairs of {pairs}")
     pipe = face_pipeline()
     n_images = len({p for pair in pair_list for p in (pair.a, pair.b)})
     with progress_bar() as progress:

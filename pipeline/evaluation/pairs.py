@@ -48,7 +48,35 @@ def read_pairs(pairs_file: Path, root: Path) -> list[Pair]:
         pairs.append(Pair(root / parts[0], root / parts[1], int(parts[2])))
     if not pairs:
         raise PairsFileError(f"{pairs_file}: no pairs")
+    return require_both_kinds(pairs, str(pairs_file))
+
+
+def require_both_kinds(pairs: list[Pair], what: str) -> list[Pair]:
+    """``pairs`` when it holds same and different pairs; accuracy, ROC and TAR@FAR mean
+    nothing without both."""
+    same = sum(p.same for p in pairs)
+    if same in (0, len(pairs)):
+        kind = "same" if same else "different"
+        raise PairsFileError(
+            f"{what}: all {len(pairs)} pairs are '{kind}' pairs; verification needs both "
+            "same (1) and different (0) pairs"
+        )
     return pairs
+
+
+def pair_scores(
+    vectors: dict[Path, np.ndarray], pairs: list[Pair]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine per pair, label per pair). A pair with an image where no face was found
+    scores -1 (the decision "different"), so detection failures count against accuracy
+    instead of being skipped."""
+    scores = np.array(
+        [
+            float(vectors[p.a] @ vectors[p.b]) if p.a in vectors and p.b in vectors else -1.0
+            for p in pairs
+        ]
+    )
+    return scores, np.array([p.same for p in pairs])
 
 
 def evaluate_pairs(
@@ -58,11 +86,8 @@ def evaluate_pairs(
     *,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
-    """Run the evaluation and write ``report.json`` and ``roc.png`` into ``out_dir``.
-
-    A pair with an image where no face was found scores -1 (the decision "different"),
-    so detection failures count against accuracy instead of being skipped.
-    """
+    """Run the evaluation and write ``report.json`` and ``roc.png`` into ``out_dir``
+    (scores: :func:`pair_scores`)."""
     paths = sorted({p for pair in pairs for p in (pair.a, pair.b)})
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -71,14 +96,7 @@ def evaluate_pairs(
     vectors = {p: e.vector for p, e in emb.items() if e.vector is not None}
     failures = {p: e.reason for p, e in emb.items() if e.vector is None}
     n_images = len(paths)
-    scores = np.array(
-        [
-            float(vectors[p.a] @ vectors[p.b]) if p.a in vectors and p.b in vectors else -1.0
-            for p in pairs
-        ]
-    )
-    labels = np.array([p.same for p in pairs])
-    report, (fpr, tpr) = verification_report(scores, labels)
+    report, (fpr, tpr) = verification_report(*pair_scores(vectors, pairs))
     assert pipeline.embedder is not None
     version = pipeline.embedder.model_version
     out_dir.mkdir(parents=True, exist_ok=True)

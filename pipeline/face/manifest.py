@@ -113,6 +113,11 @@ class ModelManifest(BaseModel):
     format: Literal["onnx", "dlib"] = Field(
         description="'onnx': run by ONNX Runtime or TensorRT; 'dlib': dlib's own runtime."
     )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="Numbers of the network: 'int8' is a static quantisation of its parent "
+        "(a version of its own: its vectors are never compared with the parent's).",
+    )
     files: dict[str, FileEntry] = Field(description="Role -> file, e.g. 'onnx', 'torch', 'dlib'.")
     source: dict[str, str] = Field(default_factory=dict, description="Origin and licence.")
     preprocessing: Preprocessing

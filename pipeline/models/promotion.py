@@ -87,7 +87,8 @@ class PromotionRefused(PromotionError):
 class GatePolicy:
     """What "beats" means.
 
-    ``primary`` must be strictly better (by more than ``min_gain``); every other metric
+    ``primary`` must be strictly better (by more than ``min_gain``; a negative
+    ``min_gain`` lets it be that much worse, as for a quantisation); every other metric
     that both versions have may be worse by at most ``tolerance`` (absolute), and
     guard-set accuracies (``<set>.accuracy``, e.g. LFW) by at most ``guard_tolerance``.
     """
@@ -97,6 +98,24 @@ class GatePolicy:
     tolerance: float = 0.01
     guard_tolerance: float = 0.005
     checked: tuple[str, ...] = ("tar@far=0.001", "eer", "roc_auc", "rank1", "dir@far=0.01")
+
+
+# A quantisation of the active version (``pipeline.models.quantize``) need not beat it,
+# only match it: LFW-dev 10-fold accuracy within 0.1 point and TAR@FAR=1e-2 within 0.3
+# point of its FP32 parent, measured on the same pairs.
+QUANTIZED_POLICY = GatePolicy(
+    primary="tar@far=0.01",
+    min_gain=-0.003,
+    tolerance=0.005,
+    guard_tolerance=0.001,
+    checked=("roc_auc",),
+)
+
+
+def policy_for(store: ModelStore, candidate: str, active: str) -> GatePolicy:
+    """:data:`QUANTIZED_POLICY` for a quantisation of ``active``; else the default."""
+    m = store.manifest(candidate)
+    return QUANTIZED_POLICY if m.precision != "fp32" and m.parent == active else GatePolicy()
 
 
 @dataclass
@@ -173,8 +192,9 @@ def comparable_metrics(
 def gate_check(
     store: ModelStore, candidate: str, active: str, policy: GatePolicy | None = None
 ) -> GateResult:
-    """Does ``candidate`` beat ``active`` on the same held-out data?"""
-    policy = policy or GatePolicy()
+    """Does ``candidate`` beat ``active`` on the same held-out data (or, for a
+    quantisation of ``active``, match it: :func:`policy_for`)?"""
+    policy = policy or policy_for(store, candidate, active)
     digest, a, c = comparable_metrics(store, candidate, active)
     if c is None:
         return GateResult(
@@ -183,8 +203,8 @@ def gate_check(
             False,
             False,
             digest,
-            reason=f"{candidate} carries no held-out evaluation (it was not made by "
-            "`facestream train`)",
+            reason=f"{candidate} carries no held-out evaluation (it was made by neither "
+            "`facestream train` nor `facestream models quantize`)",
         )
     if a is None:
         return GateResult(
@@ -200,7 +220,10 @@ def gate_check(
     rows: list[GateRow] = []
     pa, pc = a.get(policy.primary), c.get(policy.primary)
     ok = pa is not None and pc is not None and _better(policy.primary, pc, pa, policy.min_gain)
-    rows.append(GateRow(policy.primary, pa, pc, "must be better", ok))
+    rule = (
+        "must be better" if policy.min_gain >= 0 else f"may be at most {-policy.min_gain:g} worse"
+    )
+    rows.append(GateRow(policy.primary, pa, pc, rule, ok))
     guards = sorted(k for k in c if k.endswith(".accuracy") and k in a)
     for k in (*policy.checked, *guards):
         va, vc = a.get(k), c.get(k)
@@ -216,7 +239,8 @@ def gate_check(
 
 def _better(metric: str, cand: float, active: float, min_gain: float) -> bool:
     gain = (active - cand) if lower_is_better(metric) else (cand - active)
-    return gain > min_gain
+    # A negative min_gain is a tolerance ("at most this much worse"), inclusive.
+    return gain > min_gain if min_gain >= 0 else gain >= min_gain - 1e-12
 
 
 # -- history -----------------------------------------------------------------------------

@@ -38,3 +38,7 @@ def test_malformed_pairs_file(tmp_path: Path) -> None:
         read_pairs(bad, tmp_path)
     with pytest.raises(PairsFileError, match="not found"):
         read_pairs(tmp_path / "none.tsv", tmp_path)
+    one_kind = tmp_path / "same.tsv"
+    one_kind.write_text("a.jpg\tb.jpg\t1\nc.jpg\td.jpg\t1\n")
+    with pytest.raises(PairsFileError, match="all 2 pairs are 'same' pairs"):
+        read_pairs(one_kind, tmp_path)
