@@ -123,7 +123,7 @@ def init_ray(**kwargs: Any) -> None:
             if not local:
                 ray.init(**kwargs)
             else:
-                with loopback_node():
+                with loopback_node(log_monitor=kwargs.get("log_to_driver", True)):
                     ray.init(**kwargs)
             return
         except Exception as exc:  # Ray raises plain Exceptions (RuntimeError, TimeoutError...)
@@ -210,11 +210,17 @@ def _refresh_ray_config() -> None:
 
 
 @contextlib.contextmanager
-def loopback_node() -> Iterator[None]:
+def loopback_node(*, log_monitor: bool = True) -> Iterator[None]:
     """While a local Ray node starts: its address is 127.0.0.1, so GCS, raylet, object
     manager, agents, workers and Serve replicas all listen on loopback only. The node's
     processes keep the setting (they inherit it at their start); this process and the
-    programs it starts later get their environment back."""
+    programs it starts later get their environment back.
+
+    Without ``log_monitor`` the node starts no log monitor: that process tails every
+    worker's log files to forward their lines to drivers, and a driver started with
+    ``log_to_driver=False`` (``facestream run``'s, the tests') reads none of them, while
+    the tailing costs CPU that a small machine would rather spend on faces. The files
+    are still written (``<temp dir>/session_*/logs``)."""
     import ray._private.parameter as ray_parameter
     import ray._private.ray_constants as ray_constants
 
@@ -231,6 +237,7 @@ def loopback_node() -> Iterator[None]:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("dashboard_agent_listen_port", agent_port)
+            kwargs.setdefault("include_log_monitor", log_monitor)
             super().__init__(*args, **kwargs)
 
     os.environ[RAY_CLUSTER_SWITCH] = "0"

@@ -94,31 +94,7 @@ SLOW_TESTS = {  # in the unit tests and the quick modules
 }
 
 
-# The longest files first (module totals of `make test`'s junit times, 2026-12-04), so
-# that the two xdist workers of `make test` (one file each at a time, in this order:
-# --no-loadscope-reorder) end together instead of one finishing a long file alone.
-LONGEST_FIRST = (
-    "test_stream_pipeline.py",
-    "test_distributed.py",
-    "test_faults.py",
-    "test_train_job.py",
-    "test_stream_faults_worker.py",
-    "test_exposure.py",
-    "test_gallery_core.py",
-    "test_review_stream.py",
-    "test_hot_swap.py",
-    "test_api.py",
-    "test_bench_soak.py",
-    "test_gallery_cli.py",
-    "test_api_slow_clients.py",
-    "test_milvus_server_loopback.py",
-    "test_bench_search.py",
-)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     for item in items:
         kind = item.path.parent.name
         name = item.path.name

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import ray
 
+from pipeline.bench.budget import Budget, CpuWatch, FaceWork, cores, face_work, search_ms
 from pipeline.bench.face_recognition_loop import LoopResult, run_loop
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream.audit import read_all
-from pipeline.stream.runner import StreamRunner
+from pipeline.stream.runner import StreamRunner, stream_face_config
 from pipeline.stream.video import iter_frames, native_fps, open_capture
 
 PEAK, REALTIME = "bench-peak", "bench-rt"
@@ -66,6 +67,7 @@ class StreamBench:
     realtime_fps: float
     workers: int
     analyzers: int
+    budget: Budget | None = None
 
 
 def tagged_config(
@@ -147,8 +149,11 @@ def bench_stream(
     timeout_s: float = 600.0,
     on_step: Callable[[str], None] | None = None,
     on_frame: Callable[[], None] | None = None,
+    budget: bool = False,
 ) -> StreamBench:
-    """Run the three steps of the module docstring and return their figures."""
+    """Run the three steps of the module docstring and return their figures; with
+    ``budget``, also the compute limit and the CPU of every process over the flat-out
+    run (``pipeline.bench.budget``)."""
     say = on_step or (lambda _: None)
     native = clip_fps(video)
     rate = min(fps or native, 120.0)
@@ -159,6 +164,12 @@ def bench_stream(
     peer = run_loop(frames, people, on_frame=on_frame)
 
     cfg = tagged_config(settings.stream, kafka, workers, analyzers)
+    work: FaceWork | None = None
+    if budget:
+        say("the face work per frame on one thread (the compute limit)")
+        face = stream_face_config(settings.face, cfg.workers)
+        work = face_work(settings, face, video, rate, max_side)
+    cpu: Budget | None = None
     with tempfile.TemporaryDirectory(prefix="fs-bench-kafka-") as kafka_dir:
         runner = StreamRunner(cfg, settings, kafka_data_dir=Path(kafka_dir))
         try:
@@ -167,9 +178,17 @@ def bench_stream(
             cfg = runner.cfg  # with the local broker's address
             say(f"facestream flat out: {workers} workers, {analyzers} analyzers")
             peak_cam = CameraConfig(id=PEAK, url=video, fps=rate, max_side=max_side, realtime=False)
+            search = search_ms(runner.settings, work) if work is not None else 0.0
+            watch = CpuWatch(runner) if work is not None else None
+            if watch is not None:
+                watch.start()
             runner.add_camera(peak_cam)
             runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
+            usage = watch.stop() if watch is not None else None
             peak = summarise(cfg, PEAK)
+            if usage is not None and work is not None:
+                stage_ms = {**work.stage_ms, "search": search}
+                cpu = Budget(stage_ms, work.frames, cores(), peak.fps, usage, peak.frames)
             rt_fps = round(min(max(peak.fps / 2, 0.5), native, 120.0), 2)
             say(f"real time at {rt_fps:g} fps (half the peak) for {latency_s:g} s")
             rt_cam = CameraConfig(
@@ -182,4 +201,4 @@ def bench_stream(
             realtime = summarise(cfg, REALTIME)
         finally:
             runner.stop()
-    return StreamBench(video, peer, peak, realtime, rt_fps, workers, analyzers)
+    return StreamBench(video, peer, peak, realtime, rt_fps, workers, analyzers, cpu)

@@ -13,6 +13,7 @@ from rich.table import Table
 from pipeline.cli.common import check_positive, err, esc, out, parse_people, state
 
 if TYPE_CHECKING:
+    from pipeline.bench.budget import Budget
     from pipeline.bench.soak import SoakReport
     from pipeline.bench.stream import StreamBench
 
@@ -56,9 +57,19 @@ def bench_stream(
         ),
     ] = 30.0,
     kafka: KafkaOpt = None,
+    budget: Annotated[
+        bool,
+        typer.Option(
+            "--budget",
+            help="Also the compute limit (the face work per frame on one thread, and the "
+            "fps it allows on this machine's cores), the flat-out fps as a share of it, and "
+            "the CPU time of every process of the pipeline over the flat-out run.",
+        ),
+    ] = False,
 ) -> None:
     """facestream run flat out vs face_recognition's per-frame loop on the same clip:
-    fps, faces, identities and their ratio; facestream's stages; latency at half peak."""
+    fps, faces, identities and their ratio; facestream's stages; latency at half peak;
+    with --budget, how much of the machine's limit that is and where the CPU goes."""
     from rich.progress import Progress
 
     from pipeline.bench.stream import bench_stream as run_bench
@@ -77,8 +88,44 @@ def bench_stream(
             kafka=kafka,
             on_step=lambda text: progress.update(task, description=text),
             on_frame=lambda: progress.advance(task),
+            budget=budget,
         )
     _print_stream(res, people)
+    if res.budget is not None:
+        _print_budget(res.budget)
+
+
+def _print_budget(b: Budget) -> None:
+    limit = Table(title=f"Compute limit: the face work per frame on one thread ({b.frames} frames)")
+    limit.add_column("stage")
+    limit.add_column("ms/frame", justify="right")
+    for stage, ms in b.stage_ms.items():
+        note = " (Milvus server and catalogue, one call per frame)" if stage == "search" else ""
+        limit.add_row(esc(stage + note), f"{ms:.2f}")
+    limit.add_row("total", f"{b.ms_per_frame:.2f}")
+    out.print(limit)
+    out.print(
+        f"limit on {b.cores} cores: {b.limit_fps:.1f} fps; flat out: {b.achieved_fps:.1f} fps "
+        f"= [bold]{100 * b.share:.0f}%[/bold] of the limit",
+        highlight=False,
+    )
+    u = b.usage
+    cpu = Table(
+        title=f"CPU over the flat-out run ({u.seconds:.1f} s wall, {b.cores} cores: "
+        f"{b.cores * u.seconds:.0f} CPU-s available)"
+    )
+    for col in ("process", "n", "CPU s", "share"):
+        cpu.add_column(col, justify="left" if col == "process" else "right")
+    for name, secs in u.cpu_s.items():
+        share = secs / u.total_s if u.total_s else 0.0
+        cpu.add_row(esc(name), str(u.processes[name]), f"{secs:.1f}", f"{100 * share:.0f}%")
+    cpu.add_row("all", str(sum(u.processes.values())), f"{u.total_s:.1f}", "100%")
+    out.print(cpu)
+    out.print(
+        f"the face work of its {b.run_frames} frames at the limit's cost: {b.face_cpu_s:.1f} "
+        f"CPU-s of the {u.total_s:.1f} used",
+        highlight=False,
+    )
 
 
 def _print_stream(res: StreamBench, people: dict[str, Path]) -> None:

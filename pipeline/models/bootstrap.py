@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from pydantic import BaseModel, Field
 
 from pipeline.face.align import dlib_chip_template
 from pipeline.face.manifest import (
-    MANIFEST_NAME,
     ModelManifest,
     OpenSetCurve,
     Preprocessing,
@@ -30,7 +28,7 @@ from pipeline.face.manifest import (
     write_manifest,
 )
 from pipeline.face.packaged_models import RESNET_V1, packaged_model
-from pipeline.files import private_dir, private_umask
+from pipeline.files import private_umask
 from pipeline.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -82,11 +80,7 @@ def bootstrap_default(
     template = dlib_chip_template(150, 0.25)
     version = f"{DEFAULT_NAME}-{version_digest(dat_sha, pre, template)}"
 
-    private_dir(store.root)
-    # Build in a scratch folder and rename at the end, so a crash never leaves a
-    # half-written version that looks valid.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=store.root))
-    try:
+    with store.building(version) as scratch:
         shutil.copyfile(dat, scratch / RESNET_V1)
         model = load_dlib_resnet(dat)
         torch.save(model.state_dict(), scratch / "model.pt")
@@ -118,14 +112,7 @@ def bootstrap_default(
             ),
             created_by="facestream models bootstrap",
         )
-        (scratch / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
-        final = store.folder(version)
-        if final.exists():
-            shutil.rmtree(final)
-        scratch.rename(final)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        store.publish(scratch, manifest)
     if activate:
         store.set_active(version)
     return manifest

@@ -15,7 +15,6 @@ tolerances) instead of the fine-tuning policy (strictly better):
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,14 +26,13 @@ import numpy as np
 from pipeline.face.embed import to_tensor
 from pipeline.face.errors import ModelError
 from pipeline.face.manifest import (
-    MANIFEST_NAME,
     ModelManifest,
     Preprocessing,
     file_entry,
     version_digest,
     write_manifest,
 )
-from pipeline.files import private_dir, private_umask
+from pipeline.files import private_umask
 from pipeline.models.store import ModelStore
 
 INT8_FILE = "model.int8.onnx"
@@ -152,9 +150,7 @@ def build_int8_version(
         )
     if len(chips) == 0:
         raise ModelError("no calibration faces: the INT8 scales need real aligned faces")
-    private_dir(store.root)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{parent.version}-int8.", dir=store.root))
-    try:
+    with store.building(f"{parent.version}-int8") as scratch:
         src = parent.file_path(store.folder(parent.version), "onnx")
         quantize_onnx(src, scratch / INT8_FILE, chips, parent.preprocessing, recipe)
         entry = file_entry(scratch / INT8_FILE)
@@ -191,14 +187,7 @@ def build_int8_version(
             },
             created_by="facestream models quantize",
         )
-        (scratch / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
-        final = store.folder(version)
-        if final.exists():
-            shutil.rmtree(final)
-        scratch.rename(final)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        store.publish(scratch, manifest)
     return manifest
 
 

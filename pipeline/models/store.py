@@ -10,8 +10,12 @@ models/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -51,6 +55,28 @@ class ModelStore:
     def folder(self, version: str) -> Path:
         # Every path of a version goes through here.
         return self.root / check_version_id(version)
+
+    @contextlib.contextmanager
+    def building(self, label: str) -> Iterator[Path]:
+        """A scratch folder in the store for a version being built; :meth:`publish`
+        turns it into the version, else it is removed. A crash never leaves a
+        half-written version that looks valid."""
+        private_dir(self.root)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{label}.", dir=self.root))
+        try:
+            yield scratch
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch)
+
+    def publish(self, scratch: Path, manifest: ModelManifest) -> None:
+        """Write ``manifest`` into ``scratch`` (from :meth:`building`) and rename it to
+        the version's folder, replacing an older build of the same version."""
+        (scratch / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+        final = self.folder(manifest.version)
+        if final.exists():
+            shutil.rmtree(final)
+        scratch.rename(final)
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():

@@ -1,0 +1,195 @@
+"""``facestream bench stream --budget``: how close the stream runs to the machine's limit.
+
+- **The compute limit.** The face work of one frame of the clip, each stage timed on
+  one thread in this process (OpenCV and ONNX Runtime held to one thread): video
+  decode, detection, landmarks, alignment, quality and embedding (with the version's
+  TTA), on the same frames and face settings as the analyzers, plus the gallery search
+  of those embeddings, one frame per call from this process against the pipeline's
+  gallery (Milvus server and catalogue). ``cores × 1000 / ms per frame`` is the fps
+  that work allows when every core does nothing else.
+- **The achieved share.** The flat-out run's fps over that limit.
+- **Where the rest goes.** CPU seconds of every process of the pipeline (this driver,
+  the ingester, workers, Serve replicas and controller, Ray's daemons and idle workers,
+  Kafka, Milvus) over the flat-out run, read from the OS (``psutil``), grouped by role.
+  Moving frames (JPEG encode and decode, Kafka, Ray calls, serialisation) shows up here
+  as CPU beyond the face work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.bench.processes import ProcessFinder, psutil
+from pipeline.config.face import FaceConfig
+from pipeline.config.settings import Settings
+from pipeline.face.align import Aligner
+from pipeline.face.analyze import FacePipeline, StageClock
+from pipeline.models.store import ModelStore
+from pipeline.stream.runner import StreamRunner
+from pipeline.stream.video import iter_frames
+
+FACE_STAGES = ("decode", "detect", "landmarks", "align", "quality", "embed")
+
+
+@dataclass
+class Usage:
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds
+    processes: dict[str, int] = field(default_factory=dict)  # role -> processes seen
+    seconds: float = 0.0  # wall time the CPU was measured over
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.cpu_s.values())
+
+
+@dataclass
+class Budget:
+    stage_ms: dict[str, float]  # one thread, per frame of the clip
+    frames: int
+    cores: int
+    achieved_fps: float
+    usage: Usage = field(default_factory=Usage)
+    run_frames: int = 0  # frames of the flat-out run
+
+    @property
+    def ms_per_frame(self) -> float:
+        return sum(self.stage_ms.values())
+
+    @property
+    def limit_fps(self) -> float:
+        return self.cores * 1000.0 / self.ms_per_frame if self.ms_per_frame else 0.0
+
+    @property
+    def share(self) -> float:
+        return self.achieved_fps / self.limit_fps if self.limit_fps else 0.0
+
+    @property
+    def face_cpu_s(self) -> float:
+        """CPU seconds the face work of the run's frames needs, at the limit's cost."""
+        return self.ms_per_frame / 1000.0 * self.run_frames
+
+
+@dataclass
+class FaceWork:
+    stage_ms: dict[str, float]  # per frame, each stage of FACE_STAGES
+    frames: int
+    vectors: list[np.ndarray]  # per frame with a face past the gate: its embeddings
+    model_version: str
+
+
+def face_work(
+    settings: Settings, face: FaceConfig, video: str, fps: float, max_side: int | None
+) -> FaceWork:
+    """The face core on one thread over the clip, as the analyzers see it."""
+    store = ModelStore(settings.models.store)
+    embedder = store.load_embedder(settings.models.version, intra_op_threads=1)
+    pipe = FacePipeline.from_config(face, Aligner(embedder.manifest.alignment), embedder)
+    stages: dict[str, float] = {}
+    clock = StageClock(stages)
+    frames = iter_frames(video, fps, max_side)
+    vectors: list[np.ndarray] = []
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    n = 0
+    try:
+        while True:
+            with clock("decode"):
+                frame = next(frames, None)
+            if frame is None:
+                break
+            faces = pipe.analyze(frame.image, pick="all", timings=stages)
+            embedded = [f.embedding for f in faces if f.embedding is not None]
+            if embedded:
+                vectors.append(np.stack(embedded))
+            n += 1
+    finally:
+        cv2.setNumThreads(threads)
+    stage_ms = {s: 1000.0 * stages.get(s, 0.0) / max(n, 1) for s in FACE_STAGES}
+    return FaceWork(stage_ms, n, vectors, embedder.model_version)
+
+
+def search_ms(settings: Settings, work: FaceWork) -> float:
+    """Milliseconds per frame of the gallery search of ``work``'s embeddings, one frame's
+    faces per call from this process (the Milvus server's time inside), as the search
+    deployment makes it; no Ray call and no queue."""
+    from pipeline.gallery.service import Gallery
+
+    with Gallery.from_settings(settings.gallery, settings.face, settings.models) as gallery:
+        if gallery.active() is None:
+            return 0.0  # nobody enrolled: the pipeline searches nothing either
+        if work.vectors:
+            gallery.search_vectors(work.vectors[0], work.model_version)  # connect, load
+        t0 = time.perf_counter()
+        for vecs in work.vectors:
+            gallery.search_vectors(vecs, work.model_version)
+        return 1000.0 * (time.perf_counter() - t0) / max(work.frames, 1)
+
+
+def role(name: str, kind: str) -> str:
+    """The row of the CPU table a process belongs to."""
+    if kind != "actor":
+        return {"driver": "driver (this process)", "kafka": "Kafka broker"}.get(
+            kind, "Milvus server" if kind == "milvus" else name
+        )
+    if name.startswith("worker "):
+        return "recognition workers"
+    if name.startswith("ingest "):
+        return "ingest"
+    if name.startswith("replica "):
+        # SERVE_REPLICA::<app>#<deployment>#<id>: one row per deployment
+        return f"Serve {name.split('#')[1]}" if name.count("#") >= 2 else name
+    controller = "ServeController" in name or name.startswith("SERVE_CONTROLLER")
+    return "Serve controller" if controller else name
+
+
+class CpuWatch:
+    """CPU seconds (user + system) of the pipeline's processes between ``start`` and
+    ``stop``; a process that starts in between counts from its start, and Ray's other
+    processes (the raylet's children that are no actor: agents, idle workers) count
+    as one row."""
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self._find = ProcessFinder(runner)
+        self._start: dict[int, float] = {}
+        self._t0 = 0.0
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        """pid -> (role, CPU seconds so far) of every process of the pipeline."""
+        procs = self._find()
+        found = {pid: role(name, kind) for name, (kind, pid) in procs.items()}
+        for name, (kind, pid) in procs.items():
+            if kind == "ray" and name == "ray raylet":
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(pid).children(recursive=True):
+                        found.setdefault(child.pid, "Ray agents and idle workers")
+        out = {}
+        for pid, r in found.items():
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                out[pid] = (r, t.user + t.system)
+        return out
+
+    def start(self) -> None:
+        self._start = {pid: cpu for pid, (_, cpu) in self._snapshot().items()}
+        self._t0 = time.monotonic()
+
+    def stop(self) -> Usage:
+        cpu: dict[str, float] = defaultdict(float)
+        count: dict[str, int] = defaultdict(int)
+        for pid, (r, now) in self._snapshot().items():
+            cpu[r] += now - self._start.get(pid, 0.0)
+            count[r] += 1
+        ordered = dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
+        return Usage(ordered, dict(count), time.monotonic() - self._t0)
+
+
+def cores() -> int:
+    """The cores this process may run on (the budget's denominator)."""
+    return len(os.sched_getaffinity(0))
