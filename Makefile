@@ -66,7 +66,7 @@ test: setup kafka-fetch tools postgres browser lint
 # The edit-test loop: the unit tests and the quick integration tests (tests/conftest.py
 # marks the rest slow), a few minutes. `make test` stays the full run.
 test-fast: setup kafka-fetch tools postgres
-	$(BIN)/python -m pytest -q -rs -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q -rs -m "not slow" --durations=10 -n $(TEST_WORKERS) --dist loadfile
 
 eval-lfw: setup
 	$(BIN)/facestream eval pairs --root $(SHARED)/data/lfw-dev --pairs $(SHARED)/data/lfw-dev/pairs.tsv --out reports/lfw-dev
