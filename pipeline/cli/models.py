@@ -63,7 +63,7 @@ def models_list() -> None:
     except Exception:
         active = None
     table = Table()
-    for col in ("", "version", "format", "dim", "tta", "threshold"):
+    for col in ("", "version", "format", "precision", "dim", "tta", "threshold"):
         table.add_column(col)
     for v in store.versions():
         m = store.manifest(v)
@@ -71,6 +71,7 @@ def models_list() -> None:
             "*" if v == active else "",
             esc(v),
             esc(m.format),
+            m.precision,
             str(m.embedding_dim),
             esc(m.preprocessing.tta),
             f"{m.threshold.value:.4f}",
@@ -145,7 +146,8 @@ def _print_record(rec: PromotionRecord) -> None:
 def promote_cmd(
     version: Annotated[str, typer.Argument(help="The version to make active.")],
     force: Annotated[
-        bool, typer.Option("--force", help="Promote even if it does not beat the active model.")
+        bool,
+        typer.Option("--force", help="Promote even if it fails the gate against the active model."),
     ] = False,
     reason: Annotated[str, typer.Option(help="Why (recorded in HISTORY.jsonl).")] = "",
     no_gallery: Annotated[

@@ -74,7 +74,8 @@ class PromotionError(FacestreamError):
 
 
 class PromotionRefused(PromotionError):
-    """The candidate does not beat the active model; the message holds the numbers."""
+    """The candidate fails the gate against the active model; the message holds the
+    numbers."""
 
     code = "promotion_refused"
 
@@ -400,7 +401,8 @@ def promote(
         gate = gate_check(store, version, active, policy) if active else None
         if gate is not None and not gate.passed and not force:
             raise PromotionRefused(
-                f"promotion of {version} refused: it does not beat the active model {active}"
+                f"promotion of {version} refused: it fails the gate against the active model "
+                f"{active}"
                 f" on the held-out metrics"
                 + (f" (held-out split {gate.heldout_digest})" if gate.heldout_digest else "")
                 + (f"\n{gate.table()}" if gate.rows else "")
