@@ -135,9 +135,12 @@ def search_ms(settings: Settings, work: FaceWork) -> float:
 def role(name: str, kind: str) -> str:
     """The row of the CPU table a process belongs to."""
     if kind != "actor":
-        return {"driver": "driver (this process)", "kafka": "Kafka broker"}.get(
-            kind, "Milvus server" if kind == "milvus" else name
-        )
+        named = {
+            "driver": "driver (this process)",
+            "kafka": "Kafka broker",
+            "milvus": "Milvus server",
+        }
+        return named.get(kind, name)
     if name.startswith("worker "):
         return "recognition workers"
     if name.startswith("ingest "):

@@ -169,7 +169,7 @@ def bench_stream(
         say("the face work per frame on one thread (the compute limit)")
         face = stream_face_config(settings.face, cfg.workers)
         work = face_work(settings, face, video, rate, max_side)
-    cpu: Budget | None = None
+    measured: Budget | None = None
     with tempfile.TemporaryDirectory(prefix="fs-bench-kafka-") as kafka_dir:
         runner = StreamRunner(cfg, settings, kafka_data_dir=Path(kafka_dir))
         try:
@@ -188,7 +188,7 @@ def bench_stream(
             peak = summarise(cfg, PEAK)
             if usage is not None and work is not None:
                 stage_ms = {**work.stage_ms, "search": search}
-                cpu = Budget(stage_ms, work.frames, cores(), peak.fps, usage, peak.frames)
+                measured = Budget(stage_ms, work.frames, cores(), peak.fps, usage, peak.frames)
             rt_fps = round(min(max(peak.fps / 2, 0.5), native, 120.0), 2)
             say(f"real time at {rt_fps:g} fps (half the peak) for {latency_s:g} s")
             rt_cam = CameraConfig(
@@ -201,4 +201,4 @@ def bench_stream(
             realtime = summarise(cfg, REALTIME)
         finally:
             runner.stop()
-    return StreamBench(video, peer, peak, realtime, rt_fps, workers, analyzers, cpu)
+    return StreamBench(video, peer, peak, realtime, rt_fps, workers, analyzers, measured)

@@ -265,7 +265,7 @@ def quantize_cmd(
     pipe = face_pipeline(version=parent.version)
     assert pipe.embedder is not None
     calib = _aligned(pipe, spread(pool, calibration_faces), "calibration faces")
-    chips = np.stack(list(calib.values())) if calib else np.zeros((0, 150, 150, 3), np.uint8)
+    chips = np.asarray(list(calib.values()), dtype=np.uint8)  # (n, h, w, 3); empty: refused
     with err.status(f"quantising {parent.version} on {len(chips)} faces..."):
         int8 = build_int8_version(
             store,
