@@ -4,9 +4,10 @@
   one thread in this process (OpenCV and ONNX Runtime held to one thread): video
   decode, detection, landmarks, alignment, quality and embedding (with the version's
   TTA), on the same frames and face settings as the analyzers, plus the gallery search
-  of those embeddings, one frame per call from this process against the pipeline's
-  gallery (Milvus server and catalogue). ``cores × 1000 / ms per frame`` is the fps
-  that work allows when every core does nothing else.
+  of those embeddings from this process against the pipeline's gallery (Milvus server
+  and catalogue), in calls of as many frames as an analyzer request carries.
+  ``cores × 1000 / ms per frame`` is the fps that work allows when every core does
+  nothing else.
 - **The achieved share.** The flat-out run's fps over that limit.
 - **Where the rest goes.** CPU seconds of every process of the pipeline (this driver,
   the ingester, workers, Serve replicas and controller, Ray's daemons and idle workers,
@@ -32,6 +33,7 @@ from pipeline.config.settings import Settings
 from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.models.store import ModelStore
+from pipeline.stream.dispatch import split_evenly
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.video import iter_frames
 
@@ -80,7 +82,7 @@ class Budget:
 class FaceWork:
     stage_ms: dict[str, float]  # per frame, each stage of FACE_STAGES
     frames: int
-    vectors: list[np.ndarray]  # per frame with a face past the gate: its embeddings
+    vectors: list[np.ndarray]  # per frame: the embeddings of its faces past the gate
     model_version: str
 
 
@@ -106,8 +108,8 @@ def face_work(
                 break
             faces = pipe.analyze(frame.image, pick="all", timings=stages)
             embedded = [f.embedding for f in faces if f.embedding is not None]
-            if embedded:
-                vectors.append(np.stack(embedded))
+            none = np.zeros((0, embedder.dim), np.float32)
+            vectors.append(np.stack(embedded) if embedded else none)
             n += 1
     finally:
         cv2.setNumThreads(threads)
@@ -115,19 +117,25 @@ def face_work(
     return FaceWork(stage_ms, n, vectors, embedder.model_version)
 
 
-def search_ms(settings: Settings, work: FaceWork) -> float:
-    """Milliseconds per frame of the gallery search of ``work``'s embeddings, one frame's
-    faces per call from this process (the Milvus server's time inside), as the search
-    deployment makes it; no Ray call and no queue."""
+def search_ms(settings: Settings, work: FaceWork, frames_per_call: int = 1) -> float:
+    """Milliseconds per frame of the gallery search of ``work``'s embeddings from this
+    process (the Milvus server's time inside), the faces of ``frames_per_call``
+    consecutive frames per call as the analyzers send them to the search deployment
+    (``analyzer.frames_per_request``); no Ray call and no queue."""
     from pipeline.gallery.service import Gallery
 
+    calls = [
+        np.concatenate(run)
+        for run in split_evenly(work.vectors, frames_per_call)
+        if sum(len(v) for v in run)
+    ]
     with Gallery.from_settings(settings.gallery, settings.face, settings.models) as gallery:
         if gallery.active() is None:
             return 0.0  # nobody enrolled: the pipeline searches nothing either
-        if work.vectors:
-            gallery.search_vectors(work.vectors[0], work.model_version)  # connect, load
+        if calls:
+            gallery.search_vectors(calls[0], work.model_version)  # connect, load
         t0 = time.perf_counter()
-        for vecs in work.vectors:
+        for vecs in calls:
             gallery.search_vectors(vecs, work.model_version)
         return 1000.0 * (time.perf_counter() - t0) / max(work.frames, 1)
 

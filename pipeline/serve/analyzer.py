@@ -7,15 +7,16 @@ spread over every replica (on any node), and a recognition worker keeps only wha
 see a camera's frames in order (tracking, publishing, committing). Concurrent requests
 from every replica meet in the embedder's and the search's ``@serve.batch``.
 
-A request carries one frame; the answer says, besides the faces, which of three things
-happened: analysed (faces, vectors and candidates), rejected (the frame's own fault, e.g.
-an undecodable JPEG: the worker dead-letters it), or failed (a stage outside the frame
-failed, e.g. the embedder timed out or changed model: the worker retries its batch).
+A request carries a few frames (``frames_per_request``); the answer of each frame says,
+besides its faces, which of three things happened: analysed (faces, vectors and
+candidates), rejected (the frame's own fault, e.g. an undecodable JPEG: the worker
+dead-letters it), or failed (a stage outside the frame failed, e.g. the embedder timed
+out or changed model: the worker retries its batch).
 
-The model-version rule holds per frame: every face of a frame is embedded in one call,
-and searched in the collection of the version that call answered with. A chip cut for
-another model's alignment is refused by the embedder (``template_mismatch``); the
-replica then asks for the new alignment and the frame is retried.
+The model-version rule holds per frame: every face of a request's frames is embedded in
+one call, and searched in the collection of the version that call answered with. A chip
+cut for another model's alignment is refused by the embedder (``template_mismatch``);
+the replica then asks for the new alignment and the frames are retried.
 """
 
 from __future__ import annotations
@@ -104,85 +105,108 @@ class FrameAnalyzerDeployment:
         self.pipeline = FacePipeline.from_config(self.face, Aligner(template))
         self.template_digest = info["template_digest"]
 
-    def _faces(self, req: AnalyzeRequest, timings: dict[str, float]) -> tuple[Any, list[Face]]:
+    def _faces(self, req: AnalyzeRequest, out: AnalyzeResult) -> None:
+        """One frame through the face core: ``out`` gets its size and faces, or the reason
+        it is rejected."""
         assert self.pipeline is not None
-        t0 = time.perf_counter()
-        image = decode_image(
-            req.data, max_pixels=req.max_pixels, max_bytes=req.max_bytes, name=req.name
-        )
-        timings["decode"] = time.perf_counter() - t0
-        with self._core:
-            return image, self.pipeline.analyze(image, embed=False, timings=timings)
-
-    async def analyze(self, req: AnalyzeRequest) -> AnalyzeResult:
-        out = AnalyzeResult(self.replica)
-        if self.pipeline is None:
-            await self._refresh_template()
-        digest = self.template_digest
         try:
-            # In a thread: the replica keeps taking frames while this one is analysed.
-            image, faces = await asyncio.to_thread(self._faces, req, out.timings)
+            t0 = time.perf_counter()
+            image = decode_image(
+                req.data, max_pixels=req.max_pixels, max_bytes=req.max_bytes, name=req.name
+            )
+            out.timings["decode"] = time.perf_counter() - t0
+            with self._core:
+                out.faces = self.pipeline.analyze(image, embed=False, timings=out.timings)
         except ImageError as exc:
             out.rejected = (exc.code, str(exc))
-            return out
+            return
         except Exception as exc:
             # A frame that crashes the face core must not stall its partition forever.
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             out.rejected = ("processing_error", detail)
-            return out
+            return
         out.size = (int(image.shape[1]), int(image.shape[0]))
-        out.faces = faces
-        gated = [f for f in faces if f.quality.passed]
-        if gated:
-            await self._embed_and_search(gated, digest, out)
-        for f in faces:
-            if f.embedding is not None:
-                # The worker keeps the crops of event and unknown faces for review: a
-                # JPEG of the aligned chip (~5 KB) instead of its pixels (~70 KB).
-                f.extras["chip_jpeg"] = encode_jpeg(f.chip)
-            # The worker needs boxes, landmarks, quality and vectors, not the pixels: a
-            # small answer stays inline instead of going through Ray's object store.
-            f.chip = np.empty((0, 0, 3), dtype=np.uint8)
-        return out
 
-    async def _call(self, stage: str, response: Any, out: AnalyzeResult) -> Any:
-        """A deployment's answer within the call timeout; None (and ``out.failed`` set)
-        when it fails: the stage is outside the frame, so the frame is retried."""
+    def _all_faces(self, requests: list[AnalyzeRequest], outs: list[AnalyzeResult]) -> None:
+        for req, out in zip(requests, outs, strict=True):
+            self._faces(req, out)
+
+    async def analyze(self, requests: list[AnalyzeRequest]) -> list[AnalyzeResult]:
+        """A few frames of one camera, an answer each, in order. Their faces past the gate
+        are embedded in one embedder call and searched in one search call: every Serve
+        call costs CPU, and one call per frame and stage spent more of it on calls than
+        on faces (``AnalyzerServeConfig.frames_per_request``)."""
+        outs = [AnalyzeResult(self.replica) for _ in requests]
+        if self.pipeline is None:
+            await self._refresh_template()
+        digest = self.template_digest
+        # In a thread: the replica keeps taking requests while these frames are analysed;
+        # frames of other requests take turns with them in the face core.
+        await asyncio.to_thread(self._all_faces, requests, outs)
+        gated = [(out, f) for out in outs for f in out.faces if f.quality.passed]
+        if gated:
+            await self._embed_and_search(gated, digest)
+        for out in outs:
+            for f in out.faces:
+                if f.embedding is not None:
+                    # The worker keeps the crops of event and unknown faces for review: a
+                    # JPEG of the aligned chip (~5 KB) instead of its pixels (~70 KB).
+                    f.extras["chip_jpeg"] = encode_jpeg(f.chip)
+                # The worker needs boxes, landmarks, quality and vectors, not the pixels:
+                # a small answer stays inline instead of going through Ray's object store.
+                f.chip = np.empty((0, 0, 3), dtype=np.uint8)
+        return outs
+
+    async def _call(self, stage: str, response: Any, outs: list[AnalyzeResult]) -> Any:
+        """A deployment's answer within the call timeout; None (and ``failed`` set on
+        ``outs``) when it fails: the stage is outside the frames, so they are retried."""
         t0 = time.perf_counter()
         try:
             return await asyncio.wait_for(response, self.call_timeout_s)
         except Exception as exc:
-            out.failed = (stage, f"{type(exc).__name__}: {exc}")
+            _fail(outs, stage, f"{type(exc).__name__}: {exc}")
             return None
         finally:
-            out.timings[stage] = time.perf_counter() - t0
+            for out in outs:
+                out.timings[stage] = time.perf_counter() - t0
 
-    async def _embed_and_search(self, faces: list[Face], digest: str, out: AnalyzeResult) -> None:
-        chips = np.stack([f.chip for f in faces])
-        emb = await self._call(
-            "embed", self.embedder.embed.remote(EmbedRequest(chips, digest)), out
-        )
+    async def _embed_and_search(
+        self, gated: list[tuple[AnalyzeResult, Face]], digest: str
+    ) -> None:
+        """Every gated face of the request in one embedder call (so every face of a frame
+        has one model version) and one search in that version's collection."""
+        outs = list({id(out): out for out, _ in gated}.values())
+        chips = np.stack([f.chip for _, f in gated])
+        request = EmbedRequest(chips, digest)
+        emb = await self._call("embed", self.embedder.embed.remote(request), outs)
         if emb is None:
             return
         if emb.error == "template_mismatch":
             # The embedder was swapped to a model with another alignment: re-cut the chips.
             await self._refresh_template()
-            out.failed = ("embed", f"embedder model changed to {emb.model_version}")
+            _fail(outs, "embed", f"embedder model changed to {emb.model_version}")
             return
         if emb.error:
-            out.failed = ("embed", f"embedder refused the request: {emb.error}")
+            _fail(outs, "embed", f"embedder refused the request: {emb.error}")
             return
-        for f, v in zip(faces, emb.vectors, strict=True):
+        for (_, f), v in zip(gated, emb.vectors, strict=True):
             f.embedding = v
             f.model_version = emb.model_version
-        request = SearchRequest(emb.vectors, emb.model_version)
-        res = await self._call("search", self.search.search.remote(request), out)
+        search = SearchRequest(emb.vectors, emb.model_version)
+        res = await self._call("search", self.search.search.remote(search), outs)
         if res is None:
             return
-        out.model_version = res.model_version
-        out.collection = res.collection
-        out.threshold = res.threshold
-        out.candidates = res.candidates
+        for (out, _), hits in zip(gated, res.candidates, strict=True):
+            out.candidates.append(hits)
+        for out in outs:
+            out.model_version = res.model_version
+            out.collection = res.collection
+            out.threshold = res.threshold
+
+
+def _fail(outs: list[AnalyzeResult], stage: str, detail: str) -> None:
+    for out in outs:
+        out.failed = (stage, detail)
 
 
 def encode_jpeg(chip: np.ndarray, quality: int = 90) -> bytes:

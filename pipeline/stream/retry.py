@@ -113,20 +113,22 @@ class RetryPolicy:
         records: Sequence[Record],
         process: Callable[[Sequence[Record], bool], None],
         give_up: Callable[[Record, StageFailed], None],
-    ) -> None:
+    ) -> bool:
         """One polled batch: ``process(records, alone)``, retried or split up as the
-        module doc says; ``give_up(record, failure)`` takes a frame that failed alone."""
+        module doc says; ``give_up(record, failure)`` takes a frame that failed alone.
+        True when every partition of the batch went on past it; False when one was
+        rewound (or halted), so the records polled after it must not be processed yet."""
         if self.exhausted(records):
-            self.one_by_one(records, process, give_up)
-            return
+            return self.one_by_one(records, process, give_up)
         try:
             process(records, False)
         except Exception as exc:
             if not isinstance(exc, StageFailed):  # a bug: keep the frames, say what happened
                 log.exception("worker %s: batch failed", self.name)
             self.rewind(records, as_stage_failed(exc))
-            return
+            return False
         self.succeeded(records)
+        return True
 
     def exhausted(self, records: Sequence[Record]) -> bool:
         """Has a partition of this batch failed ``max_attempts`` times from here?"""
@@ -178,10 +180,10 @@ class RetryPolicy:
         records: Sequence[Record],
         process: Callable[[Sequence[Record], bool], None],
         give_up: Callable[[Record, StageFailed], None],
-    ) -> None:
+    ) -> bool:
         """The batch is out of attempts: each record alone, in order. One that fails for
         a reason of its own is given up; one that fails otherwise (an outage) halts its
-        partition there, and the other partitions go on."""
+        partition there, and the other partitions go on. True when none halted."""
         halted: set[Partition] = set()
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -206,6 +208,7 @@ class RetryPolicy:
         if halted:
             attempts = max(self.attempts.get(tp, (0, 1))[1] for tp in halted)
             self.wait(self.backoff(attempts))
+        return not halted
 
     def halt(self, rec: Record, exc: BaseException) -> None:
         tp = (rec.topic, rec.partition)

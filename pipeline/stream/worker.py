@@ -52,12 +52,12 @@ from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
 from pipeline.gallery.review.records import RecordedFace
 from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
-from pipeline.serve.analyzer import AnalyzeRequest, AnalyzeResult
 from pipeline.serve.recorder import DEPLOYMENT_NAME as RECORDER
 from pipeline.stream import kafka_client
+from pipeline.stream.dispatch import BatchKey, Dispatcher, Pending, batch_key
 from pipeline.stream.frames import FrameStep
 from pipeline.stream.publisher import Publisher
-from pipeline.stream.retry import RetryPolicy, StageFailed
+from pipeline.stream.retry import RetryPolicy, StageFailed, first_offsets
 from pipeline.stream.stats import CameraLabels, WorkerStats
 
 if TYPE_CHECKING:
@@ -100,7 +100,11 @@ class RecognitionWorker:
             from ray import serve
 
             analyzer_handle = serve.get_deployment_handle(ANALYZER, app_name=cfg.analyzer.app_name)
-        self.analyzer = analyzer_handle
+        self.analyzer = Dispatcher(analyzer_handle, cfg)
+        # Batches polled and sent to the analyzers, their answers not taken yet (at most
+        # two: the one being published and the next; ``dispatch``).
+        self._sent: dict[BatchKey, Pending] = {}
+        self._current: list[Any] = []  # the batch sent, to be published next
         self._recorder: Any = None  # the review recorder deployment, at the first kept face
 
         self.consumer = self._make_consumer()
@@ -152,9 +156,15 @@ class RecognitionWorker:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                # Our batch is committed before every poll, so nothing is in flight here;
-                # only the tracks of cameras that move away must go.
-                worker.step.forget({(tp.topic, tp.partition) for tp in revoked})
+                # Every published batch is committed before the next poll; the one sent
+                # ahead is not published yet, so it is dropped and replayed from its
+                # partitions' committed (or rewound) offsets, by us or their new owner.
+                gone = {(tp.topic, tp.partition) for tp in revoked}
+                if gone & set(first_offsets(worker._current)):
+                    worker._unsend(worker._current)
+                    worker._current = []
+                # And the tracks of cameras that move away go.
+                worker.step.forget(gone)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 worker.stats.assignment = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -187,22 +197,61 @@ class RecognitionWorker:
     # -- the loop ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """Poll, send ahead, publish the batch before (``dispatch``'s module doc)."""
         self.stats.state = "running"
         w = self.cfg.workers
         while not self._stop.is_set():
-            try:
-                polled = self.consumer.poll(timeout_ms=w.poll_timeout_ms)
-            except Exception as exc:
-                self.stats.last_error = f"poll: {exc}"
-                log.warning("worker %s: poll failed: %s", self.worker_id, exc)
-                self._stop.wait(w.retry_backoff_s)
-                continue
-            records = sorted(
-                (r for rs in polled.values() for r in rs), key=lambda r: (r.partition, r.offset)
-            )
+            records = self._poll(0 if self._current else w.poll_timeout_ms)
             if records:
-                self.retry.run(records, self.process, self._give_up)
+                self._send(records)
+            if self._current and not self._finish(self._current) and records:
+                self._unsend(records)  # its batch before was rewound or halted
+                records = []
+            self._current = records
+        if self._current:  # stopping: the batch in hand is published, not dropped
+            self._finish(self._current)
+            self._current = []
         self.stats.state = "stopped"
+
+    def _poll(self, timeout_ms: int) -> list[Any]:
+        """The next batch in (partition, offset) order; none when the poll failed."""
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except Exception as exc:
+            self.stats.last_error = f"poll: {exc}"
+            log.warning("worker %s: poll failed: %s", self.worker_id, exc)
+            if not self._current:
+                self._stop.wait(self.cfg.workers.retry_backoff_s)
+            return []
+        return sorted(
+            (r for rs in polled.values() for r in rs), key=lambda r: (r.partition, r.offset)
+        )
+
+    def _send(self, records: list[Any]) -> None:
+        """Send a polled batch's frames to the analyzers now; ``process`` takes the answers."""
+        sent, _ = self.step.requests(records)
+        self._sent[batch_key(records)] = self.analyzer.send([req for _, _, req in sent])
+
+    def _finish(self, records: list[Any]) -> bool:
+        """Publish and commit a sent batch (retried as ``RetryPolicy`` says); True when
+        every partition went on past it."""
+        try:
+            return self.retry.run(records, self.process, self._give_up)
+        finally:
+            self._sent.pop(batch_key(records), None)
+
+    def _unsend(self, records: list[Any]) -> None:
+        """Drop a batch sent ahead: its answers are not taken, and each of its partitions
+        not rewound already goes back to the batch's first offset, so it is polled again."""
+        pending = self._sent.pop(batch_key(records), None)
+        if pending is not None:
+            pending.cancel()
+        for (topic, partition), offset in first_offsets(records).items():
+            with contextlib.suppress(Exception):  # moved away: its new owner replays it
+                from kafka import TopicPartition
+
+                if self.consumer.position(TopicPartition(topic, partition)) > offset:
+                    self._seek(topic, partition, offset)
 
     def process(self, records: Sequence[Any], alone: bool = False) -> None:
         """One batch: analyse, track, keep faces, publish, commit. ``alone``: a single
@@ -210,7 +259,8 @@ class RecognitionWorker:
         are then dropped and counted instead of failing the frame)."""
         t_batch = time.perf_counter()
         metrics.WORKER_POLL_BATCH.observe(len(records))
-        out = self.step.run(records, self._analyze)
+        sent = None if alone else self._sent.pop(batch_key(records), None)
+        out = self.step.run(records, self.analyzer.analyze if sent is None else sent.analyze)
         stage = metrics.WORKER_STAGE
         t0 = time.perf_counter()
         self._keep_faces(out.kept)
@@ -263,16 +313,6 @@ class RecognitionWorker:
         log.error("worker %s: crash_after_publish_batches=%d: exiting", self.worker_id, n)
         logging.shutdown()
         os._exit(17)
-
-    def _analyze(self, requests: list[AnalyzeRequest]) -> list[AnalyzeResult]:
-        """Every frame of the batch to the analyzers at once (any replica takes any
-        frame); the answers in request order. A call that fails is not the frames' fault."""
-        timeout_s = 2 * self.cfg.workers.call_timeout_s
-        pending = [self.analyzer.analyze.remote(request) for request in requests]
-        try:
-            return [r.result(timeout_s=timeout_s) for r in pending]
-        except Exception as exc:
-            raise StageFailed("analyze", f"{type(exc).__name__}: {exc}") from exc
 
     def _keep_faces(self, faces: list[RecordedFace]) -> None:
         """Hand the batch's kept faces to the review recorder before its events are

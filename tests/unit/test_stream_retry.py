@@ -68,8 +68,8 @@ class Harness:
             raise StageFailed("publish", "the dead letter was refused too")
         self.given_up.append((rec.offset, exc.stage))
 
-    def run(self, records: list[Rec]) -> None:
-        self.policy.run(records, self.process, self.give_up)
+    def run(self, records: list[Rec]) -> bool:
+        return self.policy.run(records, self.process, self.give_up)
 
 
 A = [Rec("f", 0, 10), Rec("f", 0, 11)]
@@ -78,7 +78,7 @@ B = [Rec("f", 1, 50), Rec("f", 1, 51)]
 
 def test_a_batch_that_passes_is_processed_once_without_a_pause() -> None:
     h = Harness()
-    h.run(A + B)
+    assert h.run(A + B)  # every partition went on: the batch polled after it may go too
     assert h.calls == [([10, 11, 50, 51], False)] and not h.waits and not h.seeks
     assert first_offsets(A + B) == {("f", 0): 10, ("f", 1): 50}
 
@@ -86,7 +86,7 @@ def test_a_batch_that_passes_is_processed_once_without_a_pause() -> None:
 def test_a_failing_batch_is_rewound_with_doubling_capped_pauses() -> None:
     h = Harness(fail={51: StageFailed("analyze", "replicas busy")})
     for _ in range(3):
-        h.run(A + B)  # the consumer would poll the rewound batch again
+        assert not h.run(A + B)  # the consumer would poll the rewound batch again
     assert h.seeks == [("f", 0, 10), ("f", 1, 50)] * 3
     assert h.waits == [1.0, 2.0, 3.0]  # doubled, capped at backoff_max_s
     assert h.observer.retries == ["analyze"] * 3
@@ -99,7 +99,7 @@ def test_an_outage_halts_only_its_partition_and_passes_later() -> None:
         h.run(A + B)
     h.seeks.clear()
     h.waits.clear()
-    h.run(A + B)  # out of attempts: one record at a time
+    assert not h.run(A + B)  # out of attempts: one record at a time; one partition halted
     assert h.calls[-4:] == [([10], True), ([11], True), ([50], True), ([51], True)]
     assert h.policy.halted == [("f", 1)] and h.observer.halted[-1] == [("f", 1)]
     assert h.seeks == [("f", 1, 51)]  # partition 1 held at the failing record
@@ -119,7 +119,7 @@ def test_a_frame_that_fails_on_its_own_is_given_up_and_its_partition_goes_on() -
     h = Harness(fail={11: refused})
     for _ in range(3):
         h.run(A + B)
-    h.run(A + B)
+    assert h.run(A + B)  # given up and committed: its partition goes on
     assert h.given_up == [(11, "publish")]
     assert h.policy.halted == [] and h.policy.attempts == {}
     assert h.calls[-4:] == [([10], True), ([11], True), ([50], True), ([51], True)]
