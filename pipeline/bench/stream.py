@@ -49,6 +49,10 @@ class StreamRun:
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean per frame
     analyzers: int = 0
     latency_ms: list[float] = field(default_factory=list)
+    first_ms: int = 0  # the first frame's capture (epoch ms)
+    last_ms: int = 0  # the last detection's publication
+    by_analyzer: Counter[str] = field(default_factory=Counter)  # replica -> frames
+    by_worker: Counter[str] = field(default_factory=Counter)  # worker -> frames
 
     @property
     def fps(self) -> float:
@@ -116,9 +120,12 @@ def summarise(cfg: StreamConfig, camera: str) -> StreamRun:
         return run
     first = min(d["capture_ts_ms"] for d in detections)
     last = max(d["published_ts_ms"] for d in detections)
+    run.first_ms, run.last_ms = first, last
     run.seconds = max(last - first, 1) / 1000.0
     run.latency_ms = [float(d["latency_ms"]) for d in detections]
-    run.analyzers = len({d.get("analyzer") for d in detections})
+    run.by_analyzer = Counter(str(d.get("analyzer")) for d in detections)
+    run.by_worker = Counter(str(d.get("worker")) for d in detections)
+    run.analyzers = len(run.by_analyzer)
     for d in detections:
         for f in d["faces"]:
             run.faces += 1
@@ -178,7 +185,8 @@ def bench_stream(
             cfg = runner.cfg  # with the local broker's address
             say(f"facestream flat out: {workers} workers, {analyzers} analyzers")
             peak_cam = CameraConfig(id=PEAK, url=video, fps=rate, max_side=max_side, realtime=False)
-            search = search_ms(runner.settings, work) if work is not None else 0.0
+            per_call = cfg.analyzer.frames_per_request
+            search = search_ms(runner.settings, work, per_call) if work is not None else 0.0
             watch = CpuWatch(runner) if work is not None else None
             if watch is not None:
                 watch.start()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.bench_stream import bench_soak, bench_stream
+from pipeline.cli.bench_stream import bench_scale, bench_soak, bench_stream
 from pipeline.cli.common import cli_errors, err, esc, face_pipeline, model_store, out
 
 if TYPE_CHECKING:
@@ -318,6 +318,7 @@ def register(app: typer.Typer) -> None:
     bench_app.command("stream")(cli_errors(bench_stream))
     bench_app.command("search")(cli_errors(bench_search))
     bench_app.command("soak")(cli_errors(bench_soak))
+    bench_app.command("scale")(cli_errors(bench_scale))
     bench_app.command("detectors")(cli_errors(bench_detectors))
     bench_app.command("train")(cli_errors(bench_train))
     bench_app.command("reembed")(cli_errors(bench_reembed))

@@ -1,9 +1,10 @@
-"""``facestream bench stream`` and ``facestream bench soak``: the whole pipeline measured
-(local Kafka unless one is given, Ray, the Serve applications, the workers); they print
-tables, no pass/fail."""
+"""``facestream bench stream``, ``bench soak`` and ``bench scale``: the whole pipeline
+measured (local Kafka unless one is given, Ray, the Serve applications, the workers);
+they print tables, no pass/fail."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +15,7 @@ from pipeline.cli.common import check_positive, err, esc, out, parse_people, sta
 
 if TYPE_CHECKING:
     from pipeline.bench.budget import Budget
+    from pipeline.bench.scale import ScaleBench
     from pipeline.bench.soak import SoakReport
     from pipeline.bench.stream import StreamBench
 
@@ -100,7 +102,7 @@ def _print_budget(b: Budget) -> None:
     limit.add_column("stage")
     limit.add_column("ms/frame", justify="right")
     for stage, ms in b.stage_ms.items():
-        note = " (Milvus server and catalogue, one call per frame)" if stage == "search" else ""
+        note = " (Milvus server and catalogue, one call per request)" if stage == "search" else ""
         limit.add_row(esc(stage + note), f"{ms:.2f}")
     limit.add_row("total", f"{b.ms_per_frame:.2f}")
     out.print(limit)
@@ -275,3 +277,85 @@ def _print_soak(rep: SoakReport) -> None:
         highlight=False,
         markup=False,
     )
+
+
+def bench_scale(
+    nodes: Annotated[
+        int, typer.Option(help="Ray nodes started on this machine (a head and the rest).")
+    ] = 2,
+    cameras: Annotated[int, typer.Option(help="Cameras streaming the clip at once.")] = 2,
+    source: SourceOpt = None,
+    enroll_opt: EnrollOpt = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Frames per second of video each camera takes. Default: all.",
+            callback=check_positive,
+        ),
+    ] = None,
+    workers: WorkersOpt = 2,
+    analyzers: AnalyzersOpt = 2,
+    kafka: KafkaOpt = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
+    ] = None,
+) -> None:
+    """facestream run on a Ray cluster of several nodes on this machine, several cameras
+    flat out at once: fps per camera and per node, and where the workers and analyzer
+    replicas ran. The nodes share this machine's cores."""
+    from rich.progress import Progress
+
+    from pipeline.bench.scale import bench_scale as run_scale
+
+    for name, value in (("--nodes", nodes), ("--cameras", cameras)):
+        if value < 1:
+            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=name)
+    video, people = _clip_and_people(source, enroll_opt)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("cluster", total=None)
+        res = run_scale(
+            state.settings,
+            video,
+            people,
+            nodes=nodes,
+            cameras=cameras,
+            workers=workers,
+            analyzers=analyzers,
+            fps=fps,
+            kafka=kafka,
+            on_step=lambda text: progress.update(task, description=text),
+        )
+    _print_scale(res)
+    if json_path is not None:
+        json_path.write_text(json.dumps(res.as_dict(), indent=2))
+        err.print(f"wrote {json_path}", highlight=False, markup=False)
+
+
+def _print_scale(res: ScaleBench) -> None:
+    names = sorted({n for r in res.cameras.values() for n in r.identities})
+    per_camera = Table(title=f"{esc(Path(res.video).name)} on every camera at once, flat out")
+    for col in ("camera", "worker", "frames", "fps", "faces", *names):
+        per_camera.add_column(esc(col), justify="left" if col in ("camera", "worker") else "right")
+    for cam, run in res.cameras.items():
+        per_camera.add_row(
+            esc(cam),
+            esc(res.camera_workers.get(cam, "-")),
+            str(run.frames),
+            f"{run.fps:.2f}",
+            str(run.faces),
+            *[str(run.identities.get(n, 0)) for n in names],
+        )
+    per_camera.add_row("all", "", str(res.frames), f"{res.fps:.2f}", "", *["" for _ in names])
+    out.print(per_camera)
+    per_node = Table(title=f"Per node, over the {res.seconds:.1f} s of the run")
+    for col in ("node", "analyzer replicas", "workers", "frames analysed", "fps"):
+        per_node.add_column(col, justify="left" if col in ("node", "workers") else "right")
+    for node in res.nodes:
+        per_node.add_row(
+            esc(node.name),
+            str(node.analyzers),
+            esc(", ".join(node.workers) or "-"),
+            str(node.frames),
+            f"{res.node_fps(node):.2f}",
+        )
+    out.print(per_node)

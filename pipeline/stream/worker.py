@@ -1,11 +1,14 @@
 """Recognition workers: Ray actors in one Kafka consumer group.
 
-Each worker loops: poll a few frames -> send each to the frame analyzer deployment
-(decode, detect, align, quality gate, embed, search; ``pipeline.serve.analyzer``), all at
-once, so that the frames of one camera are analysed by every analyzer replica in
-parallel -> take the answers back in sequence order -> per-camera tracking -> publish
-detections, identification events and dead letters -> wait for Kafka's acks -> commit
-the offsets. Only then does it poll again:
+Each worker loops: poll a few frames -> send them to the frame analyzer deployment
+(decode, detect, align, quality gate, embed, search; ``pipeline.serve.analyzer``), a few
+frames per request, all at once, so that the frames of one camera are analysed by every
+analyzer replica in parallel -> take the answers back in sequence order -> per-camera
+tracking -> publish detections, identification events and dead letters -> wait for
+Kafka's acks -> commit the offsets. The next poll's frames are sent to the analyzers
+*before* the batch in hand is tracked and published (``dispatch``), so the analyzers
+work while the worker publishes; their answers are taken only after that batch is
+committed, and dropped (their partitions rewound) when it was not:
 
 - Order: a camera's frames stay in one partition (keyed by camera id), so one worker
   owns a camera, and its tracker sees the frames in sequence order whichever replica
@@ -14,8 +17,9 @@ the offsets. Only then does it poll again:
   acknowledged. A worker that dies before committing leaves its frames to the group,
   which replays them; the event ids (``camera:seq``) are deterministic, so consumers
   drop the repeats.
-- Backpressure: the loop is synchronous, so while the analyzers, the embedder or the
-  gallery are slow the worker does not fetch; Kafka's fetch buffers are bounded by
+- Backpressure: at most two batches are out at once (the one being published and the
+  one sent ahead), so while the analyzers, the embedder or the gallery are slow the
+  worker does not fetch; Kafka's fetch buffers are bounded by
   ``workers.max_partition_fetch_bytes`` / ``fetch_max_bytes``, the deployments' queues
   by ``max_queued_requests``. Nothing grows without bound.
 - A frame that cannot be processed (no key, missing headers, corrupt or oversized JPEG,
@@ -30,10 +34,11 @@ the offsets. Only then does it poll again:
   ``facestream_worker_halted_partitions``, probed every ``retry_backoff_max_s`` until it
   recovers, so no partition ever loops silently.
 
-The worker wires four parts, each in its own module: the frames of a batch to tracks and
-events (``frames.FrameStep``, no Kafka or Ray), the bounded retries
-(``retry.RetryPolicy``, frame-agnostic), publishing and committing
-(``publisher.Publisher``) and what it counts (``stats.WorkerStats``).
+The worker wires five parts, each in its own module: sending frames to the analyzers
+(``dispatch.Dispatcher``), the frames of a batch to tracks and events
+(``frames.FrameStep``, no Kafka or Ray), the bounded retries (``retry.RetryPolicy``,
+frame-agnostic), publishing and committing (``publisher.Publisher``) and what it counts
+(``stats.WorkerStats``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pipeline.bench.ray_nodes import cluster_processes, local_cluster
 from pipeline.gallery.milvus_server import LocalMilvus
 from pipeline.models.store import ModelStore
 from pipeline.procs import free_ports
@@ -41,7 +41,6 @@ from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
 
-RAY = str(Path(sys.executable).with_name("ray"))
 FACESTREAM = str(Path(sys.executable).with_name("facestream"))
 REPO = Path(__file__).resolve().parents[2]
 # Generous guards against a hang; every wait below ends on an event, not on a timer.
@@ -53,62 +52,14 @@ TOKEN = "two-node-test-token-0123456789"
 # -- a two-node Ray cluster on this machine --------------------------------------------
 
 
-def _ray_processes(temp_dir: str) -> list[int]:
-    """Pids of the cluster's processes: every Ray process names its session folder."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if temp_dir.encode() in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-    return pids
-
-
-def _stop_cluster(temp_dir: str) -> None:
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        for pid in _ray_processes(temp_dir):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while _ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
-def _ray_start(temp_dir: str, *args: str) -> None:
-    agent, grpc, metrics, env_agent = free_ports(4)
-    cmd = [
-        RAY, "start", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
-        f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={env_agent}", "--object-store-memory=200000000", *args,
-    ]  # fmt: skip
-    env = dict(os.environ)  # token authentication on: the session's RAY_AUTH_TOKEN
-    env.pop("RAY_ADDRESS", None)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """Address of a head node and a second node (``ray start --address``), each with its
-    own resources; all their processes are stopped afterwards (``ray stop`` would also
-    stop every other Ray on the machine)."""
-    temp_dir = tempfile.mkdtemp(prefix="fs-rc-", dir="/tmp")  # short: Ray's unix sockets
-    port, client = free_ports(2)
-    try:
-        _ray_start(
-            temp_dir, "--head", f"--port={port}", f"--ray-client-server-port={client}",
-            "--include-dashboard=false", '--resources={"head_node": 1}',
-        )  # fmt: skip
-        _ray_start(temp_dir, f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}')
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop_cluster(temp_dir)
-        assert not _ray_processes(temp_dir), "Ray processes left behind"
-        import shutil
-
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    own resources (``pipeline.bench.ray_nodes``); all their processes are stopped
+    afterwards (``ray stop`` would also stop every other Ray on the machine)."""
+    with local_cluster(2) as cluster:
+        yield cluster.address
+    assert not cluster_processes(cluster.temp_dir), "Ray processes left behind"
 
 
 # -- watching the output topics ----------------------------------------------------------
