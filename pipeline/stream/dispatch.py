@@ -5,11 +5,14 @@
   (worker to analyzer, analyzer to embedder, analyzer to search). A poll's frames are
   split evenly over at least as many requests as there are replicas, so a short batch
   still keeps every replica busy.
-- **One batch ahead**: the worker sends the next poll's frames before it waits for the
-  current batch's answers, tracks and publishes them, so the analyzers work while the
-  worker publishes and commits. Those answers are only *taken* once the batch before has
-  been committed (or dropped, with its partitions rewound, when it was not): the order,
-  the at-least-once commit and the per-frame model version stay as they were.
+- **Several batches in flight** (``workers.max_batches_in_flight``): the worker sends
+  each poll's frames at once and publishes the batches in poll order, each as soon as
+  its answers are in, so the analyzers work while the worker publishes and commits,
+  and frames that arrive meanwhile do not wait for the batches before them to finish.
+  A batch's answers are only *taken* once every batch before it has been committed;
+  when one is rewound (or its partition halted) the batches after it are dropped and
+  their partitions rewound too. The order, the at-least-once commit and the per-frame
+  model version stay as they were.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Pending:
     names: list[str]  # the frames' event ids, in order
     responses: list[Any]  # Serve responses, one per request of a few frames
     timeout_s: float
+    done: int = 0  # responses known to have answered
 
     def result(self) -> list[AnalyzeResult]:
         """Every frame's answer, in order; a call that fails is not the frames' fault."""
@@ -64,6 +68,18 @@ class Pending:
         if [r.name for r in requests] != self.names:
             raise RuntimeError("a batch sent ahead is not the batch being processed")
         return self.result()
+
+    def ready(self) -> bool:
+        """Whether every request has answered (or failed): ``result`` will not wait."""
+        while self.done < len(self.responses):
+            try:
+                self.responses[self.done].result(timeout_s=0.0)
+            except TimeoutError:
+                return False
+            except Exception:
+                pass  # failed: ``result`` raises it as the batch's failure
+            self.done += 1
+        return True
 
     def cancel(self) -> None:
         for r in self.responses:

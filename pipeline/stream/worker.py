@@ -5,10 +5,12 @@ Each worker loops: poll a few frames -> send them to the frame analyzer deployme
 frames per request, all at once, so that the frames of one camera are analysed by every
 analyzer replica in parallel -> take the answers back in sequence order -> per-camera
 tracking -> publish detections, identification events and dead letters -> wait for
-Kafka's acks -> commit the offsets. The next poll's frames are sent to the analyzers
-*before* the batch in hand is tracked and published (``dispatch``), so the analyzers
-work while the worker publishes; their answers are taken only after that batch is
-committed, and dropped (their partitions rewound) when it was not:
+Kafka's acks -> commit the offsets. Several polled batches are out at once
+(``workers.max_batches_in_flight``; ``dispatch``): each poll's frames go to the analyzers
+at once, and the batches are published in poll order as their answers come in, so the
+analyzers work while the worker publishes and new frames do not wait for older batches.
+A batch's answers are taken only after every batch before it was committed, and dropped
+(their partitions rewound) when one was not:
 
 - Order: a camera's frames stay in one partition (keyed by camera id), so one worker
   owns a camera, and its tracker sees the frames in sequence order whichever replica
@@ -17,11 +19,11 @@ committed, and dropped (their partitions rewound) when it was not:
   acknowledged. A worker that dies before committing leaves its frames to the group,
   which replays them; the event ids (``camera:seq``) are deterministic, so consumers
   drop the repeats.
-- Backpressure: at most two batches are out at once (the one being published and the
-  one sent ahead), so while the analyzers, the embedder or the gallery are slow the
-  worker does not fetch; Kafka's fetch buffers are bounded by
-  ``workers.max_partition_fetch_bytes`` / ``fetch_max_bytes``, the deployments' queues
-  by ``max_queued_requests``. Nothing grows without bound.
+- Backpressure: at most ``workers.max_batches_in_flight`` batches are out at once, so
+  while the analyzers, the embedder or the gallery are slow the worker does not fetch;
+  Kafka's fetch buffers are bounded by ``workers.max_partition_fetch_bytes`` /
+  ``fetch_max_bytes``, the deployments' queues by ``max_queued_requests``. Nothing grows
+  without bound.
 - A frame that cannot be processed (no key, missing headers, corrupt or oversized JPEG,
   or an unexpected error in the face core) goes to the dead-letter topic and the
   stream goes on; a failure of the analyzers, the embedder, the gallery or Kafka is not
@@ -48,6 +50,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +72,8 @@ if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer
 
 log = logging.getLogger(__name__)
+# The poll's wait while batches are out: short, so an answered batch is published soon.
+IN_FLIGHT_POLL_MS = 10
 
 
 class RecognitionWorker:
@@ -106,10 +111,10 @@ class RecognitionWorker:
 
             analyzer_handle = serve.get_deployment_handle(ANALYZER, app_name=cfg.analyzer.app_name)
         self.analyzer = Dispatcher(analyzer_handle, cfg)
-        # Batches polled and sent to the analyzers, their answers not taken yet (at most
-        # two: the one being published and the next; ``dispatch``).
+        # Batches polled and sent to the analyzers, their answers not taken yet
+        # (``workers.max_batches_in_flight``; ``dispatch``).
         self._sent: dict[BatchKey, Pending] = {}
-        self._current: list[Any] = []  # the batch sent, to be published next
+        self._out: deque[list[Any]] = deque()  # batches sent, oldest first, not published
         self._recorder: Any = None  # the review recorder deployment, at the first kept face
 
         self.consumer = self._make_consumer()
@@ -152,6 +157,7 @@ class RecognitionWorker:
             max_poll_records=w.max_poll_records,
             max_partition_fetch_bytes=w.max_partition_fetch_bytes,
             fetch_max_bytes=w.fetch_max_bytes,
+            fetch_max_wait_ms=w.fetch_max_wait_ms,
             session_timeout_ms=w.session_timeout_ms,
             heartbeat_interval_ms=w.heartbeat_interval_ms,
             max_poll_interval_ms=w.max_poll_interval_ms,
@@ -161,15 +167,12 @@ class RecognitionWorker:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                # Every published batch is committed before the next poll; the one sent
-                # ahead is not published yet, so it is dropped and replayed from its
-                # partitions' committed (or rewound) offsets, by us or their new owner.
-                gone = {(tp.topic, tp.partition) for tp in revoked}
-                if gone & set(first_offsets(worker._current)):
-                    worker._unsend(worker._current)
-                    worker._current = []
+                # Every published batch is committed before the next poll; the batches
+                # in flight are not published yet, so they are dropped and replayed from
+                # their partitions' committed offsets, by us or their new owner.
+                worker._drop_all()
                 # And the tracks of cameras that move away go.
-                worker.step.forget(gone)
+                worker.step.forget({(tp.topic, tp.partition) for tp in revoked})
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 worker.stats.assignment = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -202,21 +205,35 @@ class RecognitionWorker:
     # -- the loop ------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        """Poll, send ahead, publish the batch before (``dispatch``'s module doc)."""
+        """Poll and send; publish the batches in order as their answers come in
+        (``dispatch``'s module doc)."""
         self.stats.state = "running"
         w = self.cfg.workers
         while not self._stop.is_set():
-            records = self._poll(0 if self._current else w.poll_timeout_ms)
-            if records:
-                self._send(records)
-            if self._current and not self._finish(self._current) and records:
-                self._unsend(records)  # its batch before was rewound or halted
-                records = []
-            self._current = records
-        if self._current:  # stopping: the batch in hand is published, not dropped
-            self._finish(self._current)
-            self._current = []
+            full = len(self._out) >= w.max_batches_in_flight
+            if not full:
+                # While batches are out, poll briefly: their answers are checked between.
+                records = self._poll(IN_FLIGHT_POLL_MS if self._out else w.poll_timeout_ms)
+                if records:
+                    self._send(records)
+                    self._out.append(records)
+            self._publish_answered(wait=full)
+        while self._out:  # stopping: the batches in hand are published, not dropped
+            self._publish_answered(wait=True)
         self.stats.state = "stopped"
+
+    def _publish_answered(self, *, wait: bool) -> None:
+        """Publish and commit the oldest batches whose answers are in (the oldest in any
+        case, waiting for it, with ``wait``); when one is rewound or halted, the batches
+        after it are dropped."""
+        while self._out:
+            pending = self._sent.get(batch_key(self._out[0]))
+            if not wait and pending is not None and not pending.ready():
+                return
+            wait = False
+            records = self._out.popleft()
+            if not self._finish(records):
+                self._drop_all()
 
     def _poll(self, timeout_ms: int) -> list[Any]:
         """The next batch in (partition, offset) order; none when the poll failed."""
@@ -225,7 +242,7 @@ class RecognitionWorker:
         except Exception as exc:
             self.stats.last_error = f"poll: {exc}"
             log.warning("worker %s: poll failed: %s", self.worker_id, exc)
-            if not self._current:
+            if not self._out:
                 self._stop.wait(self.cfg.workers.retry_backoff_s)
             return []
         return sorted(
@@ -245,8 +262,14 @@ class RecognitionWorker:
         finally:
             self._sent.pop(batch_key(records), None)
 
+    def _drop_all(self) -> None:
+        """Drop every batch in flight, oldest first (so each partition goes back to the
+        first of its frames that was not published)."""
+        while self._out:
+            self._unsend(self._out.popleft())
+
     def _unsend(self, records: list[Any]) -> None:
-        """Drop a batch sent ahead: its answers are not taken, and each of its partitions
+        """Drop a batch in flight: its answers are not taken, and each of its partitions
         not rewound already goes back to the batch's first offset, so it is polled again."""
         pending = self._sent.pop(batch_key(records), None)
         if pending is not None:

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.config.stream import StreamConfig
 from pipeline.serve.analyzer import AnalyzeRequest
-from pipeline.stream.dispatch import Dispatcher, split_evenly
+from pipeline.stream.dispatch import Dispatcher, Pending, split_evenly
+from pipeline.stream.retry import StageFailed
 
 
 @pytest.mark.parametrize(
@@ -49,3 +50,27 @@ def test_a_batch_goes_in_requests_of_a_few_frames_never_fewer_than_replicas(
     assert pending.names == [f"cam:{i}" for i in range(n)]
     with pytest.raises(RuntimeError, match="not the batch"):
         pending.analyze(frames(n + 1))  # answers are only taken for the frames they were sent for
+
+
+class Answer:
+    """A response that answers after ``polls`` checks (``result`` with a zero timeout
+    raises ``TimeoutError`` until then, as a Serve response does)."""
+
+    def __init__(self, polls: int, fail: bool = False) -> None:
+        self.polls, self.fail = polls, fail
+
+    def result(self, timeout_s: float | None = None) -> list[Any]:
+        if self.polls > 0 and timeout_s == 0.0:
+            self.polls -= 1
+            raise TimeoutError
+        if self.fail:
+            raise RuntimeError("replica died")
+        return []
+
+
+def test_a_batch_is_ready_once_every_request_answered_or_failed() -> None:
+    pending = Pending(["cam:0", "cam:1"], [Answer(0), Answer(2, fail=True)], 1.0)
+    assert not pending.ready() and not pending.ready()  # the second is still out
+    assert pending.ready()  # it failed: ready, and ``result`` says so as the batch's failure
+    with pytest.raises(StageFailed, match="analyze: RuntimeError: replica died"):
+        pending.result()
