@@ -132,7 +132,7 @@ class FrameAnalyzerDeployment:
             self._faces(req, out)
 
     async def analyze(self, requests: list[AnalyzeRequest]) -> list[AnalyzeResult]:
-        """A few frames of one camera, an answer each, in order. Their faces past the gate
+        """A few frames (any cameras'), an answer each, in order. Their faces past the gate
         are embedded in one embedder call and searched in one search call: every Serve
         call costs CPU, and one call per frame and stage spent more of it on calls than
         on faces (``AnalyzerServeConfig.frames_per_request``)."""
