@@ -307,6 +307,32 @@ SEARCH_VERSION_MISMATCH = _counter(
     "than the vectors.",
 )
 
+# -- the event bridge (MQTT, webhooks) --------------------------------------------------------
+BRIDGE_EVENTS = _counter(
+    "facestream_bridge_events_total",
+    "Events a sink acknowledged (outcome sent) or gave up on after its last try or a "
+    "refusal (outcome dead_lettered: on the bridge's dead-letter topic).",
+    ["sink", "outcome"],
+)
+BRIDGE_RETRIES = _counter(
+    "facestream_bridge_retries_total", "Failed tries a sink will try again.", ["sink"]
+)
+BRIDGE_QUEUE = _gauge(
+    "facestream_bridge_queued_events",
+    "Events a sink holds (waiting or being retried): its lag behind the bridge.",
+    ["sink"],
+)
+BRIDGE_UNCOMMITTED = _gauge(
+    "facestream_bridge_uncommitted_records",
+    "Kafka records the bridge read whose deliveries are not all acknowledged yet.",
+)
+BRIDGE_SUPPRESSED = _counter(
+    "facestream_bridge_cooldown_suppressed_total",
+    "Events a rule matched but did not send: the same identity or unknown track on the "
+    "same camera within the rule's cooldown.",
+    ["rule"],
+)
+
 
 def exported_series(*, ray: bool = True) -> dict[str, Metric]:
     """Every sample name the code can expose, mapped to its metric (dashboards and the

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pipeline.config.settings import Settings
     from pipeline.gallery.milvus_server import LocalMilvus
     from pipeline.stream.broker import LocalKafka
+    from tests.support.bridge import LocalMosquitto
 
 # Every Ray cluster of the tests runs as facestream runs its own: token authentication
 # on, with one token for the session (the processes the tests start inherit it).
@@ -256,6 +257,24 @@ def postgres_url() -> Iterator[tuple[str, str, Path]]:
         yield res.stdout.strip().splitlines()[-1], password, pg_dir
     finally:
         subprocess.run(["bash", script, "stop", str(pg_dir)], capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[LocalMosquitto]:
+    """A real MQTT broker (Debian's mosquitto, started by scripts/mosquitto.sh) on a free
+    loopback port, with a username and password; a test may stop and start it in place
+    (retained messages persist)."""
+    from pipeline.procs import free_ports
+    from tests.support.bridge import LocalMosquitto
+
+    root = Path(tempfile.mkdtemp(prefix="fs-mqtt-", dir="/tmp"))
+    broker = LocalMosquitto(root, free_ports(1)[0])
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

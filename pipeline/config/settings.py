@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipeline.config.bridge import BridgeConfig
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig
 from pipeline.config.models import ModelsConfig
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
 
     @classmethod
     def settings_customise_sources(

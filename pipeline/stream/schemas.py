@@ -11,6 +11,8 @@ topic                        model                    schema file
 ``facestream.detections``    :class:`DetectionEvent`  ``schemas/detection.v1.json``
 ``facestream.identities``    :class:`IdentityEvent`   ``schemas/identity.v1.json``
 ``facestream.frames.dlq``    :class:`DlqEvent`        ``schemas/dlq.v1.json``
+MQTT, webhooks (the bridge)  :class:`BridgeEvent`     ``schemas/bridge.v1.json``
+``facestream.bridge.dlq``    :class:`BridgeDlqEvent`  ``schemas/bridge_dlq.v1.json``
 =========================== ======================== =====================================
 """
 
@@ -29,6 +31,8 @@ SCHEMA_DIR = Path(__file__).with_name("schemas")
 DETECTION_SCHEMA: Final = "facestream.detection/1"
 IDENTITY_SCHEMA: Final = "facestream.identity/1"
 DLQ_SCHEMA: Final = "facestream.dlq/1"
+BRIDGE_SCHEMA: Final = "facestream.bridge/1"
+BRIDGE_DLQ_SCHEMA: Final = "facestream.bridge_dlq/1"
 
 
 class _Msg(BaseModel):
@@ -201,10 +205,75 @@ class DlqEvent(_Msg):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class KafkaRef(_Msg):
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
+class BridgeEvent(_Msg):
+    """What the bridge sends to MQTT and webhooks: an identification, or an unknown
+    person on a camera."""
+
+    schema_: Literal["facestream.bridge/1"] = Field(BRIDGE_SCHEMA, alias="schema")
+    event_id: str = Field(
+        description="'camera:seq:index' of the face that decided: the same on every sink and "
+        "when the bridge replays after a restart; receivers drop repeats."
+    )
+    decision: Literal["identified", "unknown"]
+    type: Literal["identified", "identity_changed", "unknown"] = Field(
+        description="The identity event's type, or 'unknown': a track whose faces match "
+        "nobody (bridge.unknown_min_faces of them) and that is not confirmed as anyone."
+    )
+    camera_id: str
+    seq: int = Field(ge=0)
+    track_id: str
+    identity: IdentityRef | None = Field(description="Who ('identified' only).")
+    similarity: float | None = Field(
+        description="Best gallery similarity of the deciding face; for 'unknown' it is below "
+        "the threshold (null when the gallery was empty)."
+    )
+    threshold: ThresholdRef | None = Field(description="The open-set threshold applied.")
+    model_version: str | None
+    box: list[float] = Field(min_length=4, max_length=4)
+    crop_id: str | None = Field(
+        description="The deciding face's kept crop (GET /sightings/{crop_id}/crop), if kept."
+    )
+    unknown_faces: int | None = Field(
+        description="'unknown': faces of the track that matched nobody so far."
+    )
+    capture_ts_ms: int
+    rules: list[str] = Field(description="The rules that sent this event to this sink.")
+    source: KafkaRef = Field(description="The Kafka record the event was read from.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class BridgeDlqEvent(_Msg):
+    schema_: Literal["facestream.bridge_dlq/1"] = Field(BRIDGE_DLQ_SCHEMA, alias="schema")
+    event_id: str = Field(description="The event's id, or 'topic:partition:offset'.")
+    sink: str | None = Field(description="The sink that did not take it (null: unreadable).")
+    reason: Literal["refused", "attempts_exhausted", "unreadable"] = Field(
+        description="'refused': the receiver answered a 4xx that a retry cannot change; "
+        "'attempts_exhausted': the sink's retry.max_attempts failed; 'unreadable': the "
+        "Kafka record is not a valid identity or detection event."
+    )
+    detail: str
+    attempts: int = Field(ge=0)
+    event: BridgeEvent | None = Field(description="What was to be sent (null: unreadable).")
+    source: SourceRef
+    payload_b64: str | None = Field(description="'unreadable': the record's value, base64.")
+    published_ts_ms: int
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 MODELS: dict[str, type[BaseModel]] = {
     "detection": DetectionEvent,
     "identity": IdentityEvent,
     "dlq": DlqEvent,
+    "bridge": BridgeEvent,
+    "bridge_dlq": BridgeDlqEvent,
 }
 
 

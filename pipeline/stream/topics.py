@@ -10,8 +10,9 @@ from pipeline.config.stream import StreamConfig
 from pipeline.stream import kafka_client
 
 
-def ensure_topics(cfg: StreamConfig) -> None:
-    """Create the four topics when missing (idempotent)."""
+def ensure_topics(cfg: StreamConfig, extra: dict[str, int] | None = None) -> None:
+    """Create the four topics, and ``extra`` ones (name -> partitions), when missing
+    (idempotent)."""
     k, t = cfg.kafka, cfg.topics
     admin = kafka_client.admin(k, "admin")
     try:
@@ -21,6 +22,7 @@ def ensure_topics(cfg: StreamConfig) -> None:
             t.detections: k.output_partitions,
             t.identities: k.output_partitions,
             t.dlq: k.output_partitions,
+            **(extra or {}),
         }
         missing = {
             name: {"num_partitions": n, "replication_factor": k.replication_factor}

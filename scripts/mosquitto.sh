@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# A throwaway MQTT broker from Debian's mosquitto package, for the bridge's tests and
+# local trials of the Home Assistant set-up. Loopback only, a username and password
+# required, retained messages persisted in its folder (they survive a restart).
+#
+#   scripts/mosquitto.sh install                         # apt-get install mosquitto if missing
+#   scripts/mosquitto.sh start DIR PORT USER PASSWORD    # background; pid in DIR/mosquitto.pid
+#   scripts/mosquitto.sh stop DIR
+set -euo pipefail
+
+bin() { command -v mosquitto || { [[ -x /usr/sbin/mosquitto ]] && echo /usr/sbin/mosquitto; }; }
+
+install() {
+  if bin >/dev/null; then return 0; fi
+  if [[ "$(id -u)" != 0 ]]; then
+    echo "mosquitto.sh: mosquitto is not installed (apt-get install mosquitto, as root)" >&2
+    exit 1
+  fi
+  echo "[mosquitto] installing Debian's mosquitto package" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q mosquitto >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q mosquitto >/dev/null; }
+  bin >/dev/null
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  install) install ;;
+  start)
+    dir="$1"; port="$2"; user="$3"; password="$4"
+    install
+    mkdir -p "$dir/data"
+    if [[ ! -f "$dir/passwd" ]]; then
+      touch "$dir/passwd"; chmod 600 "$dir/passwd"
+      mosquitto_passwd -b "$dir/passwd" "$user" "$password"
+    fi
+    cat > "$dir/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous false
+password_file $dir/passwd
+persistence true
+persistence_location $dir/data/
+autosave_interval 1
+pid_file $dir/mosquitto.pid
+log_dest file $dir/mosquitto.log
+$( [[ "$(id -u)" == 0 ]] && echo "user root" )
+EOF
+    "$(bin)" -c "$dir/mosquitto.conf" -d
+    # Ready when the port accepts connections.
+    for _ in $(seq 1 100); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then exit 0; fi
+      sleep 0.1
+    done
+    echo "mosquitto did not listen on $port; its log:" >&2
+    cat "$dir/mosquitto.log" >&2 || true
+    exit 1
+    ;;
+  stop)
+    dir="$1"
+    if [[ -f "$dir/mosquitto.pid" ]]; then
+      pid="$(cat "$dir/mosquitto.pid")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$dir/mosquitto.pid"
+    fi
+    ;;
+  *) echo "usage: $0 install | start DIR PORT USER PASSWORD | stop DIR" >&2; exit 2 ;;
+esac
