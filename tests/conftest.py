@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pipeline.config.settings import Settings
     from pipeline.gallery.milvus_server import LocalMilvus
     from pipeline.stream.broker import LocalKafka
-    from tests.support.bridge import LocalMosquitto
+    from tests.support.bridge import LocalMosquitto, MqttReader, WebhookReceiver
 
 # Every Ray cluster of the tests runs as facestream runs its own: token authentication
 # on, with one token for the session (the processes the tests start inherit it).
@@ -276,6 +276,34 @@ def mosquitto() -> Iterator[LocalMosquitto]:
     finally:
         broker.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    """A real HTTP receiver of the bridge's webhooks (checks every signature)."""
+    from tests.support.bridge import WebhookReceiver
+
+    receiver = WebhookReceiver(secrets.token_hex(16).encode())
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def prefixes() -> tuple[str, str]:
+    """A test's own MQTT topic and discovery prefixes: the broker (and its retained
+    messages) outlive the test."""
+    tag = uuid.uuid4().hex[:8]
+    return f"fs{tag}", f"ha{tag}"
+
+
+@pytest.fixture
+def reader(mosquitto: LocalMosquitto, prefixes: tuple[str, str]) -> Iterator[MqttReader]:
+    """Every MQTT message under the test's prefixes, as Home Assistant would read them."""
+    from tests.support.bridge import MqttReader
+
+    r = MqttReader(mosquitto, [f"{p}/#" for p in prefixes])
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,8 @@ class Bridge:
         """Check the rules against the gallery and the cameras, connect the sinks, join the
         consumer group; return once partitions are assigned (events published after this
         are delivered, with ``start_from="latest"`` too)."""
+        if not self.cfg.sink_names():
+            raise StartupFailed("bridge", "no sinks: configure bridge.mqtt or bridge.webhooks")
         _, _, url = resolved_paths(self.gallery)
         pw = self.gallery.catalogue_password
         self._catalogue = Catalogue(url, pw.get_secret_value() if pw else None)
@@ -113,6 +115,9 @@ class Bridge:
                 self.workers[sink.name] = SinkWorker(sink, self.ledger, self._dead_letter)
                 self.workers[sink.name].start()
             self._consumer = self._subscribe()
+        except ValueError as exc:  # a webhook's secret file missing or too short
+            self.stop()
+            raise StartupFailed("bridge", str(exc)) from None
         except BaseException:
             self.stop()
             raise

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from pipeline.cli import (
     bench,
+    bridge,
     evaluate,
     face,
     gallery,
@@ -53,6 +54,7 @@ face.register(app)  # detect, embed, verify, demo
 evaluate.register_calibrate(app)  # calibrate
 serve.register(app)  # serve
 stream.register(app)  # ingest, run, events
+bridge.register(app)  # bridge
 train.register(app)  # train
 models.register(app)  # models ...
 evaluate.register_eval(app)  # eval pairs | openset

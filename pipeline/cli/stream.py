@@ -316,6 +316,14 @@ def run(
         bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
     ] = False,
     verbose: RayVerboseOpt = False,
+    with_bridge: Annotated[
+        bool,
+        typer.Option(
+            "--bridge",
+            help="Also run the event bridge of the settings' bridge section (MQTT with Home "
+            "Assistant discovery, webhooks, rules): see `facestream bridge --help`.",
+        ),
+    ] = False,
     stream_config_file: StreamConfigOpt = None,
 ) -> None:
     """Run the whole pipeline: Kafka, Ray, the embedder and search deployments, the
@@ -347,6 +355,7 @@ def run(
         kafka_data_dir=kafka_data.resolve(),
         # The well-known port when free, so `facestream events` finds it without --kafka.
         local_kafka_port=LOCAL_KAFKA_PORT if _port_free(LOCAL_KAFKA_PORT) else 0,
+        bridge=with_bridge,
     )
     ray_logs_unless_verbose(verbose)
     try:
@@ -371,9 +380,13 @@ def run(
     finally:
         runner.stop()
     if json_out:
-        typer.echo(json.dumps(summary.as_dict(), default=str))
+        typer.echo(json.dumps({**summary.as_dict(), "bridge": runner.bridge_stats}, default=str))
     else:
         out.print(summary_table(summary, "facestream run: final"))
+        if runner.bridge_stats is not None:
+            from pipeline.cli.bridge import stats_table
+
+            out.print(stats_table(runner.bridge_stats, "event bridge"))
 
 
 def _run_inputs(

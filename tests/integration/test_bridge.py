@@ -6,9 +6,7 @@ them; the stream itself runs in test_bridge_stream.py."""
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +54,6 @@ def people(tmp_path: Path) -> tuple[GalleryConfig, dict[str, dict[str, str]]]:
     return gallery, who
 
 
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver(secrets.token_hex(16).encode())
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def prefixes() -> tuple[str, str]:
-    """This test's MQTT topic and discovery prefixes: the broker (and its retained
-    messages) outlive the test."""
-    tag = uuid.uuid4().hex[:8]
-    return f"fs{tag}", f"ha{tag}"
-
-
-@pytest.fixture
-def reader(mosquitto: LocalMosquitto, prefixes: tuple[str, str]) -> Iterator[MqttReader]:
-    r = MqttReader(mosquitto, [f"{p}/#" for p in prefixes])
-    yield r
-    r.close()
 
 
 def _bridge_cfg(
