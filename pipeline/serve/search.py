@@ -8,6 +8,10 @@ version's own collection (kept during a model swap), else none at all — faces 
 "unknown" and the answer says there was no collection, rather than comparing vectors
 of two models.
 
+A request may carry a threshold offset per vector (its camera's, ``stream.cameras``):
+each vector is decided at the threshold plus its offset, and the answer's threshold is
+the one without offsets (the analyzer reports each frame's own).
+
 Live model swap (``pipeline.serve.swap``): :meth:`GallerySearchDeployment.prepare`
 builds the new version's collection from the stored crops without moving the alias, and
 :meth:`GallerySearchDeployment.flip` moves it once the embedder serves that version. Every
