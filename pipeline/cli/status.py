@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.cli.common import esc, out, state
+from pipeline.cli.common import cli_errors, esc, out, state
+from pipeline.cli.stream import StreamConfigOpt, _load_config
 
 if TYPE_CHECKING:
-    from pipeline.config.stream import KafkaConfig
+    from rich.table import Table
+
+    from pipeline.config.stream import KafkaConfig, StreamConfig
 
 OK, DOWN, SKIPPED = "ok", "down", "skipped"
 
@@ -234,6 +237,37 @@ def check_metrics(url: str, timeout_s: float) -> Part:
     return Part(f"metrics {url}", OK, summary, {"totals": totals, "unknown_rate": unknown})
 
 
+def camera_rows(cfg: StreamConfig) -> list[dict[str, Any]]:
+    """Each configured camera's recognition settings as the stream applies them."""
+    from pipeline.config.camera import CameraSettings, stream_quality
+
+    s = state.settings
+    base = stream_quality(s.face.quality, cfg.workers.min_sharpness)
+    return CameraSettings(cfg.cameras, s.gallery.review.keep_unknowns).rows(base)
+
+
+def cameras_table(rows: list[dict[str, Any]]) -> Table:
+    """Camera, threshold offset, min face px, quality overrides, keep unknowns; a value
+    the camera does not set says it is the global one."""
+    from rich.table import Table
+
+    t = Table(title="per-camera settings", title_justify="left")
+    for col in ("camera", "threshold offset", "min face px", "quality overrides", "keep unknowns"):
+        t.add_column(col)
+    for r in rows:
+        over = r["quality_overrides"]
+        px = r["min_face_px"]
+        px_text = "off" if px is None else f"{px:g}"
+        px_text += "" if "min_face_px" in over else " (global)"
+        others = ", ".join(f"{k} {v:g}" for k, v in sorted(over.items()) if k != "min_face_px")
+        keep = "yes" if r["keep_unknowns"] else "no"
+        if r["keep_unknowns_from"] == "global":
+            keep += " (global)"
+        offset = f"{r['threshold_offset']:+g}" if r["threshold_offset"] else "0"
+        t.add_row(esc(r["camera"]), offset, px_text, others or "-", keep)
+    return t
+
+
 def collect(
     *,
     kafka: str | None,
@@ -241,10 +275,11 @@ def collect(
     metrics_urls: list[str],
     gallery: bool,
     timeout_s: float,
+    cfg: StreamConfig | None = None,
 ) -> list[Part]:
     from pipeline.cli.stream import bootstrap_servers
 
-    cfg = state.settings.stream
+    cfg = cfg or state.settings.stream
     parts = check_kafka(
         kafka or bootstrap_servers(cfg),
         cfg.kafka.group_id,
@@ -285,26 +320,34 @@ def status(
     ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each part.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    stream_config_file: StreamConfigOpt = None,
 ) -> None:
-    """One screen of the running system's health; exit code 1 when a part is down."""
+    """One screen of the running system's health, and the cameras' own settings; exit
+    code 1 when a part is down."""
     from rich.table import Table
 
+    cfg = _load_config(stream_config_file)  # a bad file: one line, exit code 2
     parts = collect(
         kafka=kafka,
         ray_address=ray_address,
         metrics_urls=metrics_url or [],
         gallery=gallery,
         timeout_s=timeout,
+        cfg=cfg,
     )
+    cameras = camera_rows(cfg)
     down = [p for p in parts if p.status == DOWN]
     if as_json:
-        typer.echo(json.dumps({"ok": not down, "parts": [asdict(p) for p in parts]}, default=str))
+        doc = {"ok": not down, "parts": [asdict(p) for p in parts], "cameras": cameras}
+        typer.echo(json.dumps(doc, default=str))
     else:
         table = Table(title="facestream status", show_header=False)
         colour = {OK: "green", DOWN: "red", SKIPPED: "dim"}
         for p in parts:
             table.add_row(esc(p.name), f"[{colour[p.status]}]{p.status}[/]", esc(p.summary))
         out.print(table)
+        if cameras:
+            out.print(cameras_table(cameras))
         for p in down:
             out.print(f"{esc(p.name)} down: {esc(p.summary, lines=True)}", highlight=False)
     if down:
@@ -312,4 +355,4 @@ def status(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("status")(status)
+    app.command("status")(cli_errors(status))

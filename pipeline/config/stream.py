@@ -23,6 +23,11 @@ A camera fleet in TOML::
     id = "gate"
     url = "http://10.0.0.13/mjpg/video.mjpg"
     fps = 2
+    threshold_offset = 0.05     # stricter matches at this camera
+    keep_unknowns = true        # gallery.review.keep_unknowns for this camera only
+
+    [stream.cameras.quality]    # this camera's quality gate (the others: the stream's)
+    min_face_px = 60
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pydantic import (
 )
 
 from pipeline.config.base import Section
+from pipeline.config.camera import MAX_THRESHOLD_OFFSET, CameraQualityConfig
 from pipeline.config.serve import (
     AnalyzerServeConfig,
     EmbedderServeConfig,
@@ -77,6 +83,28 @@ class CameraConfig(Section):
     )
     jpeg_quality: int | None = Field(
         None, ge=10, le=100, description="Override of ingest.jpeg_quality for this camera."
+    )
+    # Recognition settings of this camera's faces (pipeline.config.camera): None / 0 keep
+    # the global value.
+    threshold_offset: float = Field(
+        0.0,
+        ge=-MAX_THRESHOLD_OFFSET,
+        le=MAX_THRESHOLD_OFFSET,
+        description="Added to the open-set threshold for this camera's faces (cosine "
+        "similarity, -0.2..0.2): positive where a false match costs more (a door), "
+        "negative for a poor camera whose true matches score low. The events report "
+        "the threshold applied, offset included.",
+    )
+    quality: CameraQualityConfig = Field(
+        default_factory=CameraQualityConfig,
+        description="This camera's quality gate ([stream.cameras.quality]: min_face_px, "
+        "min_sharpness, max_yaw, max_roll_deg, min_detector_score); unset values are the "
+        "stream's.",
+    )
+    keep_unknowns: bool | None = Field(
+        None,
+        description="Override of gallery.review.keep_unknowns for this camera's faces "
+        "(None: the global setting).",
     )
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.config.face import FaceConfig, PickPolicy
+from pipeline.config.face import FaceConfig, PickPolicy, QualityConfig
 from pipeline.face.align import Aligner
 from pipeline.face.detect import CappedDetector, CascadeDetector, Detector, build_detector
 from pipeline.face.embed import Embedder
@@ -116,12 +116,15 @@ class FacePipeline:
         embed: bool = True,
         gate: bool = True,
         timings: dict[str, float] | None = None,
+        quality: QualityConfig | None = None,
     ) -> list[Face]:
         """Every face of ``image`` (after the pick policy), aligned and quality-assessed.
 
         With ``gate``, faces failing the quality gate are returned without an embedding
         (their ``quality.reasons`` say why); without it, every face is embedded.
+        ``quality`` replaces the configured gate for this image (a camera's own).
         """
+        gate_cfg = quality or self.config.quality
         clock = StageClock(timings)
         with clock("detect"):
             dets = pick_faces(self.detector(image), image.shape, pick or self.config.pick)
@@ -132,7 +135,7 @@ class FacePipeline:
             with clock("align"):
                 chip = self.aligner(image, lm)
             with clock("quality"):
-                faces.append(Face(det, lm, chip, assess(det, lm, chip, self.config.quality)))
+                faces.append(Face(det, lm, chip, assess(det, lm, chip, gate_cfg)))
         if embed and self.embedder is not None:
             with clock("embed"):
                 self.embed_faces([f for f in faces if f.quality.passed or not gate])

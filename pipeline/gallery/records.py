@@ -59,6 +59,20 @@ class ThresholdInfo(BaseModel):
     provenance: str = Field(description="Where the value came from.")
     overridden: bool = Field(False, description="True when the request set the value.")
 
+    def with_offset(self, offset: float, camera: str) -> ThresholdInfo:
+        """The threshold applied to ``camera``'s faces: this one plus the camera's offset
+        (``stream.cameras[].threshold_offset``), saying so in the provenance; the target
+        FAR and gallery size stay those of the value the offset was added to."""
+        if offset == 0:
+            return self
+        note = (
+            f"{self.value:.4f} {offset:+.4f} for camera {camera!r} "
+            f"(stream.cameras threshold_offset)"
+        )
+        return self.model_copy(
+            update={"value": self.value + offset, "provenance": f"{self.provenance}; {note}"}
+        )
+
 
 class Candidate(BaseModel):
     identity_id: str

@@ -9,6 +9,7 @@ counts only when its (face, identity) pair is a catalogued face.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,11 +113,15 @@ class Search(GalleryBase):
         collection: str | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
+        threshold_offsets: Sequence[float] | None = None,
     ) -> tuple[Snapshot, ThresholdInfo, list[list[Candidate]]]:
         """Open-set 1:N search of embeddings made by ``model_version``.
 
         ``collection`` None searches the active collection. An embedding of another
         version than the collection's raises ``ModelVersionMismatch``.
+        ``threshold_offsets`` (one per vector: a stream camera's offset) are added to the
+        threshold before each vector's decisions; the answer is the threshold without
+        them (``ThresholdInfo.with_offset`` explains a vector's).
         """
         if collection is None:
             snap = self._snapshot()
@@ -138,7 +143,13 @@ class Search(GalleryBase):
         hits = self.vectors.search(
             snap, np.atleast_2d(vectors), model_version, limit=k + 2, catalogued=catalogued
         )
-        cands = [self._candidates(h, owners, thr.value, k) for h in hits]
+        offsets = [0.0] * len(hits) if threshold_offsets is None else list(threshold_offsets)
+        if len(offsets) != len(hits):
+            raise GalleryError(f"{len(offsets)} threshold offsets for {len(hits)} vectors")
+        cands = [
+            self._candidates(h, owners, thr.value + off, k)
+            for h, off in zip(hits, offsets, strict=True)
+        ]
         self._apply_exclusions(np.atleast_2d(vectors), model_version, cands)
         return snap, thr, cands
 

@@ -2,9 +2,11 @@
 quality-gate one frame with the face core, then embed its faces and search them through
 the embedder and gallery search deployments.
 
-Nothing here depends on the camera: any replica takes any frame, so one camera's frames
+Nothing here keeps state of a camera: any replica takes any frame, so one camera's frames
 spread over every replica (on any node), and a recognition worker keeps only what must
-see a camera's frames in order (tracking, publishing, committing). Concurrent requests
+see a camera's frames in order (tracking, publishing, committing). A camera's own
+settings (its quality gate, its threshold offset: ``pipeline.config.camera``) come with
+each of its frames' requests. Concurrent requests
 from every replica meet in the embedder's and the search's ``@serve.batch``.
 
 A request carries a few frames (``frames_per_request``); the answer of each frame says,
@@ -34,7 +36,8 @@ import cv2
 import numpy as np
 from ray import serve
 
-from pipeline.config.face import FaceConfig
+from pipeline.config.camera import CameraTuning
+from pipeline.config.face import FaceConfig, QualityConfig
 from pipeline.config.serve import AnalyzerServeConfig
 from pipeline.face.align import Aligner, AlignmentTemplate
 from pipeline.face.analyze import FacePipeline
@@ -58,6 +61,7 @@ class AnalyzeRequest:
     name: str  # its event id, for messages
     max_pixels: int
     max_bytes: int
+    tuning: CameraTuning | None = None  # its camera's gate and offset (None: the global)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class FrameAnalyzerDeployment:
         # threads at once: frames take turns here, and overlap only while one waits for
         # the embedder or the gallery.
         self._core = threading.Lock()
+        self._gates: dict[tuple[tuple[str, float], ...], QualityConfig] = {}
 
     async def _refresh_template(self) -> None:
         """Align for the model the embedder serves now (asked, not assumed)."""
@@ -104,6 +109,16 @@ class FrameAnalyzerDeployment:
         template = AlignmentTemplate.model_validate(info["alignment"])
         self.pipeline = FacePipeline.from_config(self.face, Aligner(template))
         self.template_digest = info["template_digest"]
+
+    def _gate(self, tuning: CameraTuning | None) -> QualityConfig | None:
+        """The camera's quality gate: the stream's with the camera's values (None: the
+        stream's own). Few cameras, few distinct gates: each is built once."""
+        if tuning is None or not tuning.quality:
+            return None
+        gate = self._gates.get(tuning.quality)
+        if gate is None:
+            gate = self._gates[tuning.quality] = tuning.gate(self.face.quality)
+        return gate
 
     def _faces(self, req: AnalyzeRequest, out: AnalyzeResult) -> None:
         """One frame through the face core: ``out`` gets its size and faces, or the reason
@@ -116,7 +131,9 @@ class FrameAnalyzerDeployment:
             )
             out.timings["decode"] = time.perf_counter() - t0
             with self._core:
-                out.faces = self.pipeline.analyze(image, embed=False, timings=out.timings)
+                out.faces = self.pipeline.analyze(
+                    image, embed=False, timings=out.timings, quality=self._gate(req.tuning)
+                )
         except ImageError as exc:
             out.rejected = (exc.code, str(exc))
             return
@@ -143,7 +160,12 @@ class FrameAnalyzerDeployment:
         # In a thread: the replica keeps taking requests while these frames are analysed;
         # frames of other requests take turns with them in the face core.
         await asyncio.to_thread(self._all_faces, requests, outs)
-        gated = [(out, f) for out in outs for f in out.faces if f.quality.passed]
+        gated = [
+            (req, out, f)
+            for req, out in zip(requests, outs, strict=True)
+            for f in out.faces
+            if f.quality.passed
+        ]
         if gated:
             await self._embed_and_search(gated, digest)
         for out in outs:
@@ -171,12 +193,14 @@ class FrameAnalyzerDeployment:
                 out.timings[stage] = time.perf_counter() - t0
 
     async def _embed_and_search(
-        self, gated: list[tuple[AnalyzeResult, Face]], digest: str
+        self, gated: list[tuple[AnalyzeRequest, AnalyzeResult, Face]], digest: str
     ) -> None:
         """Every gated face of the request in one embedder call (so every face of a frame
-        has one model version) and one search in that version's collection."""
-        outs = list({id(out): out for out, _ in gated}.values())
-        chips = np.stack([f.chip for _, f in gated])
+        has one model version) and one search in that version's collection, each face
+        decided at its camera's threshold."""
+        frames = list({id(out): (req, out) for req, out, _ in gated}.values())
+        outs = [out for _, out in frames]
+        chips = np.stack([f.chip for _, _, f in gated])
         request = EmbedRequest(chips, digest)
         emb = await self._call("embed", self.embedder.embed.remote(request), outs)
         if emb is None:
@@ -189,19 +213,30 @@ class FrameAnalyzerDeployment:
         if emb.error:
             _fail(outs, "embed", f"embedder refused the request: {emb.error}")
             return
-        for (_, f), v in zip(gated, emb.vectors, strict=True):
+        for (_, _, f), v in zip(gated, emb.vectors, strict=True):
             f.embedding = v
             f.model_version = emb.model_version
-        search = SearchRequest(emb.vectors, emb.model_version)
+        offsets = tuple(_offset(req) for req, _, _ in gated)
+        search = SearchRequest(emb.vectors, emb.model_version, offsets if any(offsets) else None)
         res = await self._call("search", self.search.search.remote(search), outs)
         if res is None:
             return
-        for (out, _), hits in zip(gated, res.candidates, strict=True):
+        for (_, out, _), hits in zip(gated, res.candidates, strict=True):
             out.candidates.append(hits)
-        for out in outs:
+        for req, out in frames:
             out.model_version = res.model_version
             out.collection = res.collection
-            out.threshold = res.threshold
+            # The threshold the frame's faces were decided at: its camera's.
+            tuning = req.tuning
+            out.threshold = (
+                res.threshold.with_offset(tuning.threshold_offset, tuning.camera_id)
+                if res.threshold is not None and tuning is not None
+                else res.threshold
+            )
+
+
+def _offset(req: AnalyzeRequest) -> float:
+    return req.tuning.threshold_offset if req.tuning is not None else 0.0
 
 
 def _fail(outs: list[AnalyzeResult], stage: str, detail: str) -> None:

@@ -20,6 +20,7 @@ from ray.serve import RunTarget
 from pipeline.config.face import FaceConfig
 from pipeline.config.gallery import GalleryConfig, with_absolute_paths
 from pipeline.config.models import ModelsConfig
+from pipeline.config.review import ReviewConfig
 from pipeline.config.serve import (
     AnalyzerServeConfig,
     EmbedderServeConfig,
@@ -68,15 +69,17 @@ class ServeApps:
         analyzer_face: FaceConfig,
         call_timeout_s: float,
         *,
-        recorder: bool,
+        recorder: ReviewConfig | None,
     ) -> None:
-        """Deploy the embedder, the search, the recorder (when ``recorder``) and the
+        """Deploy the embedder, the search, the recorder (with ``recorder``, the review
+        settings it applies; None: no recorder) and the
         analyzer (with ``analyzer_face``, the stream's detection settings) together: their
         replicas start side by side, not one application after the other (four
         applications one by one took 16 s on this project's 2 cores)."""
         targets = [self._embedder(), self._search(gallery, face)]
-        if recorder:
-            app = recorder_app(with_absolute_paths(gallery), face, self.models, self.recorder)
+        if recorder is not None:
+            kept = gallery.model_copy(update={"review": recorder})
+            app = recorder_app(with_absolute_paths(kept), face, self.models, self.recorder)
             targets.append(RunTarget(target=app, name=self.recorder.app_name, route_prefix=None))
         # The analyzer reaches the other two through handles, resolved at its first call.
         app = analyzer_app(

@@ -8,6 +8,10 @@ version's own collection (kept during a model swap), else none at all — faces 
 "unknown" and the answer says there was no collection, rather than comparing vectors
 of two models.
 
+A request may carry a threshold offset per vector (its camera's, ``stream.cameras``):
+each vector is decided at the threshold plus its offset, and the answer's threshold is
+the one without offsets (the analyzer reports each frame's own).
+
 Live model swap (``pipeline.serve.swap``): :meth:`GallerySearchDeployment.prepare`
 builds the new version's collection from the stored crops without moving the alias, and
 :meth:`GallerySearchDeployment.flip` moves it once the embedder serves that version. Every
@@ -49,6 +53,18 @@ DEPLOYMENT_NAME = "GallerySearch"
 class SearchRequest:
     vectors: np.ndarray  # (n, dim) float32
     model_version: str
+    # Per vector, added to the threshold before its decisions (its camera's offset);
+    # None: no offset. The answer's threshold is the one without offsets.
+    threshold_offsets: tuple[float, ...] | None = None
+
+    def offsets(self) -> list[float]:
+        if self.threshold_offsets is None:
+            return [0.0] * len(self.vectors)
+        if len(self.threshold_offsets) != len(self.vectors):
+            raise ValueError(
+                f"{len(self.threshold_offsets)} threshold offsets for {len(self.vectors)} vectors"
+            )
+        return list(self.threshold_offsets)
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,9 @@ class GallerySearchDeployment:
         desc = self.gallery.vectors.client.describe_collection(name)
         return name, (desc.get("properties") or {}).get(VERSION_PROPERTY)
 
-    def _search_version(self, version: str, vectors: np.ndarray) -> SearchAnswer:
+    def _search_version(
+        self, version: str, vectors: np.ndarray, offsets: list[float]
+    ) -> SearchAnswer:
         from pipeline.gallery.errors import ModelVersionMismatch
 
         collection, coll_version = self._collection_for(version)
@@ -141,7 +159,11 @@ class GallerySearchDeployment:
                 )
             # The gallery checks again, per returned row: each hit's stored model_version.
             _, thr, cands = self.gallery.search_vectors(
-                vectors, version, collection=collection, top_k=self.cfg.top_k
+                vectors,
+                version,
+                collection=collection,
+                top_k=self.cfg.top_k,
+                threshold_offsets=offsets,
             )
         except ModelVersionMismatch as exc:
             # Refused, never compared: the faces come out unknown, and the count makes the
@@ -207,9 +229,10 @@ class GallerySearchDeployment:
             for version, idx in by_version.items():
                 sizes = [len(requests[i].vectors) for i in idx]
                 vecs = np.concatenate([requests[i].vectors for i in idx])
+                offsets = [o for i in idx for o in requests[i].offsets()]
                 metrics.SEARCH_BATCH_VECTORS.observe(len(vecs))
                 with metrics.SEARCH_SECONDS.time():
-                    res = self._search_version(version, vecs)
+                    res = self._search_version(version, vecs, offsets)
                 start = 0
                 for i, n in zip(idx, sizes, strict=True):
                     out[i] = SearchAnswer(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pipeline import metrics
+from pipeline.config.camera import CameraSettings
 from pipeline.config.face import ImageLimits
 from pipeline.config.review import ReviewConfig
 from pipeline.config.stream import StreamConfig
@@ -131,6 +132,9 @@ class FrameStep:
         self.max_pixels = min(limits.max_pixels, w.max_frame_pixels)
         self.max_bytes = min(limits.max_bytes, w.max_frame_bytes)
         self.review = review or ReviewConfig()
+        # Each camera's threshold offset, quality gate and keep_unknowns (unlisted
+        # cameras: the global ones).
+        self.cameras = CameraSettings(cfg.cameras, self.review.keep_unknowns)
         self.on_replay = on_replay
         self.tracker = Tracker(cfg.tracker)
         self.names: Lru[str, IdentityRef] = Lru(KNOWN_IDENTITIES)
@@ -190,7 +194,13 @@ class FrameStep:
             except FrameRejected as exc:
                 dead.append(self.reject(rec, exc.code, str(exc)))
                 continue
-            request = AnalyzeRequest(msg.data, msg.event_id, self.max_pixels, self.max_bytes)
+            request = AnalyzeRequest(
+                msg.data,
+                msg.event_id,
+                self.max_pixels,
+                self.max_bytes,
+                self.cameras.tuning(msg.camera_id),
+            )
             sent.append((rec, msg, request))
         return sent, dead
 
@@ -299,9 +309,9 @@ class FrameStep:
         kept: list[RecordedFace],
     ) -> None:
         """The first ``faces_per_track`` unknown faces of an unconfirmed track are kept
-        (opt-in: ``review.keep_unknowns``)."""
+        (opt-in: ``review.keep_unknowns``, or the camera's own ``keep_unknowns``)."""
         if not (
-            self.review.keep_unknowns
+            self.cameras.keep_unknowns(msg.camera_id)
             and res.model_version
             and fo.decision == "unknown"
             and track.confirmed_identity is None

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import ray
 from ray import serve
 
+from pipeline.config.camera import CameraSettings, stream_quality
 from pipeline.config.face import FaceConfig
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig, WorkerConfig
@@ -67,10 +68,7 @@ def stream_face_config(face: FaceConfig, workers: WorkerConfig) -> FaceConfig:
     detector = face.detector
     if not workers.detector_fallbacks:
         detector = detector.model_copy(update={"fallbacks": []})
-    quality = face.quality
-    sharp = workers.min_sharpness
-    if sharp is not None and (quality.min_sharpness is None or sharp > quality.min_sharpness):
-        quality = quality.model_copy(update={"min_sharpness": sharp})
+    quality = stream_quality(face.quality, workers.min_sharpness)
     return face.model_copy(update={"detector": detector, "quality": quality})
 
 
@@ -284,12 +282,16 @@ class StreamRunner:
     def _deploy(self) -> None:
         serve.start(proxy_location="Disabled")  # no HTTP: workers call through handles
         review = self.settings.gallery.review
+        # A camera may keep its unknowns while the global setting does not: the recorder
+        # then accepts them (the workers send only those of such cameras).
+        unknowns = CameraSettings(self.cfg.cameras, review.keep_unknowns).any_keeps_unknowns()
+        review = review.model_copy(update={"keep_unknowns": unknowns})
         self.apps.deploy_pipeline(
             self.settings.gallery,
             self.settings.face,
             self.analyzer_face_config(),
             self.cfg.workers.call_timeout_s,
-            recorder=review.event_crops or review.keep_unknowns,
+            recorder=review if review.event_crops or review.keep_unknowns else None,
         )
         # `facestream models promote|rollback` finds this file and swaps live.
         self.live_file = announce(self.apps)
