@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 TOOLS := $(HOME)/.cache/facestream/bin
 HELM_VERSION ?= v3.22.0
 
-.PHONY: setup run demo test test-fast lint kafka-fetch tools postgres browser k8s eval-lfw bench bench-stream
+.PHONY: setup run demo test test-fast lint kafka-fetch tools postgres mqtt browser k8s eval-lfw bench bench-stream
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,10 @@ lint: setup
 postgres:
 	@bash scripts/postgres.sh install
 
+# The event bridge's tests' MQTT broker: Debian's mosquitto (apt, as root, when absent).
+mqtt:
+	@bash scripts/mosquitto.sh install
+
 # The web UI's browser tests: Debian's chromium and chromium-driver (apt, as root, when absent).
 browser:
 	@bash scripts/chromium.sh install || echo "[browser] no Chromium: the browser tests will be skipped"
@@ -60,12 +64,12 @@ browser:
 # overlap more.) Each worker starts its own session services (Kafka,
 # Milvus, Ray, PostgreSQL); TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
-test: setup kafka-fetch tools postgres browser lint
+test: setup kafka-fetch tools postgres mqtt browser lint
 	$(BIN)/python -m pytest -q -rs --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 # The edit-test loop: the unit tests and the quick integration tests (tests/conftest.py
 # marks the rest slow), a few minutes. `make test` stays the full run.
-test-fast: setup kafka-fetch tools postgres
+test-fast: setup kafka-fetch tools postgres mqtt
 	$(BIN)/python -m pytest -q -rs -m "not slow" --durations=10 -n $(TEST_WORKERS) --dist loadfile
 
 eval-lfw: setup

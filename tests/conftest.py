@@ -71,6 +71,7 @@ def _shared_missing_reason() -> str | None:
 # or more (pytest --durations); they run in `make test` only.
 QUICK_INTEGRATION = {
     "test_api_limits.py",
+    "test_bridge.py",
     "test_catalogue_names.py",
     "test_gallery_calibrate.py",
     "test_gallery_core.py",

@@ -118,12 +118,14 @@ class Router:
         """Whether ``rule`` may send ``ev`` now; remembers the send when it may."""
         key = (rule.name, self._who(ev), ev.camera_id)
         last = self._last_sent.get(key)
-        if last is not None and ev.capture_ts_ms - last < rule.cfg.cooldown_s * 1000:
+        # Either side of the last alert: cameras' clocks and a camera's two topics may
+        # deliver a little out of order.
+        if last is not None and abs(ev.capture_ts_ms - last) < rule.cfg.cooldown_s * 1000:
             self.suppressed[rule.name] += 1
             metrics.BRIDGE_SUPPRESSED.labels(rule=rule.name).inc()
             return False
         self._last_sent.pop(key, None)
-        self._last_sent[key] = ev.capture_ts_ms
+        self._last_sent[key] = max(ev.capture_ts_ms, last or ev.capture_ts_ms)
         while len(self._last_sent) > self.max_keys:
             self._last_sent.popitem(last=False)
         return True

@@ -351,3 +351,35 @@ class Bridge:
             },
             "suppressed": dict(self.router.suppressed) if self.router else {},
         }
+
+
+class BridgeCompanion:
+    """The bridge inside ``facestream run --bridge`` (a runner's companion): started with
+    the run's settings and cameras before any camera plays; on stop it first delivers
+    what the run published (up to ``bridge.stop_timeout_s``)."""
+
+    part = "the event bridge (MQTT, webhooks)"
+
+    def __init__(self) -> None:
+        self.bridge: Bridge | None = None
+        self.final: dict[str, Any] | None = None  # the counts, once stopped
+
+    def start(self, runner: Any) -> None:
+        s = runner.settings
+        self.bridge = Bridge(
+            s.bridge, runner.cfg, s.gallery, cameras=[c.id for c in runner.cfg.cameras]
+        )
+        self.bridge.start()
+        runner.notes.append(f"event bridge: sinks {', '.join(s.bridge.sink_names())}")
+
+    def stop(self) -> None:
+        if self.bridge is None:
+            return
+        b, self.bridge = self.bridge, None
+        try:
+            timeout = b.cfg.stop_timeout_s
+            if b.failed() is None and not b.drain(timeout):
+                log.warning("the bridge did not deliver everything within %.0fs", timeout)
+        finally:
+            b.stop()
+            self.final = b.stats()

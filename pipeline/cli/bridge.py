@@ -5,40 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.cli.common import check_positive, cli_errors, err, esc, out, state
 from pipeline.cli.stream import KafkaOpt, StreamConfigOpt, _load_config, bootstrap_servers
+from pipeline.cli.stream_tables import bridge_table
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from pipeline.bridge.service import Bridge
-
-
-def stats_table(stats: dict[str, Any], title: str) -> Table:
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for col in ("sink", "sent", "dead letters", "retries", "held", "last error"):
-        t.add_column(col)
-    for name, s in stats["sinks"].items():
-        t.add_row(
-            name,
-            str(s["sent"]),
-            str(s["failed"]),
-            str(s["retried"]),
-            str(s["queued"]),
-            esc(s["last_error"] or ""),
-        )
-    quiet = ", ".join(f"{r} {n}" for r, n in stats["suppressed"].items() if n)
-    t.caption = (
-        f"records read {stats['read']} (unreadable {stats['unreadable']}), not yet "
-        f"committed {stats['uncommitted']}; held back by cooldowns: {quiet or 'none'}"
-    )
-    return t
 
 
 def describe(b: Bridge) -> list[str]:
@@ -107,13 +83,12 @@ def bridge(
     (or after the bridge restarts); an event a sink refuses, or that fails
     retry.max_attempts times, is written to bridge.dlq_topic.
 
-    Configure sinks and rules in the [bridge] section of the settings file (README,
+    Configure sinks and rules in the bridge section of the settings file (README,
     "Event bridge"). A rule naming a camera or a person that does not exist stops the
     start-up.
     """
     from pipeline import metrics
     from pipeline.bridge.service import Bridge
-    from pipeline.procs import stop_on_signals
 
     settings = state.settings
     cfg = _load_config(stream_config_file, kafka__bootstrap_servers=kafka)
@@ -131,26 +106,33 @@ def bridge(
     b.start()
     for line in describe(b):
         err.print(f"  {line}", highlight=False, markup=False)
-    stop = stop_on_signals()
-    deadline = None if duration is None else time.monotonic() + duration
-    from rich.live import Live
-
     try:
-        with Live(console=err, refresh_per_second=1, transient=json_out) as live:
-            while not stop.wait(1.0) and b.failed() is None:
-                live.update(stats_table(b.stats(), "facestream bridge"))
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+        _watch(b, duration, json_out)
     finally:
         b.stop()
     final = b.stats()
     if json_out:
         typer.echo(json.dumps(final))
     else:
-        out.print(stats_table(final, "facestream bridge: final"))
+        out.print(bridge_table(final, "facestream bridge: final"))
     if b.failed() is not None:
         err.print(f"[red]error:[/red] the bridge stopped: {esc(b.failed())}", highlight=False)
         raise typer.Exit(1)
+
+
+def _watch(b: Bridge, duration: float | None, json_out: bool) -> None:
+    """Show the counts until Ctrl-C, SIGTERM, ``duration`` or a failure."""
+    from rich.live import Live
+
+    from pipeline.procs import stop_on_signals
+
+    stop = stop_on_signals()
+    deadline = None if duration is None else time.monotonic() + duration
+    with Live(console=err, refresh_per_second=1, transient=json_out) as live:
+        while not stop.wait(1.0) and b.failed() is None:
+            live.update(bridge_table(b.stats(), "facestream bridge"))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
 
 
 def register(app: typer.Typer) -> None:

@@ -23,18 +23,16 @@ from pipeline.cli.common import (
     esc,
     out,
     parse_people,
-    printable,
     ray_logs_unless_verbose,
     state,
 )
+from pipeline.cli.stream_tables import enrolment_table, ingest_table, summary_table
 from pipeline.procs import stop_on_signals
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from pipeline.config.stream import CameraConfig, StreamConfig
     from pipeline.stream.monitor import Summary
-    from pipeline.stream.runner import Enrolment, StreamRunner
+    from pipeline.stream.runner import StreamRunner
 
 LOCAL_KAFKA_PORT = 9092
 _ID_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(.+)$")
@@ -80,6 +78,20 @@ RunDurationOpt = Annotated[
     typer.Option(
         help="Stop after this many seconds (default: at the end of finite sources, else Ctrl-C).",
         callback=check_positive,
+    ),
+]
+RunKafkaDataOpt = Annotated[
+    Path, typer.Option(help="Data folder of the local broker (without --kafka).")
+]
+RunJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
+]
+RunBridgeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--bridge",
+        help="Also run the event bridge of the settings' bridge section (MQTT with Home "
+        "Assistant discovery, webhooks, rules): see `facestream bridge --help`.",
     ),
 ]
 SourceOpt = Annotated[
@@ -152,87 +164,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def summary_table(s: Summary, title: str = "facestream run") -> Table:
-    from rich.table import Table
-
-    t = Table(title=title, show_header=False, title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    lat = (
-        f"p50 {s.latency_p50_ms:.0f} ms, p95 {s.latency_p95_ms:.0f} ms"
-        if s.latency_p50_ms is not None and s.latency_p95_ms is not None
-        else "-"
-    )
-    fps_out = s.processed / s.elapsed_s if s.elapsed_s > 0 else 0.0
-    t.add_row("elapsed", f"{s.elapsed_s:.0f} s")
-    t.add_row("frames in", f"{s.produced}  ({s.fps_in:.1f} fps)")
-    t.add_row("frames out", f"{s.processed}  ({s.fps_out:.1f} fps now, {fps_out:.1f} fps average)")
-    t.add_row("lag", "-" if s.lag is None else str(s.lag))
-    t.add_row(
-        "faces",
-        f"{s.faces}  " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(s.decisions.items())),
-    )
-    t.add_row(
-        "identities",
-        f"{s.identity_events} events  "
-        + ", ".join(f"{esc(k)} x{v}" for k, v in s.identities.most_common()),
-    )
-    t.add_row("latency (capture→publish)", lat)
-    t.add_row(
-        "dead letters",
-        f"{s.dlq}  " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(s.dlq_reasons.items())),
-    )
-    t.add_row("dropped / reconnects", f"{s.dropped} / {s.reconnects}")
-    t.add_row("workers alive", f"{s.workers_alive}/{s.workers}")
-    t.add_row(
-        "cameras", ", ".join(f"{esc(k)}: {esc(v)}" for k, v in s.ingest_states.items()) or "-"
-    )
-    if s.duplicates:
-        t.add_row("replayed events", f"{s.duplicates} (dropped by event id)")
-    return t
-
-
-def ingest_table(cfg: StreamConfig, stats: list[Any]) -> Table:
-    from rich.table import Table
-
-    t = Table(title=f"ingest → {esc(cfg.topics.frames)} @ {esc(cfg.kafka.bootstrap_servers)}")
-    for col in ("camera", "state", "read", "produced", "dropped", "reconnects", "seq"):
-        t.add_column(col)
-    for s in stats:
-        dropped = ", ".join(f"{esc(k)} {v}" for k, v in s.dropped.items()) or "0"
-        t.add_row(
-            esc(s.camera),
-            esc(s.state),
-            str(s.read),
-            str(s.produced),
-            dropped,
-            str(s.reconnects),
-            str(s.next_seq),
-        )
-    return t
-
-
-def enrolment_table(enrolments: list[Enrolment]) -> Table:
-    """One row per ``--enroll`` person: enrolled (new or already there) or not, and why."""
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title="--enroll", title_justify="left")
-    for col in ("person", "photo", "status", "identity / reason"):
-        t.add_column(col)
-    style = {"enrolled": "green", "already enrolled": "green", "not enrolled": "red"}
-    for e in enrolments:
-        # Text cells: names and file names are the user's, never markup; printable()
-        # escapes their control characters.
-        t.add_row(
-            Text(printable(e.name)),
-            Text(printable(e.image.name)),
-            Text(e.status, style=style[e.status]),
-            Text(printable(e.detail)),
-        )
-    return t
 
 
 def ingest(
@@ -309,21 +240,10 @@ def run(
     loop: LoopOpt = None,
     realtime: RealtimeOpt = None,
     duration: RunDurationOpt = None,
-    kafka_data: Annotated[
-        Path, typer.Option(help="Data folder of the local broker (without --kafka).")
-    ] = Path(".facestream/kafka"),
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")
-    ] = False,
+    kafka_data: RunKafkaDataOpt = Path(".facestream/kafka"),
+    json_out: RunJsonOpt = False,
     verbose: RayVerboseOpt = False,
-    with_bridge: Annotated[
-        bool,
-        typer.Option(
-            "--bridge",
-            help="Also run the event bridge of the settings' bridge section (MQTT with Home "
-            "Assistant discovery, webhooks, rules): see `facestream bridge --help`.",
-        ),
-    ] = False,
+    with_bridge: RunBridgeOpt = False,
     stream_config_file: StreamConfigOpt = None,
 ) -> None:
     """Run the whole pipeline: Kafka, Ray, the embedder and search deployments, the
@@ -342,6 +262,7 @@ def run(
     """
     from rich.live import Live
 
+    from pipeline.bridge.service import BridgeCompanion
     from pipeline.stream.runner import StreamRunner
     from pipeline.stream.video import is_live
 
@@ -349,13 +270,14 @@ def run(
     cams, people = _run_inputs(cfg, source, enroll_opt, fps, max_side, loop, realtime)
     cfg = cfg.model_copy(update={"cameras": cams})
     finite = all(not c.loop and not is_live(c.url) for c in cams)
+    bridge = BridgeCompanion() if with_bridge else None
     runner = StreamRunner(
         cfg,
         state.settings,
         kafka_data_dir=kafka_data.resolve(),
         # The well-known port when free, so `facestream events` finds it without --kafka.
         local_kafka_port=LOCAL_KAFKA_PORT if _port_free(LOCAL_KAFKA_PORT) else 0,
-        bridge=with_bridge,
+        companions=[bridge] if bridge is not None else [],
     )
     ray_logs_unless_verbose(verbose)
     try:
@@ -379,14 +301,18 @@ def run(
                 summary = runner.summary()
     finally:
         runner.stop()
-    if json_out:
-        typer.echo(json.dumps({**summary.as_dict(), "bridge": runner.bridge_stats}, default=str))
-    else:
-        out.print(summary_table(summary, "facestream run: final"))
-        if runner.bridge_stats is not None:
-            from pipeline.cli.bridge import stats_table
+    _print_final(summary, bridge.final if bridge is not None else None, json_out)
 
-            out.print(stats_table(runner.bridge_stats, "event bridge"))
+
+def _print_final(summary: Summary, bridge: dict[str, Any] | None, json_out: bool) -> None:
+    from pipeline.cli.stream_tables import bridge_table
+
+    if json_out:
+        typer.echo(json.dumps({**summary.as_dict(), "bridge": bridge}, default=str))
+        return
+    out.print(summary_table(summary, "facestream run: final"))
+    if bridge is not None:
+        out.print(bridge_table(bridge, "event bridge"))
 
 
 def _run_inputs(

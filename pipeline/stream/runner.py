@@ -25,10 +25,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import ray
 from ray import serve
@@ -51,9 +51,6 @@ from pipeline.stream.ingest import IngestActor
 from pipeline.stream.monitor import LagProbe, Monitor, Summary
 from pipeline.stream.topics import ensure_topics, topic_partitions
 from pipeline.stream.worker import worker_actor_class
-
-if TYPE_CHECKING:
-    from pipeline.bridge.service import Bridge
 
 log = logging.getLogger(__name__)
 ACTOR_CALL_TIMEOUT_S = 10.0
@@ -148,6 +145,18 @@ def described(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
+class Companion(Protocol):
+    """A part that runs beside the pipeline in the runner's process (the event bridge):
+    started once the workers are up and before any camera, so it sees every event of
+    the run; stopped after the workers' last events and before the broker."""
+
+    part: str  # what it is, for a start-up failure's message
+
+    def start(self, runner: StreamRunner) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class StreamRunner:
     """Starts, watches and stops every stage of the pipeline."""
 
@@ -158,12 +167,11 @@ class StreamRunner:
         *,
         kafka_data_dir: Path | None = None,
         local_kafka_port: int = 0,
-        bridge: bool = False,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.cfg = cfg
-        self.with_bridge = bridge
-        self.bridge: Bridge | None = None
-        self.bridge_stats: dict[str, Any] | None = None  # its final counts, once stopped
+        self.companions = list(companions)
+        self._started_companions: list[Companion] = []
         self.settings = settings
         self.kafka_data_dir = kafka_data_dir
         self.local_kafka_port = local_kafka_port
@@ -210,9 +218,10 @@ class StreamRunner:
             self.monitor = Monitor(self.cfg)
             with starting("the recognition workers"):
                 self._start_workers()
-            if self.with_bridge:
-                with starting("the event bridge (MQTT, webhooks)"):
-                    self._start_bridge()
+            for companion in self.companions:
+                with starting(companion.part):
+                    companion.start(self)
+                    self._started_companions.append(companion)
             if ingest:
                 for cam in self.cfg.cameras:
                     self.add_camera(cam)
@@ -221,32 +230,6 @@ class StreamRunner:
             self.stop()
             raise
         return self
-
-    def _start_bridge(self) -> None:
-        """The event bridge in this process, ready (its partitions assigned) before any
-        camera starts, so it sees every event of the run."""
-        from pipeline.bridge.service import Bridge
-
-        self.bridge = Bridge(
-            self.settings.bridge,
-            self.cfg,
-            self.settings.gallery,
-            cameras=[c.id for c in self.cfg.cameras],
-        )
-        self.bridge.start()
-        self.notes.append(f"event bridge: sinks {', '.join(self.settings.bridge.sink_names())}")
-
-    def _stop_bridge(self) -> None:
-        if self.bridge is None:
-            return
-        try:
-            timeout = self.settings.bridge.stop_timeout_s
-            if self.bridge.failed() is None and not self.bridge.drain(timeout):
-                log.warning("the bridge did not deliver everything within %.0fs", timeout)
-        finally:
-            self.bridge.stop()
-            self.bridge_stats = self.bridge.stats()
-            self.bridge = None
 
     def _start_kafka(self) -> None:
         if self.cfg.kafka.bootstrap_servers:
@@ -442,7 +425,12 @@ class StreamRunner:
                     ray.kill(actor)
             self.ingesters.clear()
             self.workers.clear()
-        self._stop_bridge()  # after the workers' last events, before the broker goes
+        while self._started_companions:  # after the workers' last events, before the broker
+            companion = self._started_companions.pop()
+            try:
+                companion.stop()
+            except Exception:
+                log.exception("stopping %s", companion.part)
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"evaluation"},
     {"serve", "train"},
     {"stream"},
+    {"bridge"},  # the event bridge: reads the stream's output topics
     {"bench"},  # measures the parts below; only the CLI imports it
     {"cli"},
 ]
