@@ -20,9 +20,10 @@ from pipeline.config.models import REPO_ROOT
 HELM = shutil.which("helm") or str(Path.home() / ".cache/facestream/bin/helm")
 CHART = REPO_ROOT / "charts" / "facestream"
 
-pytestmark = pytest.mark.skipif(
+HELM_MISSING = pytest.mark.skipif(
     not Path(HELM).is_file(), reason="helm not installed (`make tools` installs it)"
 )
+pytestmark = HELM_MISSING
 
 
 BASE = ("api.token=0123456789abcdef-token", "gallery.milvus.token=root:Milvus")

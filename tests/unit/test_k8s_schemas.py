@@ -68,6 +68,12 @@ SECURED = (
     "kafka.tls.ca.configMap=kafka-ca",
     "kafka.tls.client.secret=fs-kafka",
     "api.networkPolicy.from[0].namespaceSelector.matchLabels.team=edge",
+    # the event bridge, its MQTT password and webhooks from Secrets of its own
+    "bridge.enabled=true",
+    "bridge.mqtt.host=mqtt.home",
+    "bridge.mqtt.username=fs",
+    "bridge.mqtt.existingSecret=fs-mqtt",
+    "bridge.webhooksExistingSecret=fs-hooks",
 )
 
 

@@ -44,6 +44,17 @@ below never disagree.
 {{- else if .Values.cameras -}}{{ include "facestream.secretName" . }} cameras{{- end -}}
 {{- end -}}
 
+{{- define "facestream.ref.mqttPassword" -}}
+{{- with .Values.bridge.mqtt -}}
+{{- if .existingSecret -}}{{ .existingSecret }} {{ .existingSecretKey }}
+{{- else if .password -}}{{ include "facestream.secretName" $ }} mqtt-password{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- define "facestream.ref.webhooks" -}}
+{{- if .Values.bridge.webhooksExistingSecret -}}{{ .Values.bridge.webhooksExistingSecret }} webhooks
+{{- else if .Values.bridge.webhooks -}}{{ include "facestream.secretName" . }} bridge-webhooks{{- end -}}
+{{- end -}}
+
 {{- define "facestream.ref.kafkaPassword" -}}
 {{- with .Values.kafka.sasl -}}
 {{- if .existingSecret -}}{{ .existingSecret }} {{ .existingSecretKey }}
@@ -145,6 +156,11 @@ the pods that read the gallery its stores, the pods that talk to Kafka its setti
 {{- with include "facestream.ref.milvusToken" . }}
 {{ include "facestream.secretEnv" (dict "name" "FACESTREAM_GALLERY__MILVUS_TOKEN" "ref" .) }}
 {{- end }}
+{{ include "facestream.env.catalogue" . }}
+{{- end -}}
+
+{{/* The catalogue alone: the event bridge reads who is enrolled, never a vector. */}}
+{{- define "facestream.env.catalogue" -}}
 - name: FACESTREAM_GALLERY__CATALOGUE_URL
   value: {{ .Values.gallery.catalogue.url | quote }}
 {{- with include "facestream.ref.cataloguePassword" . }}
@@ -301,6 +317,13 @@ moved there), and ACTIVE comes last, because readers treat a store without it as
 - name: rayservice
   configMap:
     name: {{ include "facestream.fullname" . }}-rayservice
+{{- with include "facestream.kafkaTLS.volume" . }}
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Kafka's certificate files (kafka.tls), for every pod that talks to Kafka. */}}
+{{- define "facestream.kafkaTLS.volume" -}}
 {{- if include "facestream.kafkaTLS.enabled" . }}
 - name: kafka-tls
   projected:
@@ -328,6 +351,12 @@ moved there), and ACTIVE comes last, because readers treat a store without it as
 - name: rayservice
   mountPath: /opt/facestream/rayservice
   readOnly: true
+{{- with include "facestream.kafkaTLS.mount" . }}
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "facestream.kafkaTLS.mount" -}}
 {{- if include "facestream.kafkaTLS.enabled" . }}
 - name: kafka-tls
   mountPath: {{ include "facestream.kafkaTLS.dir" . }}
