@@ -17,6 +17,7 @@ from pipeline.cli import (
     models,
     review,
     serve,
+    sightings,
     status,
     stream,
     train,
@@ -61,6 +62,7 @@ evaluate.register_eval(app)  # eval pairs | openset
 bench.register(app)  # bench ...
 gallery.register(app)  # gallery ...
 review.register(app)  # unknowns ..., feedback ...
+sightings.register(app)  # sightings search
 status.register(app)  # status
 
 reflow_app(app)  # after every command is registered

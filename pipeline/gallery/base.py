@@ -80,11 +80,22 @@ class GalleryBase:
             index_type=config.index_type,
             token=token,
         )
+        # Every face the stream kept (event crops, unknown faces), one collection per
+        # model version, for "has this face been here before?" (review/sightings.py).
+        # Its own prefix, so a gallery listing never sees these collections.
+        self.sighting_vectors = VectorStore(
+            self.milvus_uri,
+            prefix=f"sig_{config.collection_prefix}",
+            alias=f"sig_{config.alias}",
+            index_type=config.index_type,
+            token=token,
+        )
         self._pipelines: dict[str, FacePipeline] = {}
         self._pipeline_lock = threading.Lock()
 
     def close(self) -> None:
         self.vectors.close()
+        self.sighting_vectors.close()
         self.catalogue.close()
         if self.local_milvus is not None:
             self.local_milvus.release()

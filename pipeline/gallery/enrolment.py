@@ -43,6 +43,7 @@ from pipeline.gallery.records import (
     ImageReport,
     RemoveResult,
 )
+from pipeline.gallery.review.store import ReviewStore, of_identity
 from pipeline.gallery.vectors import Snapshot
 
 # An accepted image: its name and its (embedded) face.
@@ -244,6 +245,10 @@ class Enrolment(GalleryBase):
             faces = self.catalogue.faces(identity_id)
             self.catalogue.get(identity_id)  # IdentityNotFound before anything is touched
             rows = self.vectors.delete_identity(identity_id)
+            # The vectors of the faces the stream kept of them go first too (then their
+            # rows, with the identity's, in the transaction below).
+            kept = ReviewStore(self.catalogue).vector_keys(of_identity(identity_id))
+            self.sighting_vectors.delete_keys(kept)
             n_crops = self.catalogue.crop_count(identity_id)
             with self.catalogue.transaction() as con:
                 self.catalogue.delete_identity(con, identity_id)

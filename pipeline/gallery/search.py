@@ -259,7 +259,7 @@ class Search(GalleryBase):
             model_version=snap.version, collection=snap.collection, threshold=thr, faces=results
         )
 
-    def _one_embedding(
+    def embed_largest(
         self, pipe: FacePipeline, name: str, data: bytes | np.ndarray, mode: CropMode | None
     ) -> np.ndarray:
         image = self._decode(name, data)
@@ -287,7 +287,7 @@ class Search(GalleryBase):
             snap = self._snapshot()
             pipe = self.pipeline(snap.version)
             assert pipe.embedder is not None
-            probe = self._one_embedding(pipe, "image", image, crop_mode)
+            probe = self.embed_largest(pipe, "image", image, crop_mode)
             if pipe.embedder.model_version != snap.version:
                 raise ModelVersionMismatch("probe and collection versions differ")
             enrolled = self.vectors.identity_vectors(snap, identity_id)
@@ -299,8 +299,8 @@ class Search(GalleryBase):
             assert other is not None
             version = self.serving_version()
             pipe = self.pipeline(version)
-            a = self._one_embedding(pipe, "image", image, crop_mode)
-            b = self._one_embedding(pipe, "other", other, crop_mode)
+            a = self.embed_largest(pipe, "image", image, crop_mode)
+            b = self.embed_largest(pipe, "other", other, crop_mode)
             sim = float(a @ b)
         thr = threshold_info(self.threshold(version), threshold)
         return VerifyResult(

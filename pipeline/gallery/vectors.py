@@ -362,6 +362,18 @@ class VectorStore:
             self._ensure_loaded(collection)
             self.client.delete(collection, ids=face_ids)
 
+    def delete_keys(self, by_version: Mapping[str, list[str]]) -> int:
+        """Delete rows by key, per model version (from the catalogue's rows: what an
+        erasure takes); versions without a collection here hold none. Rows deleted."""
+        have = self.collections() if by_version else {}
+        n = 0
+        for version, keys in by_version.items():
+            collection = self.collection_name(version)
+            if collection in have:
+                self.delete_faces(collection, keys)
+                n += len(keys)
+        return n
+
     @_milvus_call
     def delete_identity(self, identity_id: str) -> dict[str, int]:
         """Delete the identity's rows from every version's collection; rows deleted each."""

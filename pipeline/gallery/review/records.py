@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from pipeline.gallery.errors import GalleryError
-from pipeline.gallery.records import Identity
+from pipeline.gallery.records import Identity, ThresholdInfo
 
 Decision = Literal["identity", "unknown"]
 FeedbackKind = Literal["not_this_person", "this_is"]
@@ -115,3 +115,26 @@ class FeedbackResult(BaseModel):
     identity: Identity
     effect: str = Field(description="What changed, in words.")
     enrolled_faces: list[str] = Field(default_factory=list)
+
+
+class SightingMatch(Sighting):
+    """A kept face that matches the probe of a sightings search."""
+
+    match: float = Field(description="Cosine similarity of this face to the probe (best probe).")
+
+
+class SeenBefore(BaseModel):
+    """'Has this face been here before?': where and when the stream kept faces that match
+    the probe, in time order."""
+
+    probe: str = Field(description="'photo', 'event:<event id>' or 'cluster:<cluster id>'.")
+    model_version: str = Field(description="The active version: probe and kept faces alike.")
+    threshold: ThresholdInfo = Field(
+        description="The open-set threshold at the number of kept faces searched: a probe "
+        "is compared with every one of them, so the per-comparison threshold would let "
+        "strangers through as the number grows."
+    )
+    searched: int = Field(description="Kept faces of this model version searched.")
+    since_ms: int | None = None
+    camera_id: str | None = None
+    sightings: list[SightingMatch]

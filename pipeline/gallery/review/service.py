@@ -8,11 +8,12 @@ failure leaves the rows listed and the removal can be retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,9 @@ class Review:
             rows = [st.sighting_row(f, now) for f in known if f.identity_id in alive]
             out.skipped += len(known) - len(rows)
             if rows:
-                self.store.add_sightings(rows)
+                kept = [f for f in known if f.identity_id in alive]
+                with self._sighting_vectors(kept, rows):
+                    self.store.add_sightings(rows)
                 out.stored += len(rows)
                 # A track that turned out to be someone was never an unknown person.
                 tracks = sorted({r["track_id"] for r in rows})
@@ -167,11 +170,44 @@ class Review:
         ]
         self.unknown_vectors.insert(collection, version, meta, vecs)
         try:
-            self.store.add_unknowns(cluster, found is None, version, now, rows)
+            with self._sighting_vectors(group, rows):
+                self.store.add_unknowns(cluster, found is None, version, now, rows)
         except BaseException:
             self.unknown_vectors.delete_faces(collection, [m["face_id"] for m in meta])
             raise
         return cluster
+
+    @contextlib.contextmanager
+    def _sighting_vectors(
+        self, faces: Sequence[RecordedFace], rows: list[dict[str, Any]]
+    ) -> Iterator[None]:
+        """Insert the kept faces' vectors into their version's sightings collection
+        while the block writes their rows; a block that fails deletes them again."""
+        by_version: dict[str, list[int]] = {}
+        for i, f in enumerate(faces):
+            by_version.setdefault(f.model_version, []).append(i)
+        added: dict[str, list[str]] = {}
+        store = self.gallery.sighting_vectors
+        try:
+            for version, idx in by_version.items():
+                vecs = np.asarray([faces[i].embedding for i in idx], dtype=np.float32)
+                collection = store.create(version, vecs.shape[1])
+                # identity_id: the face's own key, so a search ranks faces, not people.
+                meta = [
+                    {
+                        "face_id": rows[i]["vector_key"],
+                        "identity_id": rows[i]["vector_key"],
+                        "crop": f"catalogue:sightings/{rows[i]['face_id']}"[:512],
+                        "quality": {},
+                    }
+                    for i in idx
+                ]
+                store.insert(collection, version, meta, vecs)
+                added[version] = [m["face_id"] for m in meta]
+            yield
+        except BaseException:
+            store.delete_keys(added)
+            raise
 
     def _nearest_cluster(
         self, collection: str, version: str, track: str, vecs: np.ndarray
@@ -194,7 +230,7 @@ class Review:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _sightings(self, rows: list[dict[str, Any]]) -> list[Sighting]:
+    def as_sightings(self, rows: list[dict[str, Any]]) -> list[Sighting]:
         names = self.catalogue.find(sorted({r["identity_id"] for r in rows if r["identity_id"]}))
         fb = self.store.feedback_refs([r["face_id"] for r in rows])
         out = []
@@ -222,7 +258,7 @@ class Review:
 
     def recent_events(self, limit: int = 50, camera: str | None = None) -> list[Sighting]:
         """The newest identification events that kept their face, newest first."""
-        return self._sightings(self.store.events(_limit(limit), camera))
+        return self.as_sightings(self.store.events(_limit(limit), camera))
 
     def sighting(self, face_id: str) -> Sighting:
         row = self.store.sighting(face_id)
@@ -231,7 +267,7 @@ class Review:
                 f"no kept face for event {face_id!r} (unknown id, or erased after "
                 f"{self.cfg.retention_hours:g} h of retention)"
             )
-        return self._sightings([row])[0]
+        return self.as_sightings([row])[0]
 
     def _blob(self, face_id: str, column: str) -> bytes:
         data = self.store.blob(face_id, column)
@@ -282,7 +318,7 @@ class Review:
         found = self._clusters([cluster_id], 1, 0)
         if not found:
             raise ClusterNotFound(f"no unknown person {cluster_id!r} (labelled, purged or expired)")
-        faces = self._sightings(self.store.cluster_sightings(cluster_id))
+        faces = self.as_sightings(self.store.cluster_sightings(cluster_id))
         return UnknownClusterDetail(**found[0].model_dump(), faces=faces)
 
     # -- labelling, merging, purging ------------------------------------------------------
@@ -352,14 +388,11 @@ class Review:
         return self._clusters([into], 1, 0)[0]
 
     def _erase(self, where: st.Where) -> tuple[int, int, int]:
-        """Erase kept faces matching ``where``: vectors first, then rows and crops, then
-        the clusters left empty. (clusters, faces, vectors) erased."""
-        vectors = 0
-        for version, keys in self.store.unknown_vector_keys(where).items():
-            collection = self.unknown_vectors.collection_name(version)
-            if collection in self.unknown_vectors.collections():
-                self.unknown_vectors.delete_faces(collection, keys)
-                vectors += len(keys)
+        """Erase kept faces matching ``where``: vectors first (the unknowns' and the
+        sightings'), then rows and crops, then the clusters left empty. (clusters, faces,
+        vectors) erased."""
+        vectors = self.unknown_vectors.delete_keys(self.store.vector_keys(where, unknown_only=True))
+        vectors += self.gallery.sighting_vectors.delete_keys(self.store.vector_keys(where))
         n_clusters, n_faces = self.store.delete(where)
         return n_clusters, n_faces, vectors
 

@@ -134,6 +134,11 @@ def delete_identity_rows(con: Connection, identity_id: str) -> None:
 # -- which kept faces an erasure takes --------------------------------------------------
 
 
+def of_identity(identity_id: str) -> Where:
+    """The kept faces of an identity's events (erased with the identity)."""
+    return s.identity_id == identity_id
+
+
 def unknowns_of_tracks(tracks: Sequence[str]) -> Where:
     """The kept unknown faces of these tracks (a track identified later)."""
     return sa.and_(s.decision == "unknown", s.track_id.in_(list(tracks)))
@@ -298,14 +303,24 @@ class ReviewStore:
                 unknown_clusters.update().where(c.cluster_id == into).values(updated_at=now)
             )
 
-    def unknown_vector_keys(self, where: Where) -> dict[str, list[str]]:
-        """Model version -> the Milvus keys of the kept unknown faces ``where`` takes
-        (faces of events have no vector of their own in Milvus)."""
-        query = sa.select(s.vector_key, s.model_version).where(where, s.decision == "unknown")
+    def vector_keys(self, where: Where, *, unknown_only: bool = False) -> dict[str, list[str]]:
+        """Model version -> the Milvus keys of the kept faces ``where`` takes (the
+        unknowns' collections hold unknown faces only; the sightings' collections all)."""
+        if unknown_only:
+            where = sa.and_(where, s.decision == "unknown")
+        query = sa.select(s.vector_key, s.model_version).where(where)
         out: dict[str, list[str]] = {}
         for r in self._all(query):
             out.setdefault(r.model_version, []).append(r.vector_key)
         return out
+
+    def by_vector_keys(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """The kept faces (without blobs) of these Milvus keys: what a search found and
+        the catalogue still holds."""
+        if not keys:
+            return []
+        rows = self._all(sa.select(*SIGHTING_COLUMNS).where(s.vector_key.in_(list(keys))))
+        return [dict(r._mapping) for r in rows]
 
     def delete(self, where: Where) -> tuple[int, int]:
         """Delete the kept faces ``where`` takes, then the clusters left empty:

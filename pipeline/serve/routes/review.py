@@ -6,9 +6,10 @@ says: they serve faces of people who never agreed to be enrolled.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the Annotated parameters.
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from pipeline.gallery.review.records import (
@@ -16,11 +17,13 @@ from pipeline.gallery.review.records import (
     FeedbackResult,
     LabelResult,
     PurgeResult,
+    SeenBefore,
     Sighting,
     UnknownCluster,
     UnknownClusterDetail,
 )
-from pipeline.serve.context import Ctx, authorised
+from pipeline.serve.context import Ctx, authorised, client_address
+from pipeline.serve.routes.identities import read_upload
 
 
 class FeedbackBody(BaseModel):
@@ -74,6 +77,59 @@ def give_feedback(
     )
     ctx.audit(request, who, "feedback", event_id, kind=body.kind, identity_id=body.identity_id)
     return result
+
+
+SinceMs = Annotated[
+    int | None, Query(ge=0, description="Only sightings captured at or after (ms since epoch).")
+]
+CameraQ = Annotated[str | None, Query(max_length=300, description="Only this camera id.")]
+LimitQ = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _seen_before(ctx: Ctx, request: Request, who: str, **probe: Any) -> Callable[[], SeenBefore]:
+    """The search as the request's principal (the audit record names them)."""
+    from pipeline.gallery.review.sightings import seen_before
+
+    return lambda: seen_before(ctx.review, actor=who, client=client_address(request), **probe)
+
+
+@router.get("/sightings/search", response_model=SeenBefore)
+async def seen_before_of_kept_faces(
+    request: Request,
+    ctx: Ctx,
+    who: Who,
+    event_id: Annotated[str | None, Query(max_length=300)] = None,
+    cluster_id: Annotated[str | None, Query(max_length=64)] = None,
+    since_ms: SinceMs = None,
+    camera: CameraQ = None,
+    limit: LimitQ = 200,
+) -> SeenBefore:
+    """Has this face been here before? Where and when the stream kept faces matching an
+    event's face (event_id) or an unknown person's (cluster_id), oldest first; audited."""
+    search = _seen_before(
+        ctx, request, who, event_id=event_id, cluster_id=cluster_id, since_ms=since_ms,
+        camera_id=camera, limit=limit,
+    )  # fmt: skip
+    return await ctx.run_off_loop(search)
+
+
+@router.post("/sightings/search", response_model=SeenBefore)
+async def seen_before_of_photo(
+    request: Request,
+    ctx: Ctx,
+    who: Who,
+    image: Annotated[UploadFile, File(description="A photo of the person (largest face).")],
+    since_ms: Annotated[int | None, Form(ge=0)] = None,
+    camera: Annotated[str | None, Form(max_length=300)] = None,
+    limit: Annotated[int, Form(ge=1, le=1000)] = 200,
+) -> SeenBefore:
+    """Has this face been here before? Where and when the stream kept faces matching the
+    photo's largest face, oldest first; audited."""
+    _, data = await read_upload(ctx, image, "image")
+    search = _seen_before(
+        ctx, request, who, photo=data, since_ms=since_ms, camera_id=camera, limit=limit
+    )
+    return await ctx.run_off_loop(search)
 
 
 @router.get(
