@@ -362,3 +362,50 @@ def test_feedback_buttons_take_effect(
     kinds = [(f.kind, f.identity_id) for f in web.review.sighting(stranger).feedback]
     assert kinds == [("this_is", person.identity_id)]
     assert console_errors(d) == []
+
+
+SEEN = "Silvio_Berlusconi"  # unknown on two cameras, and once wrongly named KNOWN
+
+
+def test_seen_before_shows_every_sighting_in_time_order(
+    signed_in: WebDriver, web: Web, seeded: dict[str, str], lfw_dir: Path
+) -> None:
+    """From an event, "seen before" lists the kept faces of that face across cameras,
+    oldest first; purging the unknown person takes those faces off the page."""
+    d = signed_in
+    faces = photos(lfw_dir, SEEN)
+    unknown = kept_faces(
+        web, faces[:2], camera="gate", track="gate:t9", seq0=300, decision="unknown"
+    ) + kept_faces(web, faces[2:3], camera="garden", track="garden:t9", seq0=400,
+                   decision="unknown")  # fmt: skip
+    event = kept_faces(
+        web, faces[3:4], camera="lobby", track="lobby:t9", seq0=500, decision="identity",
+        identity_id=seeded["known"], similarity=0.6,
+    )  # fmt: skip
+    record(web, unknown + event)
+    row = f"[data-event='{event[0].face_id}']"
+    go(d, web, "/ui/events", f"{row} a.seen-before")
+    click_through(d, d.find_element("css selector", f"{row} a.seen-before"), "#threshold")
+    tiles = d.find_elements("css selector", "#timeline li.sighting")
+    seen = [(t.get_attribute("data-face"), t.get_attribute("data-camera")) for t in tiles]
+    assert seen == [
+        ("gate:300:0", "gate"), ("gate:301:0", "gate"), ("garden:400:0", "garden"),
+        ("lobby:500:0", "lobby"),
+    ], seen  # fmt: skip
+    times = [int(t.get_attribute("data-ts") or 0) for t in tiles]
+    assert times == sorted(times)
+    assert "audit" in d.find_element("css selector", "#threshold").text
+    wait_for(d, images_loaded)
+    screenshot(d, "11-seen-before")
+
+    # The same from the unknown person's page; then purged, the page shows only the event.
+    cluster = cluster_of(web, "gate:300:0")
+    go(d, web, f"/ui/unknowns/{cluster}", "#seen-before")
+    click_through(d, d.find_element("css selector", "#seen-before"), "#threshold")
+    assert len(d.find_elements("css selector", "#timeline li.sighting")) == 4
+    for c in {cluster, cluster_of(web, "garden:400:0")}:
+        web.review.purge(c)
+    go(d, web, f"/ui/sightings?event_id={event[0].face_id}", "#timeline")
+    after = d.find_elements("css selector", "#timeline li.sighting")
+    assert [t.get_attribute("data-face") for t in after] == ["lobby:500:0"]
+    assert console_errors(d) == []

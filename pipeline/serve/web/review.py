@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from pipeline.errors import FacestreamError
 from pipeline.gallery.review.records import feedback_kind
-from pipeline.serve.context import ApiContext, Ctx
+from pipeline.serve.context import ApiContext, Ctx, client_address
 from pipeline.serve.errors import http_status
 from pipeline.serve.web.pages import (
     PAGE_SIZE,
@@ -113,6 +113,42 @@ def sighting_crop(face_id: str, request: Request, ctx: Ctx) -> Response:
         raise HTTPException(404, f"no kept face {face_id}") from None
     # Kept faces expire and can be purged: never served from a stale cache.
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/ui/sightings")
+async def sightings(
+    request: Request,
+    ctx: Ctx,
+    sess: SignedIn,
+    event_id: Annotated[str | None, Query(max_length=300)] = None,
+    cluster_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> HTMLResponse:
+    """"Seen before": every kept face matching an event's face or an unknown person,
+    as a timeline (audited as the signed-in principal)."""
+    from pipeline.gallery.review.sightings import seen_before
+
+    section = "unknowns" if cluster_id else "events"
+    try:
+        result = await ctx.run_off_loop(
+            lambda: seen_before(
+                ctx.review,
+                actor=sess.principal,
+                client=client_address(request),
+                event_id=event_id,
+                cluster_id=cluster_id,
+            )
+        )
+    except FacestreamError as exc:
+        return failure(request, ctx, exc, section=section)
+    return page(
+        request,
+        ctx,
+        "sightings.html",
+        section=section,
+        result=result,
+        event_id=event_id,
+        cluster_id=cluster_id,
+    )
 
 
 @router.get("/ui/unknowns")
