@@ -7,6 +7,9 @@
    carries a crop id whose crop the gallery serves.
 4. `facestream feedback not-this-person EVENT`: the same frame sent again is no longer
    matched to him (and was, just before the feedback).
+
+Between 1 and 2, `facestream sightings search` finds his kept faces from a still of
+him; after 4, removed and purged, it finds nothing.
 """
 
 from __future__ import annotations
@@ -129,6 +132,18 @@ def test_unknown_to_labelled_to_identified_to_corrected(
             lins = [c["cluster_id"] for c in listed if is_lin(c["cluster_id"])]
             review.close()
         assert len(lins) >= 1, listed
+        # "Has this face been here before?": a still of Lin finds his kept unknown faces,
+        # with camera and time, and nothing else.
+        found = json.loads(_cli(["sightings", "search", str(media[LIN]), "--json"]))
+        kept_lin = {f["face_id"] for c in lins for f in json.loads(
+            _cli(["unknowns", "show", c, "--json"]))["faces"]}  # fmt: skip
+        assert found["sightings"], found
+        assert {s["face_id"] for s in found["sightings"]} <= kept_lin
+        assert {(s["camera_id"], s["decision"]) for s in found["sightings"]} == {
+            ("cam1", "unknown")
+        }
+        times = [s["capture_ts_ms"] for s in found["sightings"]]
+        assert times == sorted(times) and found["threshold"]["kind"] == "open_set"
         # Lin may have been split over several tracks' clusters: merge them, then label.
         if len(lins) > 1:
             _cli(["unknowns", "merge", lins[0], *lins[1:]])
@@ -170,6 +185,13 @@ def test_unknown_to_labelled_to_identified_to_corrected(
         after = _detection(kafka_bootstrap, cfg.topics.detections, "cam4:0")
         face = after["faces"][int(index)]
         assert face["decision"] == "unknown" and face["identity"] is None, face
+
+        # 5. Removed, and the unknown faces purged: nobody has seen his face any more.
+        lin_id = event["identity"]["identity_id"]
+        _cli(["gallery", "remove", lin_id])
+        _cli(["unknowns", "purge", "--all"])
+        found = json.loads(_cli(["sightings", "search", str(media[LIN]), "--json"]))
+        assert found["sightings"] == [], found
     finally:
         runner.stop()
     acc = account(cfg)
