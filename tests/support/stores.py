@@ -26,8 +26,11 @@ def drop_milvus_space(space: dict[str, str]) -> None:
     try:
         if space["alias"] in client.list_aliases().get("aliases", []):
             client.drop_alias(space["alias"])
+        prefix = space["collection_prefix"]
+        # The gallery's collections, and the review's (unknown faces, sightings).
+        ours = tuple(f"{p}{prefix}_" for p in ("", "unk_", "sig_"))
         for name in client.list_collections():
-            if name.startswith(f"{space['collection_prefix']}_"):
+            if name.startswith(ours):
                 client.drop_collection(name)
     finally:
         client.close()

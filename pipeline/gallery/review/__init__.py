@@ -15,6 +15,10 @@
   that identity and, from then on, a probe whose similarity to that face is at least its
   similarity to the identity's own best face is not matched to it (applied inside every
   gallery search, ``Gallery.search_vectors``); "this is X" enrols the face into X.
+- **Sightings search** ("has this face been here before?", ``sightings.py``): every kept
+  face's vector is also in a collection per model version (``sig_<prefix>_<version>``,
+  the gallery's ``sighting_vectors``), searched with a photo, an event's face or an
+  unknown person's faces; every search is audited.
 - **Retention**: kept faces older than ``retention_hours`` are erased everywhere
   (catalogue rows, crops, vectors); ``purge`` erases at once.
 
@@ -23,9 +27,10 @@ transaction deletes the vectors it added. Removal: vectors first, then rows, so 
 failure leaves the rows listed and the removal can be retried.
 
 The package: ``service.py`` (``Review``: recording, unknown people, labelling, merge,
-purge, retention), ``feedback.py`` (feedback on events and its export as training data),
-``store.py`` (every SQL statement, the tables included), ``records.py`` (what the CLI,
-the REST API and the web pages show) and ``errors.py``. It lives inside the gallery
+purge, retention), ``sightings.py`` (the sightings search), ``feedback.py`` (feedback
+on events and its export as training data), ``store.py`` (every SQL statement, the
+tables included), ``records.py`` (what the CLI, the REST API and the web pages show)
+and ``errors.py``. It lives inside the gallery
 package because its data does: its tables are in the catalogue database, every gallery
 search applies its "not this person" exclusions and removing a person erases their kept
 faces and feedback, so the gallery reads the store's tables as the review reads the
