@@ -32,8 +32,8 @@ from pipeline.errors import StartupFailed
 from pipeline.gallery.catalogue import Catalogue
 from pipeline.gallery.records import Identity
 from pipeline.stream import kafka_client
-from pipeline.stream.events import now_ms
-from pipeline.stream.schemas import BridgeDlqEvent, BridgeEvent, KafkaRef, SourceRef, to_json
+from pipeline.stream.events import RecordRef, now_ms, source_ref
+from pipeline.stream.schemas import BridgeDlqEvent, BridgeEvent, KafkaRef, to_json
 from pipeline.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,6 @@ class Bridge:
         self._producer.send(self.cfg.dlq_topic, key=key, value=to_json(dead)).get(DLQ_TIMEOUT_S)
 
     def _unreadable(self, rec: Any, ref: KafkaRef, detail: str) -> None:
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in rec.headers or []}
         dead = BridgeDlqEvent(
             event_id=f"{ref.topic}:{ref.partition}:{ref.offset}",
             sink=None,
@@ -296,13 +295,10 @@ class Bridge:
             detail=detail[:2000],
             attempts=0,
             event=None,
-            source=SourceRef(
-                topic=ref.topic,
-                partition=ref.partition,
-                offset=ref.offset,
-                timestamp_ms=rec.timestamp,
-                key=rec.key.decode("utf-8", "replace") if rec.key is not None else None,
-                headers=headers,
+            source=source_ref(
+                RecordRef(ref.topic, ref.partition, ref.offset, rec.timestamp),
+                rec.key,
+                rec.headers,
             ),
             payload_b64=base64.b64encode(rec.value or b"").decode()[:1_000_000],
             published_ts_ms=now_ms(),
@@ -320,6 +316,7 @@ class Bridge:
     ) -> None:
         ev: BridgeEvent | None = d.event
         src = d.ticket
+        key = ev.camera_id.encode() if ev is not None else None
         dead = BridgeDlqEvent(
             event_id=d.event_id,
             sink=sink,
@@ -327,18 +324,11 @@ class Bridge:
             detail=detail[:2000],
             attempts=attempts,
             event=ev,
-            source=SourceRef(
-                topic=src.tp.topic,
-                partition=src.tp.partition,
-                offset=src.offset,
-                timestamp_ms=None,
-                key=ev.camera_id if ev is not None else None,
-                headers={},
-            ),
+            source=source_ref(RecordRef(src.tp.topic, src.tp.partition, src.offset), key, None),
             payload_b64=None,
             published_ts_ms=now_ms(),
         )
-        self._send_dlq(dead, ev.camera_id.encode() if ev is not None else None)
+        self._send_dlq(dead, key)
 
     # -- what it did ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

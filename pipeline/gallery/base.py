@@ -82,16 +82,22 @@ class GalleryBase:
         )
         # Every face the stream kept (event crops, unknown faces), one collection per
         # model version, for "has this face been here before?" (review/sightings.py).
-        # Its own prefix, so a gallery listing never sees these collections.
-        self.sighting_vectors = VectorStore(
-            self.milvus_uri,
-            prefix=f"sig_{config.collection_prefix}",
-            alias=f"sig_{config.alias}",
-            index_type=config.index_type,
-            token=token,
-        )
+        self.sighting_vectors = self.review_vectors("sig")
         self._pipelines: dict[str, FacePipeline] = {}
         self._pipeline_lock = threading.Lock()
+
+    def review_vectors(self, kind: str) -> VectorStore:
+        """A vector store of the review loop's (``unk``: unknown faces; ``sig``: every kept
+        face), on the gallery's Milvus. Its own prefix, not starting with the gallery's
+        "<prefix>_": a gallery listing of collections never sees these."""
+        c = self.config
+        return VectorStore(
+            self.milvus_uri,
+            prefix=f"{kind}_{c.collection_prefix}",
+            alias=f"{kind}_{c.alias}",
+            index_type=c.index_type,
+            token=c.milvus_token.get_secret_value() if c.milvus_token else None,
+        )
 
     def close(self) -> None:
         self.vectors.close()

@@ -191,6 +191,20 @@ def _cut(text: str) -> str:
     return text if len(text) <= _TEXT_LIMIT else text[:_TEXT_LIMIT] + "…"
 
 
+def source_ref(
+    ref: RecordRef, key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> SourceRef:
+    """Where a dead-lettered record was, as dead letters name it."""
+    return SourceRef(
+        topic=ref.topic,
+        partition=ref.partition,
+        offset=ref.offset,
+        timestamp_ms=ref.timestamp_ms,
+        key=key.decode("utf-8", "backslashreplace") if key is not None else None,
+        headers=headers_dict(headers),
+    )
+
+
 def dlq_event(
     ref: RecordRef,
     key: bytes | None,
@@ -221,14 +235,7 @@ def dlq_event(
         detail=detail[:2000],
         camera_id=camera,
         seq=seq,
-        source=SourceRef(
-            topic=ref.topic,
-            partition=ref.partition,
-            offset=ref.offset,
-            timestamp_ms=ref.timestamp_ms,
-            key=key.decode("utf-8", "backslashreplace") if key is not None else None,
-            headers=headers_dict(headers),
-        ),
+        source=source_ref(ref, key, headers),
         payload_bytes=len(data),
         payload_sha256=hashlib.sha256(data).hexdigest(),
         payload_b64=None,

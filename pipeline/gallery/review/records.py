@@ -105,7 +105,10 @@ class LabelResult(BaseModel):
 class PurgeResult(BaseModel):
     clusters: int
     faces: int
-    vectors: int
+    vectors: int = Field(description="Vectors erased from the unknown faces' collections.")
+    sighting_vectors: int = Field(
+        0, description="Vectors erased from the sightings search's collections."
+    )
 
 
 class FeedbackResult(BaseModel):

@@ -35,7 +35,7 @@ from pipeline.gallery.review.records import (
     UnknownCluster,
     UnknownClusterDetail,
 )
-from pipeline.gallery.vectors import Snapshot, VectorStore
+from pipeline.gallery.vectors import Snapshot
 
 if TYPE_CHECKING:
     # Only a type here: the gallery's search reads this package's store, so importing
@@ -70,17 +70,7 @@ class Review:
         self.cfg = config or gallery.config.review
         self.catalogue = gallery.catalogue
         self.store = st.ReviewStore(gallery.catalogue)
-        gc = gallery.config
-        token = gc.milvus_token.get_secret_value() if gc.milvus_token else None
-        # Its own prefix, which does not start with the gallery's "<prefix>_": a gallery
-        # listing of collections never sees the unknowns' ones.
-        self.unknown_vectors = VectorStore(
-            gallery.milvus_uri,
-            prefix=f"unk_{gc.collection_prefix}",
-            alias=f"unk_{gc.alias}",
-            index_type=gc.index_type,
-            token=token,
-        )
+        self.unknown_vectors = gallery.review_vectors("unk")
         self._last_expire = 0.0
 
     def close(self) -> None:
@@ -387,14 +377,15 @@ class Review:
             self.store.merge(into, others, time.time())
         return self._clusters([into], 1, 0)[0]
 
-    def _erase(self, where: st.Where) -> tuple[int, int, int]:
+    def _erase(self, where: st.Where) -> PurgeResult:
         """Erase kept faces matching ``where``: vectors first (the unknowns' and the
-        sightings'), then rows and crops, then the clusters left empty. (clusters, faces,
-        vectors) erased."""
+        sightings'), then rows and crops, then the clusters left empty."""
         vectors = self.unknown_vectors.delete_keys(self.store.vector_keys(where, unknown_only=True))
-        vectors += self.gallery.sighting_vectors.delete_keys(self.store.vector_keys(where))
+        sightings = self.gallery.sighting_vectors.delete_keys(self.store.vector_keys(where))
         n_clusters, n_faces = self.store.delete(where)
-        return n_clusters, n_faces, vectors
+        return PurgeResult(
+            clusters=n_clusters, faces=n_faces, vectors=vectors, sighting_vectors=sightings
+        )
 
     def purge(self, cluster_id: str | None = None) -> PurgeResult:
         """Erase one unknown person (or, with None, every unknown face) everywhere."""
@@ -402,8 +393,7 @@ class Review:
             raise ClusterNotFound(f"no unknown person {cluster_id!r}")
         where = st.all_unknowns() if cluster_id is None else st.of_cluster(cluster_id)
         with self.catalogue.write_lock():
-            c, f, v = self._erase(where)
-        return PurgeResult(clusters=c, faces=f, vectors=v)
+            return self._erase(where)
 
     def expire(self, now: float | None = None) -> PurgeResult:
         """Erase every kept face older than the retention time."""
@@ -411,10 +401,10 @@ class Review:
         self._last_expire = now
         cutoff = now - self.cfg.retention_hours * 3600.0
         with self.catalogue.write_lock():
-            c, f, v = self._erase(st.kept_before(cutoff))
-        if f:
-            log.info("review: %d kept faces passed their retention and were erased", f)
-        return PurgeResult(clusters=c, faces=f, vectors=v)
+            res = self._erase(st.kept_before(cutoff))
+        if res.faces:
+            log.info("review: %d kept faces passed their retention and were erased", res.faces)
+        return res
 
     # -- feedback (feedback.py) -------------------------------------------------------------
 
