@@ -129,14 +129,14 @@ class Bridge:
             raise StartupFailed("bridge", f"{type(err).__name__}: {err}")
 
     def _sinks(self) -> list[Sink]:
-        sinks: list[Sink] = []
+        # The webhooks first: a bad secret refuses the start before MQTT connects.
+        sinks: list[Sink] = [WebhookSink(w) for w in self.cfg.webhooks]
         if self.cfg.mqtt is not None:
             catalogue = self._catalogue
             assert catalogue is not None
             mqtt = MqttSink(self.cfg.mqtt, lambda: _all_people(catalogue), self.cameras)
             mqtt.start()
             sinks.append(mqtt)
-        sinks += [WebhookSink(w) for w in self.cfg.webhooks]
         return sinks
 
     def _subscribe(self) -> Any:
@@ -253,10 +253,17 @@ class Bridge:
 
         offsets = self.ledger.committable()
         metrics.BRIDGE_UNCOMMITTED.set(self.ledger.pending())
-        if offsets:
+        if not offsets:
+            return
+        try:
             self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-            with self._done_lock:
-                self._done_to.update(offsets)
+        except Exception as exc:
+            # Kafka away or the group rebalancing: a later commit covers these offsets
+            # (or the records are read again, under the same event ids).
+            log.warning("bridge: commit failed: %s", exc)
+            return
+        with self._done_lock:
+            self._done_to.update(offsets)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every record now in the topics is read and acknowledged by every
