@@ -141,7 +141,7 @@ class GallerySearchDeployment:
         return name, (desc.get("properties") or {}).get(VERSION_PROPERTY)
 
     def _search_version(
-        self, version: str, vectors: np.ndarray, offsets: list[float]
+        self, version: str, vectors: np.ndarray, offsets: list[float] | None = None
     ) -> SearchAnswer:
         from pipeline.gallery.errors import ModelVersionMismatch
 
