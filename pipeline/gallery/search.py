@@ -34,7 +34,10 @@ from pipeline.gallery.vectors import Hit, Snapshot
 
 
 def threshold_info(
-    thr: Threshold, override: float | None, gallery_faces: int | None = None
+    thr: Threshold,
+    override: float | None,
+    gallery_faces: int | None = None,
+    faces_are: str = "enrolled faces",
 ) -> ThresholdInfo:
     """The threshold of a decision: the request's, else, for a 1:N search of a gallery of
     ``gallery_faces`` faces, the open-set curve's at that size, else the per-comparison
@@ -54,7 +57,7 @@ def threshold_info(
     if curve is not None and gallery_faces is not None:
         value, extrapolated = curve.at(gallery_faces)
         why = (
-            f"open-set curve at {gallery_faces} enrolled faces (stranger FAR <= "
+            f"open-set curve at {gallery_faces} {faces_are} (stranger FAR <= "
             f"{curve.target_far:g} at {100 * curve.confidence:g}% confidence"
         )
         if extrapolated:

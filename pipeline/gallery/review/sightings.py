@@ -97,7 +97,9 @@ def seen_before(
     collection = store.collection_name(version)
     searched = store.count(collection) if collection in store.collections() else 0
     # A probe meets every kept face: the open-set threshold at that many.
-    threshold = threshold_info(gallery.threshold(version), None, gallery_faces=max(searched, 1))
+    threshold = threshold_info(
+        gallery.threshold(version), None, gallery_faces=max(searched, 1), faces_are="kept faces"
+    )
     best: dict[str, float] = {}
     if searched:
         for row in store.search(Snapshot(collection, version), vecs, version, limit=limit):
