@@ -117,6 +117,45 @@ def check_kafka(
                     client.close()
 
 
+def check_bridge(bootstrap: str, cfg: StreamConfig, timeout_s: float) -> Part:
+    """The event bridge's consumer group: its members and the events it has not yet
+    delivered to every sink (records of the identities and detections topics not
+    committed by its group)."""
+    from pipeline.stream import kafka_client
+
+    bridge = state.settings.bridge
+    if not bridge.sink_names():
+        return Part("bridge", SKIPPED, "no sinks configured (bridge.mqtt, bridge.webhooks)")
+    at = kafka_client.with_bootstrap(bootstrap, cfg.kafka)
+    ms = int(timeout_s * 1000)
+    admin = consumer = None
+    try:
+        admin = kafka_client.admin(at, "status", request_timeout_ms=ms)
+        consumer = kafka_client.consumer(at, "status", request_timeout_ms=max(ms, 11_000))
+        group = bridge.group_id
+        lag = {
+            topic: sum((kafka_client.group_lag(admin, consumer, group, topic) or {}).values())
+            for topic in (cfg.topics.identities, cfg.topics.detections)
+        }
+        desc = admin.describe_groups([group]).get(group, {})
+        members = [str(m.get("client_id", "?")) for m in desc.get("members", [])]
+        held = sum(lag.values())
+        text = (
+            f"{len(members)} member(s) in group {group}; {held} event record(s) not yet "
+            f"delivered to every sink ({', '.join(bridge.sink_names())})"
+        )
+        if not members:
+            text = f"no bridge in group {group}: not running? {held} record(s) waiting"
+        return Part("bridge", OK if members else DOWN, text, {"lag": lag, "members": members})
+    except Exception as exc:
+        return Part("bridge", DOWN, f"{bootstrap}: {_one_line(exc)}")
+    finally:
+        for client in (consumer, admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+
 def check_models() -> Part:
     from pipeline.models.store import ModelStore
 
@@ -287,6 +326,8 @@ def collect(
         timeout_s,
         cfg.kafka,
     )
+    if parts[0].status == OK:
+        parts.append(check_bridge(kafka or bootstrap_servers(cfg), cfg, timeout_s))
     parts.append(check_models())
     parts.append(check_gallery() if gallery else Part("gallery", SKIPPED, "--no-gallery"))
     pipeline_apps = [cfg.analyzer.app_name, cfg.embedder.app_name, cfg.search.app_name]

@@ -111,6 +111,26 @@ def _committed(cfg: StreamConfig, group: str) -> int:
         admin.close()
 
 
+def _status_bridge(cfg: StreamConfig, bcfg: BridgeConfig) -> dict[str, Any]:
+    """The bridge part of `facestream status --json` with this test's settings."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    env = {
+        "FACESTREAM_BRIDGE__GROUP_ID": bcfg.group_id,
+        "FACESTREAM_BRIDGE__WEBHOOKS": json.dumps(
+            [{"name": "phone", "url": "http://127.0.0.1:9/h", "secret": "x" * 16}]
+        ),
+        "FACESTREAM_STREAM__TOPICS__IDENTITIES": cfg.topics.identities,
+        "FACESTREAM_STREAM__TOPICS__DETECTIONS": cfg.topics.detections,
+    }
+    args = ["status", "--json", "--no-gallery", "--kafka", str(cfg.kafka.bootstrap_servers)]
+    res = CliRunner().invoke(app, args, env=env)
+    parts = {p["name"]: p for p in json.loads(res.stdout)["parts"]}
+    return parts["bridge"]
+
+
 def _unknown_track(camera: str, first_seq: int, n: int, track: str) -> list[Any]:
     return [
         detection_event(camera, s, [face(camera, s, 0, track, "unknown")])
@@ -199,8 +219,15 @@ def test_rules_cooldown_discovery_and_camera_state(
         assert [d["reason"] for d in dead] == ["unreadable"]
         assert _committed(cfg, bcfg.group_id) == len(events) + 1
         assert bridge.stats()["suppressed"]["door-strangers"] == 3  # door:12, 13 and 14
+
+        # `facestream status` sees the bridge: a member of its group, nothing held back.
+        part = _status_bridge(cfg, bcfg)
+        assert part["status"] == "ok" and len(part["details"]["members"]) == 1, part
+        assert part["details"]["lag"] == {cfg.topics.identities: 0, cfg.topics.detections: 0}
     finally:
         bridge.stop()
+    part = _status_bridge(cfg, bcfg)
+    assert part["status"] == "down" and "not running" in part["summary"], part
 
 
 def test_a_sink_outage_holds_its_events_and_not_the_others(
