@@ -5,6 +5,7 @@ samples their memory and ``bench stream --budget`` their CPU time."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlparse
 
 import ray
@@ -18,17 +19,24 @@ from pipeline.stream.runner import StreamRunner
 __all__ = ["ProcessFinder", "psutil"]
 
 
-def _actor_pids() -> dict[str, tuple[str, int]]:
-    """actor id -> (label, pid) of every live actor of the Ray cluster.
+def live_actors() -> dict[str, dict[str, Any]]:
+    """actor id -> GCS record of every live actor of the Ray cluster that has a process.
 
     Read from the GCS actor table rather than ``ray.util.state.list_actors``: the state
     API is served by Ray's dashboard, which facestream does not start."""
     from ray._private.state import actors
 
+    return {
+        actor_id: info
+        for actor_id, info in actors().items()
+        if info.get("State") == "ALIVE" and info.get("Pid")
+    }
+
+
+def _actor_pids() -> dict[str, tuple[str, int]]:
+    """actor id -> (label, pid) of every live actor of the Ray cluster."""
     out: dict[str, tuple[str, int]] = {}
-    for actor_id, info in actors().items():
-        if info.get("State") != "ALIVE" or not info.get("Pid"):
-            continue
+    for actor_id, info in live_actors().items():
         cls = str(info.get("ActorClassName") or "actor")
         name = str(info.get("Name") or "")
         label = name.removeprefix("SERVE_REPLICA::") if name else f"{cls} {actor_id[:8]}"

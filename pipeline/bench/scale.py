@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 
+from pipeline.bench.processes import live_actors
 from pipeline.bench.ray_nodes import local_cluster, node_resource
 from pipeline.bench.stream import StreamRun, clip_fps, summarise, tagged_config
 from pipeline.config.settings import Settings
@@ -105,15 +106,11 @@ def _node_names() -> dict[str, str]:
 
 
 def _actor_nodes() -> dict[int, str]:
-    """Pid -> node id of every live actor (Serve replicas, workers, ingesters); read from
-    the GCS actor table, as ``ProcessFinder`` does (no dashboard here)."""
-    from ray._private.state import actors
-
-    out = {}
-    for info in actors().values():
-        if info.get("State") == "ALIVE" and info.get("Pid"):
-            out[int(info["Pid"])] = str(info.get("Address", {}).get("NodeID", ""))
-    return out
+    """Pid -> node id of every live actor (Serve replicas, workers, ingesters)."""
+    return {
+        int(info["Pid"]): str(info.get("Address", {}).get("NodeID", ""))
+        for info in live_actors().values()
+    }
 
 
 def placement(runner: StreamRunner, runs: dict[str, StreamRun], nodes: int) -> list[NodeShare]:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -35,6 +35,9 @@ from pipeline.stream import kafka_client
 from pipeline.stream.events import RecordRef, now_ms, source_ref
 from pipeline.stream.schemas import BridgeDlqEvent, BridgeEvent, KafkaRef, to_json
 from pipeline.stream.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from pipeline.stream.runner import StreamRunner
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
@@ -361,7 +364,7 @@ class BridgeCompanion:
         self.bridge: Bridge | None = None
         self.final: dict[str, Any] | None = None  # the counts, once stopped
 
-    def start(self, runner: Any) -> None:
+    def start(self, runner: StreamRunner) -> None:
         s = runner.settings
         self.bridge = Bridge(
             s.bridge, runner.cfg, s.gallery, cameras=[c.id for c in runner.cfg.cameras]
