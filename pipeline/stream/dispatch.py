@@ -94,7 +94,13 @@ class Dispatcher:
         a = cfg.analyzer
         self.per_request = a.frames_per_request
         self.replicas = max(a.autoscaling.min_replicas if a.autoscaling else a.replicas, 1)
-        self.timeout_s = 2 * cfg.workers.call_timeout_s
+        # An analyzer request makes two calls of its own (embedder, then search), each
+        # bounded by call_timeout_s, besides its frames' face work and its wait for a
+        # replica. Waiting only twice that, a busy machine saw the worker give up first
+        # whenever a stage was down, and report "analyze" instead of the stage (the
+        # gallery-outage test counted no "search" retry); a third call's worth of slack
+        # lets the analyzer's own answer, naming the stage, arrive first.
+        self.timeout_s = 3 * cfg.workers.call_timeout_s
 
     def send(self, requests: Sequence[AnalyzeRequest]) -> Pending:
         # Never fewer requests than replicas: a short batch still keeps every one busy.
