@@ -60,6 +60,12 @@ class Embedder:
     def dim(self) -> int:
         return self.manifest.embedding_dim
 
+    def warm_up(self) -> None:
+        """One blank chip through the runtime: its first run allocates its buffers (a
+        tenth of a second or more), which a server pays before it takes requests."""
+        w, h = self.manifest.preprocessing.input_size
+        self.embed(np.zeros((1, h, w, 3), dtype=np.uint8))
+
     def embed(self, chips: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """(n, h, w, 3) uint8 RGB chips -> (n, dim) unit-norm float32."""
         batch = np.asarray(chips, dtype=np.uint8)

@@ -24,6 +24,7 @@ the replica then asks for the new alignment and the frames are retried.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -53,6 +54,7 @@ from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.serve.search import SearchHit, SearchRequest
 
 DEPLOYMENT_NAME = "FrameAnalyzer"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,16 @@ class AnalyzeResult:
         return [f for f in self.faces if f.embedding is not None]
 
 
+# A blank frame the size of the shared clip's, for the warm-up: the detector's first run
+# allocates its network once; a camera of another size resizes its input, cheaply.
+WARM_UP_FRAME = (360, 640, 3)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 class FrameAnalyzerDeployment:
-    def __init__(
+    # Async, which Ray Serve supports for a deployment's constructor: the warm-up awaits
+    # the embedder and search handles before the replica reports ready.
+    async def __init__(  # type: ignore[misc]
         self, face: FaceConfig, embedder_app: str, search_app: str, call_timeout_s: float
     ) -> None:
         keep_replica_on_loopback()
@@ -102,6 +111,27 @@ class FrameAnalyzerDeployment:
         # the embedder or the gallery.
         self._core = threading.Lock()
         self._gates: dict[tuple[tuple[str, float], ...], QualityConfig] = {}
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Pay the first call's costs before this replica reports ready, not on a camera's
+        first frames: the embedder's alignment and the two handles' first calls, the JPEG
+        decoder and the detector's first run (together about a second of the first frame's
+        latency on a busy machine). Best effort: what fails here is done by the first
+        request, as before."""
+        try:
+            await asyncio.wait_for(self._refresh_template(), self.call_timeout_s)
+            await asyncio.to_thread(self._warm_face_core)
+            await asyncio.wait_for(self.search.stats.remote(), self.call_timeout_s)
+        except Exception as exc:
+            log.warning("analyzer %s: warm-up incomplete: %s", self.replica, exc)
+
+    def _warm_face_core(self) -> None:
+        _, jpeg = cv2.imencode(".jpg", np.zeros(WARM_UP_FRAME, dtype=np.uint8))
+        image = decode_image(jpeg.tobytes(), name="warm-up frame")
+        assert self.pipeline is not None
+        with self._core:
+            self.pipeline.analyze(image, embed=False, timings={})
 
     async def _refresh_template(self) -> None:
         """Align for the model the embedder serves now (asked, not assumed)."""

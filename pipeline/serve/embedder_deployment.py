@@ -82,6 +82,7 @@ class EmbedderDeployment:
             intra_op_threads=self.cfg.intra_op_threads,
         )
         digest = _template_digest(embedder)
+        embedder.warm_up()  # before it serves: at start, and before a swap
         with self._lock:
             self.embedder, self.digest = embedder, digest
         log.info("embedder replica serves %s (%s)", embedder.model_version, self.cfg.backend)

@@ -113,6 +113,23 @@ class GallerySearchDeployment:
         self._pairs: Counter[tuple[str, str | None]] = Counter()
         self._pair_vectors: Counter[tuple[str, str | None]] = Counter()
         set_batching(self.search, cfg.max_batch_vectors, cfg.batch_wait_timeout_s)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One search of the active collection before this replica reports ready, so its
+        first request does not pay for the first Milvus search and catalogue queries.
+        Not counted in ``stats``; best effort: a gallery not ready yet is searched by the
+        first request, as before."""
+        try:
+            snap = self.gallery.active()
+            if snap is None or snap.version is None:
+                return
+            dim = self.gallery.store.manifest(snap.version).embedding_dim
+            probe = np.full((1, dim), dim**-0.5, dtype=np.float32)
+            with self._lock:
+                self.gallery.search_vectors(probe, snap.version, collection=snap.collection)
+        except Exception as exc:
+            log.warning("search replica: warm-up incomplete: %s", exc)
 
     def __del__(self) -> None:
         gallery = getattr(self, "gallery", None)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -101,6 +102,14 @@ class Dispatcher:
         # gallery-outage test counted no "search" retry); a third call's worth of slack
         # lets the analyzer's own answer, naming the stage, arrive first.
         self.timeout_s = 3 * cfg.workers.call_timeout_s
+        self.warm_up_timeout_s = cfg.workers.call_timeout_s
+
+    def warm_up(self) -> None:
+        """An empty request: a handle's first call looks the replicas up, which a
+        camera's first frames would otherwise wait for. Best effort: an analyzer not up
+        yet is looked up by the first frames, as before."""
+        with contextlib.suppress(Exception):
+            self.analyzer.analyze.remote([]).result(timeout_s=self.warm_up_timeout_s)
 
     def send(self, requests: Sequence[AnalyzeRequest]) -> Pending:
         # Never fewer requests than replicas: a short batch still keeps every one busy.

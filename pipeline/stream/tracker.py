@@ -17,7 +17,7 @@ dropped and rebuilt from the replayed frames.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +102,17 @@ def _center_shift(a: Box, b: Box) -> float:
     return float(np.hypot(ca[0] - cb[0], ca[1] - cb[1]) / size)
 
 
+def assignment_solver() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``scipy.optimize.linear_sum_assignment``, imported on first use: importing
+    scipy.optimize costs about 0.5 s of CPU (more on a busy machine), which every worker
+    process would pay at start whether it tracks or not. A worker calls this once
+    before its first poll (``RecognitionWorker``), so the import never stalls a
+    camera's first frames."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment
+
+
 class CameraTracker:
     """The tracks of one camera."""
 
@@ -144,10 +155,7 @@ class CameraTracker:
         assigned: dict[int, Track] = {}
         if self.tracks and observations:
             scores = np.array([[self._score(t, o) for t in self.tracks] for o in observations])
-            # Imported here: scipy.optimize costs 0.5 s in every worker process at start.
-            from scipy.optimize import linear_sum_assignment
-
-            rows, cols = linear_sum_assignment(scores, maximize=True)
+            rows, cols = assignment_solver()(scores, maximize=True)
             for r, c in zip(rows, cols, strict=True):
                 if scores[r, c] > 0:
                     assigned[int(r)] = self.tracks[int(c)]

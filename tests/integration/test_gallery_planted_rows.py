@@ -127,6 +127,8 @@ def test_rows_written_straight_into_milvus_are_never_identifications(
         SearchServeConfig(),
     )
     try:
+        # Its warm-up search (in the constructor) is not counted as a request's.
+        assert deployment.stats()["pairs"] == []
         out = deployment._run([SearchRequest(vec[None, :].astype(np.float32), snap.version)])
     finally:
         deployment.gallery.close()
