@@ -104,7 +104,7 @@ class EmbedderDeployment:
             "backend": self.cfg.backend,
         }
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_faces)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_faces)
     async def embed(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
         with self._lock:  # one model for the whole batch, even across a reconfigure
             embedder, digest = self.embedder, self.digest

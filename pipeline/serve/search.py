@@ -262,7 +262,7 @@ class GallerySearchDeployment:
                     start += n
         return [r for r in out if r is not None]
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_vectors)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001, batch_size_fn=_vectors)
     async def search(self, requests: list[SearchRequest]) -> list[SearchAnswer]:
         return await asyncio.to_thread(self._run, requests)
 
