@@ -61,8 +61,8 @@ class EmbedderServeConfig(Section):
         le=5,
         description="How long a batch waits for more requests after its first. Requests "
         "that arrive while a batch runs join the next one at once, so a busy embedder "
-        "batches well without waiting; the wait only delays a lone request (10 ms cost "
-        "every real-time frame 10 ms of latency and bought no throughput; measured).",
+        "batches well without waiting; the wait only delays a lone request (at 10 ms, "
+        "every real-time frame waited 10 ms here, for no throughput; measured).",
     )
     max_ongoing_requests: PositiveInt = Field(16, description="Per replica.")
     max_queued_requests: int = Field(
