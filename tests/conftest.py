@@ -264,13 +264,14 @@ def postgres_url() -> Iterator[tuple[str, str, Path]]:
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[LocalMosquitto]:
     """A real MQTT broker (Debian's mosquitto, started by scripts/mosquitto.sh) on a free
-    loopback port, with a username and password; a test may stop and start it in place
-    (retained messages persist)."""
+    loopback port, with a username and password, and a mutual-TLS listener on another; a
+    test may stop and start it in place (retained messages persist)."""
     from pipeline.procs import free_ports
     from tests.support.bridge import LocalMosquitto
 
     root = Path(tempfile.mkdtemp(prefix="fs-mqtt-", dir="/tmp"))
-    broker = LocalMosquitto(root, free_ports(1)[0])
+    port, tls_port = free_ports(2)
+    broker = LocalMosquitto(root, port, tls_port=tls_port)
     try:
         broker.start()
         yield broker

@@ -6,6 +6,7 @@ them; the stream itself runs in test_bridge_stream.py."""
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
+from pipeline.bridge.mqtt import MqttSink
 from pipeline.bridge.rules import RuleError
 from pipeline.bridge.service import Bridge
-from pipeline.config.bridge import BridgeConfig
+from pipeline.config.bridge import BridgeConfig, MqttConfig
 from pipeline.config.gallery import GalleryConfig, resolved_paths
 from pipeline.config.stream import StreamConfig
 from pipeline.gallery.catalogue import Catalogue
@@ -313,6 +315,51 @@ def test_mqtt_broker_outage_mid_stream(
     finally:
         reader.close()
     assert sorted(hook.ids()) == sorted(e.event_id for e in first + later)
+
+
+def test_mqtt_over_mutual_tls(
+    kafka_bootstrap: str, mosquitto: LocalMosquitto, reader: MqttReader,
+    people: tuple[GalleryConfig, dict[str, dict[str, str]]], prefixes: tuple[str, str],
+) -> None:
+    """The bridge on the broker's mutual-TLS listener (the broker's CA, a client
+    certificate and the password) delivers as on the plain one; a sink that does not trust
+    the broker's CA (the system's CAs) is refused at the handshake: it checks the broker's
+    certificate."""
+    P = prefixes[0]
+    gallery, who = people
+    cfg = stream_cfg(kafka_bootstrap, "t")
+    mqtt = mosquitto.tls_settings(
+        client_id=f"b-{uuid.uuid4().hex[:8]}", retry=FAST_RETRY,
+        topic_prefix=P, discovery_prefix=prefixes[1],
+    )
+    bcfg = BridgeConfig.model_validate({
+        "group_id": f"bridge-{uuid.uuid4().hex[:8]}",
+        "dlq_topic": f"bridge-{uuid.uuid4().hex[:8]}.dlq",
+        "mqtt": mqtt,
+        "rules": [{"name": "all", "cooldown_s": 0, "sinks": ["mqtt"]}],
+        "stop_timeout_s": 2,
+    })
+    events = [identity_event("door", s, who["Ann"], f"door:{s}:0") for s in range(1, 4)]
+    bridge = Bridge(bcfg, cfg, gallery, cameras=["door"])
+    bridge.start()
+    try:
+        _produce(cfg, events)
+        assert bridge.drain(WAIT_S), bridge.stats()  # every event acknowledged over TLS
+        assert bridge.stats()["sinks"]["mqtt"]["sent"] == len(events), bridge.stats()
+    finally:
+        bridge.stop()
+    want = {e.event_id for e in events}
+    reader.wait(  # read back on the plain listener, as any other subscriber would
+        "the events sent over TLS",
+        lambda m: {x.json()["event_id"] for x in m if x.topic.startswith(f"{P}/events/")}
+        == want,
+        30,
+    )
+
+    untrusting = MqttConfig.model_validate({**mqtt, "ca_file": None})
+    sink = MqttSink(untrusting, list, ["door"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        sink.client.connect(untrusting.host, untrusting.port)
 
 
 def test_refused_events_are_dead_letters_and_bad_rules_stop_the_start(

@@ -27,10 +27,13 @@ class LocalMosquitto:
     port: int
     username: str = "facestream"
     password: str = "bridge-test-password"
+    tls_port: int | None = None  # a mutual-TLS listener besides the plain one
 
     def start(self) -> None:
+        tls = [str(self.tls_port)] if self.tls_port is not None else []
         res = subprocess.run(
-            ["bash", SCRIPT, "start", str(self.root), str(self.port), self.username, self.password],
+            ["bash", SCRIPT, "start", str(self.root), str(self.port), self.username,
+             self.password, *tls],
             capture_output=True,
             text=True,
             timeout=300,
@@ -50,6 +53,20 @@ class LocalMosquitto:
             "password": self.password,
             **extra,
         }
+
+    def tls_settings(self, **extra: Any) -> dict[str, Any]:
+        """The [bridge.mqtt] section for the mutual-TLS listener: the broker's CA, the
+        client certificate the script made, and the password."""
+        assert self.tls_port is not None, "started without a TLS listener"
+        pki = self.root / "tls"
+        return self.settings(
+            port=self.tls_port,
+            tls=True,
+            ca_file=str(pki / "ca.crt"),
+            cert_file=str(pki / "client.crt"),
+            key_file=str(pki / "client.key"),
+            **extra,
+        )
 
 
 @dataclass
