@@ -1,4 +1,5 @@
-"""``facestream sightings search``: has this face been here before?"""
+"""``facestream sightings search``: has this face been here before? ``sightings
+backfill``: the faces kept before that search existed, made searchable."""
 
 from __future__ import annotations
 
@@ -91,6 +92,30 @@ def search(
     out.print(table)
     if not res.sightings:
         err.print("no sighting at or above the threshold", highlight=False)
+
+
+@sightings_app.command("backfill")
+@cli_errors
+def backfill() -> None:
+    """Write the vector of every face the stream kept into its model version's sightings
+    collection. Faces kept before facestream had the sightings search were never written
+    there, so 'search' cannot find them until this runs; run it once after upgrading.
+    The vectors are the catalogue's own copies (nothing is embedded again), and a face
+    already there is rewritten, never doubled: running it twice is harmless."""
+    from rich.progress import Progress
+
+    with _review() as review, Progress(console=err, transient=True) as progress:
+        task = progress.add_task("kept faces", total=None)
+        done = review.backfill_sightings(on_page=lambda n: progress.advance(task, n))
+    if not done:
+        err.print("no kept face: nothing to write", highlight=False)
+        return
+    table = Table(title="kept faces written to the sightings collections", title_justify="left")
+    table.add_column("model version")
+    table.add_column("faces", justify="right")
+    for version, n in sorted(done.items()):
+        table.add_row(esc(version), str(n))
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -333,8 +333,11 @@ class VectorStore:
         version: str,
         rows: list[dict[str, Any]],
         vectors: np.ndarray,
+        *,
+        replace: bool = False,
     ) -> None:
-        """Insert face rows with their vectors; refuses vectors of another version."""
+        """Insert face rows with their vectors (``replace``: upsert, so writing a row again
+        never doubles it); refuses vectors of another version."""
         coll_version = self.version_of(collection)
         if coll_version != version:
             raise ModelVersionMismatch(
@@ -354,7 +357,7 @@ class VectorStore:
                 }
             )
         if data:
-            self.client.insert(collection, data)
+            (self.client.upsert if replace else self.client.insert)(collection, data)
 
     @_milvus_call
     def delete_faces(self, collection: str, face_ids: list[str]) -> None:

@@ -6,6 +6,7 @@ answers the same, behind the token."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,43 @@ def test_a_photo_finds_the_strangers_sightings_in_time_order(
     ]
     with pytest.raises(GalleryError, match="exactly one of"):
         seen_before(review, actor="test:alice", photo=photo, event_id="cam-b:5:0")
+
+
+def test_backfill_makes_faces_kept_before_the_sightings_searchable(
+    gallery: Gallery, kept: tuple[Review, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    review, ids = kept
+    photo = Path(ids["brody_photo"]).read_bytes()
+    # Faces kept before the sightings collections existed: their rows, no vectors there.
+    store = gallery.sighting_vectors
+    for collection in store.collections():
+        store.drop(collection)
+    assert _sig_rows(gallery) == 0
+    assert seen_before(review, actor="t", photo=photo).sightings == []
+
+    # The command, as an operator runs it, against this gallery.
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    @contextlib.contextmanager
+    def this_review() -> Iterator[Review]:
+        yield review
+
+    monkeypatch.setattr("pipeline.cli.sightings._review", this_review)
+    res = CliRunner().invoke(app, ["sightings", "backfill"])
+    assert res.exit_code == 0, res.output
+    assert gallery.serving_version() in res.stdout and " 5 " in res.stdout, res.stdout
+    assert _sig_rows(gallery) == 5
+    found = seen_before(review, actor="t", photo=photo).sightings
+    assert [s.face_id for s in found] == ["cam-a:10:0", "cam-a:11:0", "cam-b:40:0"]
+
+    # Again: every face rewritten in place, none doubled; the search answers the same.
+    assert review.backfill_sightings(page=2) == {gallery.serving_version(): 5}
+    assert _sig_rows(gallery) == 5
+    assert [s.face_id for s in seen_before(review, actor="t", photo=photo).sightings] == [
+        s.face_id for s in found
+    ]
 
 
 def test_purge_removal_and_retention_erase_the_vectors(

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,27 +177,59 @@ class Review:
         for i, f in enumerate(faces):
             by_version.setdefault(f.model_version, []).append(i)
         added: dict[str, list[str]] = {}
-        store = self.gallery.sighting_vectors
         try:
             for version, idx in by_version.items():
+                keys = [(rows[i]["vector_key"], rows[i]["face_id"]) for i in idx]
                 vecs = np.asarray([faces[i].embedding for i in idx], dtype=np.float32)
-                collection = store.create(version, vecs.shape[1])
-                # identity_id: the face's own key, so a search ranks faces, not people.
-                meta = [
-                    {
-                        "face_id": rows[i]["vector_key"],
-                        "identity_id": rows[i]["vector_key"],
-                        "crop": f"catalogue:sightings/{rows[i]['face_id']}"[:512],
-                        "quality": {},
-                    }
-                    for i in idx
-                ]
-                store.insert(collection, version, meta, vecs)
-                added[version] = [m["face_id"] for m in meta]
+                added[version] = self._write_sightings(version, keys, vecs)
             yield
         except BaseException:
-            store.delete_keys(added)
+            self.gallery.sighting_vectors.delete_keys(added)
             raise
+
+    def _write_sightings(
+        self, version: str, keys: list[tuple[str, str]], vecs: np.ndarray, *, replace: bool = False
+    ) -> list[str]:
+        """Write kept faces' vectors ((vector key, face id) each) into ``version``'s
+        sightings collection; the keys written."""
+        store = self.gallery.sighting_vectors
+        collection = store.create(version, vecs.shape[1])
+        # identity_id: the face's own key, so a search ranks faces, not people.
+        meta = [
+            {
+                "face_id": key,
+                "identity_id": key,
+                "crop": f"catalogue:sightings/{face_id}"[:512],
+                "quality": {},
+            }
+            for key, face_id in keys
+        ]
+        store.insert(collection, version, meta, vecs, replace=replace)
+        return [key for key, _ in keys]
+
+    def backfill_sightings(
+        self, page: int = 500, on_page: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Write every kept face's vector (the catalogue's copy) into its version's
+        sightings collection: faces kept before those collections existed were never
+        written there, so "seen before" could not find them. Upserts: a face already
+        there is written again, never doubled, so a second run changes nothing. Model
+        version -> faces written."""
+        done: dict[str, int] = {}
+        after = ""
+        while rows := self.store.kept_vectors(after, page):
+            by_version: dict[str, list[Any]] = {}
+            for r in rows:
+                by_version.setdefault(r.model_version, []).append(r)
+            for version, group in by_version.items():
+                vecs = np.stack([st.unpack(r.embedding) for r in group])
+                keys = [(r.vector_key, r.face_id) for r in group]
+                self._write_sightings(version, keys, vecs, replace=True)
+                done[version] = done.get(version, 0) + len(group)
+            after = rows[-1].vector_key
+            if on_page is not None:
+                on_page(len(rows))
+        return done
 
     def _nearest_cluster(
         self, collection: str, version: str, track: str, vecs: np.ndarray

@@ -314,6 +314,17 @@ class ReviewStore:
             out.setdefault(r.model_version, []).append(r.vector_key)
         return out
 
+    def kept_vectors(self, after: str, limit: int) -> list[sa.Row[Any]]:
+        """(vector_key, face_id, model_version, embedding) of up to ``limit`` kept faces
+        whose key sorts after ``after``: every kept face, a page at a time."""
+        query = (
+            sa.select(s.vector_key, s.face_id, s.model_version, s.embedding)
+            .where(s.vector_key > after)
+            .order_by(s.vector_key)
+            .limit(limit)
+        )
+        return self._all(query)
+
     def by_vector_keys(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """The kept faces (without blobs) of these Milvus keys: what a search found and
         the catalogue still holds."""
