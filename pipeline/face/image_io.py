@@ -9,6 +9,11 @@ Pillow carries some forty format parsers, most of them for formats no face photo
 comes in (PSD, EPS through Ghostscript, ICO, PCX, FLI...), and each is code an upload
 could reach. Any other format is refused before its parser runs.
 
+A complete RGB JPEG (every stream frame, most photos) is then decoded by OpenCV straight
+into an array (:func:`_decode_jpeg`): the same libjpeg-turbo decode and the same pixels,
+without Pillow's hand-over to numpy, which cost twice the decode itself. Anything else,
+and any JPEG without its end marker, takes Pillow's strict decode.
+
 Two budgets are checked from the header: ``max_pixels`` (width x height) and
 ``max_decoded_bytes``, the memory the decode will take. The second one matters because
 the encoded size says nothing about it: a 6 KB PNG of 7000x7000 flat pixels is under
@@ -20,6 +25,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageMode, UnidentifiedImageError
 
@@ -81,6 +87,30 @@ REFUSED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
+JPEG_END = b"\xff\xd9"  # EOI: a JPEG's last marker; without it the data was cut short
+
+
+def _decode_jpeg(data: bytes, img: Image.Image) -> np.ndarray | None:
+    """The pixels of a complete RGB JPEG through OpenCV, or None for Pillow to decode.
+
+    Why not Pillow for these too: it decodes a 640x360 stream frame in ~0.5 ms, then its
+    raw encoder hands the pixels to numpy chunk by chunk in ~1.2 ms more; OpenCV decodes
+    into the array (~0.5 ms with the colour swap), with the same libjpeg-turbo decode and
+    the same pixels (tested). Only data ending in the EOI marker comes here: on truncated
+    data OpenCV returns a half-grey image where Pillow raises. The EXIF orientation is
+    ignored, as Pillow's decode ignores it."""
+    if img.format != "JPEG" or img.mode != "RGB" or not data.endswith(JPEG_END):
+        return None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:
+        return None
+    if bgr is None or bgr.shape != (img.height, img.width, 3):
+        return None  # Pillow decodes it, or says what is wrong with it
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _format_name(data: bytes) -> str | None:
     """The refused format ``data`` is, when its signature says so unambiguously."""
     for offset, magic, fmt in REFUSED_SIGNATURES:
@@ -140,6 +170,10 @@ def decode_image(
                 f"decode, over the limit of {max_decoded_bytes / 2**20:.0f} MiB (whatever its "
                 f"{len(data)}-byte encoded size); send a smaller image"
             )
+        fast = _decode_jpeg(data, img)
+        if fast is not None:
+            img.close()
+            return fast
         img.load()
     except ImageTooLargeError:
         raise

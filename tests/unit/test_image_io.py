@@ -71,6 +71,46 @@ def test_truncated_jpeg() -> None:
         decode_image(data[: len(data) // 2])
 
 
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_a_complete_jpeg_decodes_to_pillows_pixels() -> None:
+    """The OpenCV path of complete RGB JPEGs gives the pixels Pillow's decode gives."""
+    rng = np.random.default_rng(1)
+    smooth = np.linspace(0, 255, 97 * 131 * 3).reshape(97, 131, 3).astype(np.uint8)
+    for arr in (smooth, rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)):
+        for kwargs in ({}, {"progressive": True}, {"subsampling": 0}):
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, "JPEG", quality=85, **kwargs)
+            data = buf.getvalue()
+            out = decode_image(data)
+            assert out.flags.writeable and out.dtype == np.uint8
+            assert np.abs(out.astype(int) - _pillow_pixels(data)).max() <= 1, kwargs
+
+
+def test_exif_orientation_is_ignored_as_pillow_ignores_it() -> None:
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    out = decode_image(buf.getvalue())
+    assert out.shape == (20, 40, 3)  # stored, not displayed, orientation
+    assert out[10, 5].min() > 200 and out[10, 35].max() < 50
+
+
+def test_a_jpeg_cut_after_its_end_marker_is_still_refused_when_cut_short() -> None:
+    data = _jpeg(256, 256)
+    assert data.endswith(b"\xff\xd9")
+    # Trailing bytes after the end marker: Pillow's path, which decodes it.
+    assert decode_image(data + b"\x00" * 16).shape == (256, 256, 3)
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(data[:-200])
+
+
 def test_huge_image_refused_from_header() -> None:
     # 20000 x 20000 = 4e8 pixels: refused from the header, never decoded (it would be 1.2 GB)
     with pytest.raises(ImageTooLargeError, match="20000x20000"):
