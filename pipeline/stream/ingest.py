@@ -32,7 +32,7 @@ import cv2
 from pipeline import metrics
 from pipeline.config.stream import CameraConfig, StreamConfig
 from pipeline.stream import kafka_client
-from pipeline.stream.codec import H_SEQ, FrameMessage, encode_jpeg, headers_dict, to_record
+from pipeline.stream.codec import H_SEQ, FrameMessage, encode_bgr_jpeg, headers_dict, to_record
 from pipeline.stream.video import (
     FpsSampler,
     SourceError,
@@ -204,8 +204,9 @@ class CameraIngester:
         # and uncounted. A file read at full speed can simply wait.
         return self.live or self.camera.realtime
 
-    def produce(self, rgb: Any, pts_ms: float | None) -> bool:
-        """Encode and send one frame; False when it was dropped (and counted)."""
+    def produce(self, bgr: Any, pts_ms: float | None) -> bool:
+        """Encode and send one frame (BGR, as OpenCV reads it); False when it was dropped
+        (and counted)."""
         limit = self.cfg.ingest.max_in_flight
         with self._acked:
             if self.stats.in_flight >= limit:
@@ -219,12 +220,12 @@ class CameraIngester:
         from kafka.errors import KafkaTimeoutError
 
         capture_ts = int(self._clock() * 1000)
-        h, w = rgb.shape[:2]
+        h, w = bgr.shape[:2]
         msg = FrameMessage(
             camera_id=self.camera.id,
             seq=self.stats.next_seq,
             capture_ts_ms=capture_ts,
-            data=encode_jpeg(rgb, self.quality),
+            data=encode_bgr_jpeg(bgr, self.quality),
             width=int(w),
             height=int(h),
             pts_ms=pts_ms,
@@ -348,8 +349,7 @@ class CameraIngester:
             if not sampler.keep(clock_ms):
                 continue
             self.stats.sampled += 1
-            rgb = cv2.cvtColor(downscale(bgr, cam.max_side), cv2.COLOR_BGR2RGB)
-            self.produce(rgb, None if self.live else pts_ms)
+            self.produce(downscale(bgr, cam.max_side), None if self.live else pts_ms)
         return index
 
     def flush(self, timeout_s: float = 30.0, attempts: int = 5) -> None:

@@ -11,6 +11,7 @@ from pipeline.stream.codec import (
     H_SEQ,
     FrameMessage,
     FrameRejected,
+    encode_bgr_jpeg,
     encode_jpeg,
     frame_headers,
     identify_record,
@@ -36,6 +37,15 @@ def test_round_trip_keeps_every_field_and_the_image() -> None:
     image = decode_image(back.data)
     assert image.shape == (36, 64, 3)
     assert image[18, 10, 0] > 150 and image[18, 50, 0] < 60  # colours survive, RGB order
+
+
+def test_a_frame_as_opencv_reads_it_keeps_its_colours() -> None:
+    """The ingester encodes OpenCV's BGR frames as they are; the analyzer decodes RGB."""
+    bgr = np.zeros((36, 64, 3), dtype=np.uint8)
+    bgr[:, :32] = (30, 30, 200)  # red, in OpenCV's order
+    image = decode_image(encode_bgr_jpeg(bgr, 90))
+    assert image[18, 10, 0] > 150 and image[18, 10, 2] < 60  # red, in RGB order
+    assert np.abs(image.astype(int) - decode_image(encode_jpeg(bgr[..., ::-1], 90))).max() <= 2
 
 
 @pytest.mark.parametrize(

@@ -36,18 +36,18 @@ def _cfg(limit: int) -> StreamConfig:
     return StreamConfig.model_validate({"ingest": {"max_in_flight": limit}})
 
 
-RGB = np.zeros((24, 32, 3), dtype=np.uint8)
+BGR = np.zeros((24, 32, 3), dtype=np.uint8)
 
 
 def test_live_source_drops_and_counts_beyond_the_limit() -> None:
     producer = HeldProducer()
     ing = CameraIngester(CameraConfig(id="cam", url="rtsp://cam/1"), _cfg(2), producer)  # type: ignore[arg-type]  # a producer that holds its sends
-    results = [ing.produce(RGB, None) for _ in range(5)]
+    results = [ing.produce(BGR, None) for _ in range(5)]
     assert results == [True, True, False, False, False]
     assert ing.stats.dropped["backpressure"] == 3
     producer.futures[0].success("meta")
     assert ing.stats.produced == 1 and ing.stats.in_flight == 1
-    assert ing.produce(RGB, None)  # room again
+    assert ing.produce(BGR, None)  # room again
     producer.futures[1].failure(RuntimeError("broker gone"))
     assert ing.stats.dropped["send_failed"] == 1
     # Every sampled frame is accounted for: acked, failed, dropped or still in flight.
@@ -60,11 +60,11 @@ def test_file_read_flat_out_waits_instead_of_dropping() -> None:
     producer = HeldProducer()
     cam = CameraConfig(id="cam", url="/clips/a.mp4", realtime=False)
     ing = CameraIngester(cam, _cfg(1), producer)  # type: ignore[arg-type]  # a producer that holds its sends
-    assert ing.produce(RGB, 0.0)
+    assert ing.produce(BGR, 0.0)
     done = threading.Event()
 
     def second() -> None:
-        ing.produce(RGB, 40.0)
+        ing.produce(BGR, 40.0)
         done.set()
 
     t = threading.Thread(target=second)
