@@ -13,7 +13,14 @@
   the ingester, workers, Serve replicas and controller, Ray's daemons and idle workers,
   Kafka, Milvus) over the flat-out run, read from the OS (``psutil``), grouped by role.
   Moving frames (JPEG encode and decode, Kafka, Ray calls, serialisation) shows up here
-  as CPU beyond the face work.
+  as CPU beyond the face work. The ingester's process starts with the camera, inside the
+  watch: its CPU before its first frame (imports, the Kafka connection; about half of its
+  row otherwise) is left out and said (``ingest_start_up``).
+- **At rest.** The same processes for a few seconds with no camera, before the run
+  (``at_rest``): what the pipeline costs every second whatever the frames.
+- **The ceiling.** The share the run could reach if the face replicas spent nothing
+  beyond the face work and everything else cost what it did (``Budget.ceiling``): when
+  it is under a target, the target needs the other processes cut, not the replicas.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import cv2
@@ -33,11 +41,16 @@ from pipeline.config.settings import Settings
 from pipeline.face.align import Aligner
 from pipeline.face.analyze import FacePipeline, StageClock
 from pipeline.models.store import ModelStore
+from pipeline.serve.analyzer import DEPLOYMENT_NAME as ANALYZER
+from pipeline.serve.embedder_deployment import DEPLOYMENT_NAME as EMBEDDER
+from pipeline.serve.search import DEPLOYMENT_NAME as SEARCH
 from pipeline.stream.dispatch import split_evenly
 from pipeline.stream.runner import StreamRunner
 from pipeline.stream.video import iter_frames
 
 FACE_STAGES = ("decode", "detect", "landmarks", "align", "quality", "embed")
+# The CPU table's rows of the replicas that do the face work (``role``'s names).
+FACE_REPLICAS = tuple(f"Serve {name}" for name in (ANALYZER, EMBEDDER, SEARCH))
 
 
 @dataclass
@@ -45,6 +58,7 @@ class Usage:
     cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds
     processes: dict[str, int] = field(default_factory=dict)  # role -> processes seen
     seconds: float = 0.0  # wall time the CPU was measured over
+    start_up_s: float = 0.0  # left out: processes' CPU before their first frame
 
     @property
     def total_s(self) -> float:
@@ -59,6 +73,7 @@ class Budget:
     achieved_fps: float
     usage: Usage = field(default_factory=Usage)
     run_frames: int = 0  # frames of the flat-out run
+    at_rest: Usage | None = None  # the same processes with no camera, before the run
 
     @property
     def ms_per_frame(self) -> float:
@@ -76,6 +91,26 @@ class Budget:
     def face_cpu_s(self) -> float:
         """CPU seconds the face work of the run's frames needs, at the limit's cost."""
         return self.ms_per_frame / 1000.0 * self.run_frames
+
+    @property
+    def rest_cpu_s(self) -> float:
+        """CPU seconds of the run's processes other than the replicas that do the face
+        work: the ingester, the broker, the workers, Ray's and Serve's daemons, the bench."""
+        return sum(s for r, s in self.usage.cpu_s.items() if r not in FACE_REPLICAS)
+
+    @property
+    def ceiling(self) -> float:
+        """The most the share could be with this run's other processes as they were and
+        face replicas that spent nothing beyond the face work. A frame costs at least the
+        face work plus the rest's CPU per frame, and the cores give ``cores x 1000`` ms a
+        second, so ``share = fps x ms_per_frame / (cores x 1000) <= ms_per_frame /
+        (ms_per_frame + rest ms per frame)``: what bounds the share once the replicas are
+        lean. (The rest is counted over the watch, a little longer than the run: the
+        bound errs low by that much.)"""
+        if not self.run_frames or not self.ms_per_frame:
+            return 0.0
+        rest_ms = 1000.0 * self.rest_cpu_s / self.run_frames
+        return self.ms_per_frame / (self.ms_per_frame + rest_ms)
 
 
 @dataclass
@@ -191,14 +226,45 @@ class CpuWatch:
         self._start = {pid: cpu for pid, (_, cpu) in self._snapshot().items()}
         self._t0 = time.monotonic()
 
-    def stop(self) -> Usage:
+    def stop(self, start_up: Mapping[int, float] | None = None) -> Usage:
+        """``start_up``: pid -> CPU seconds a process spent before its first frame
+        (``ingest_start_up``); left out for a process that started during the watch."""
         cpu: dict[str, float] = defaultdict(float)
         count: dict[str, int] = defaultdict(int)
+        left_out = 0.0
         for pid, (r, now) in self._snapshot().items():
-            cpu[r] += now - self._start.get(pid, 0.0)
+            base = self._start.get(pid)
+            if base is None:
+                base = min((start_up or {}).get(pid, 0.0), now)
+                left_out += base
+            cpu[r] += now - base
             count[r] += 1
         ordered = dict(sorted(cpu.items(), key=lambda kv: -kv[1]))
-        return Usage(ordered, dict(count), time.monotonic() - self._t0)
+        return Usage(ordered, dict(count), time.monotonic() - self._t0, left_out)
+
+
+def ingest_start_up(runner: StreamRunner) -> dict[int, float]:
+    """pid -> CPU seconds each ingester's process spent before its source first opened:
+    a new process's start (about 0.7 CPU-s here: imports, the Kafka connection), not
+    the frames' cost, though a camera added during a watch pays it inside the watch."""
+    out = {}
+    for stats in runner.ingest_stats().values():
+        pid, cpu = stats.get("pid"), stats.get("cpu_before_frames_s")
+        if isinstance(pid, int) and isinstance(cpu, int | float):
+            out[pid] = float(cpu)
+    return out
+
+
+AT_REST_S = 5.0
+
+
+def at_rest(runner: StreamRunner, seconds: float = AT_REST_S) -> Usage:
+    """The CPU the pipeline's processes take with no camera for ``seconds``: what every
+    second costs before any frame (empty fetches, heartbeats, Serve's control loop)."""
+    watch = CpuWatch(runner)
+    watch.start()
+    time.sleep(seconds)
+    return watch.stop()
 
 
 def cores() -> int:

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.bench.budget import Budget, CpuWatch, FaceWork, cores, face_work, search_ms
+from pipeline.bench.budget import (
+    Budget,
+    CpuWatch,
+    FaceWork,
+    at_rest,
+    cores,
+    face_work,
+    ingest_start_up,
+    search_ms,
+)
 from pipeline.bench.face_recognition_loop import LoopResult, run_loop
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig, StreamConfig
@@ -200,16 +209,19 @@ def bench_stream(
             peak_cam = CameraConfig(id=PEAK, url=video, fps=rate, max_side=max_side, realtime=False)
             per_call = cfg.analyzer.frames_per_request
             search = search_ms(runner.settings, work, per_call) if work is not None else 0.0
+            idle = at_rest(runner) if work is not None else None
             watch = CpuWatch(runner) if work is not None else None
             if watch is not None:
                 watch.start()
             runner.add_camera(peak_cam)
             runner.wait(duration_s=timeout_s, until_drained=True, tick_s=0.5)
-            usage = watch.stop() if watch is not None else None
+            usage = watch.stop(ingest_start_up(runner)) if watch is not None else None
             peak = summarise(cfg, PEAK)
             if usage is not None and work is not None:
                 stage_ms = {**work.stage_ms, "search": search}
-                measured = Budget(stage_ms, work.frames, cores(), peak.fps, usage, peak.frames)
+                measured = Budget(
+                    stage_ms, work.frames, cores(), peak.fps, usage, peak.frames, idle
+                )
             rt_fps = round(min(max(peak.fps / 2, 0.5), native, 120.0), 2)
             say(f"real time at {rt_fps:g} fps (half the peak) for {latency_s:g} s")
             rt_cam = CameraConfig(

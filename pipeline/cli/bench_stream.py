@@ -98,6 +98,8 @@ def bench_stream(
 
 
 def _print_budget(b: Budget) -> None:
+    from pipeline.bench.budget import FACE_REPLICAS
+
     limit = Table(title=f"Compute limit: the face work per frame on one thread ({b.frames} frames)")
     limit.add_column("stage")
     limit.add_column("ms/frame", justify="right")
@@ -123,9 +125,31 @@ def _print_budget(b: Budget) -> None:
         cpu.add_row(esc(name), str(u.processes[name]), f"{secs:.1f}", f"{100 * share:.0f}%")
     cpu.add_row("all", str(sum(u.processes.values())), f"{u.total_s:.1f}", "100%")
     out.print(cpu)
+    if u.start_up_s:
+        out.print(
+            f"not counted: {u.start_up_s:.1f} CPU-s the ingester's new process spent before "
+            "its first frame (imports, the Kafka connection)",
+            highlight=False,
+        )
     out.print(
         f"the face work of its {b.run_frames} frames at the limit's cost: {b.face_cpu_s:.1f} "
         f"CPU-s of the {u.total_s:.1f} used",
+        highlight=False,
+    )
+    if b.at_rest is not None and b.at_rest.seconds:
+        rest = b.at_rest
+        per_s = rest.total_s / rest.seconds
+        top = ", ".join(f"{esc(r)} {c / rest.seconds:.2f}" for r, c in list(rest.cpu_s.items())[:4])
+        out.print(
+            f"at rest (no camera, {rest.seconds:.1f} s before the run): {per_s:.2f} CPU-s a "
+            f"second, {100 * per_s / b.cores:.0f}% of the cores (most: {top})",
+            highlight=False,
+        )
+    out.print(
+        f"the other processes (all but {', '.join(FACE_REPLICAS)}): {b.rest_cpu_s:.1f} CPU-s; "
+        f"with them as they were, the share could reach at most "
+        f"[bold]{100 * b.ceiling:.0f}%[/bold] even if the face replicas spent nothing "
+        "beyond the face work",
         highlight=False,
     )
 

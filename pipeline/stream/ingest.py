@@ -20,6 +20,7 @@ its own Ray actor (``facestream run``), sharing the frame format of ``codec.py``
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -63,6 +64,10 @@ class IngestStats:
     next_seq: int = 0
     loops: int = 0
     error: str | None = None
+    pid: int = field(default_factory=os.getpid)
+    # CPU seconds of this process (every thread) when its source first opened: its start
+    # (imports, the Kafka connection, the seq lookup), which a CPU budget leaves out.
+    cpu_before_frames_s: float | None = None
 
     @property
     def in_flight(self) -> int:
@@ -83,6 +88,8 @@ class IngestStats:
             "loops": self.loops,
             "in_flight": self.in_flight,
             "error": self.error,
+            "pid": self.pid,
+            "cpu_before_frames_s": self.cpu_before_frames_s,
         }
 
 
@@ -287,6 +294,8 @@ class CameraIngester:
                         return self.stats
                     continue
                 metrics.INGEST_CONNECTED.labels(**self._labels).set(1)
+                if self.stats.cpu_before_frames_s is None:
+                    self.stats.cpu_before_frames_s = time.process_time()
                 try:
                     delivered = self._pump(cap)
                 finally:

@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench.budget import FACE_STAGES, Budget, CpuWatch, face_work, role, search_ms
+from pipeline.bench.budget import (
+    FACE_REPLICAS,
+    FACE_STAGES,
+    Budget,
+    CpuWatch,
+    Usage,
+    at_rest,
+    face_work,
+    ingest_start_up,
+    role,
+    search_ms,
+)
 from pipeline.config.settings import Settings
 from pipeline.config.stream import CameraConfig
 from pipeline.gallery.service import Gallery
@@ -57,12 +68,14 @@ def test_cpu_watch_accounts_every_process_of_a_flat_out_run(
     runner = StreamRunner(stream_cfg(kafka_bootstrap, prefix="budget"), stream_env)
     try:
         runner.start({LIN: media[LIN]}, ingest=False)
+        idle = at_rest(runner, 1.0)
         watch = CpuWatch(runner)
         watch.start()
         runner.add_camera(CameraConfig(id="cam", url=str(media["clip"]), fps=3, realtime=False))
         summary = runner.wait(duration_s=180, until_drained=True, tick_s=0.5)
         assert runner.drained(summary), summary
-        usage = watch.stop()
+        start_up = ingest_start_up(runner)
+        usage = watch.stop(start_up)
     finally:
         runner.stop()
     roles = set(usage.cpu_s)
@@ -72,6 +85,36 @@ def test_cpu_watch_accounts_every_process_of_a_flat_out_run(
     assert usage.processes["recognition workers"] == 2 and usage.processes["ingest"] == 1
     assert usage.cpu_s["recognition workers"] > 0 and usage.cpu_s["ingest"] > 0
     assert usage.total_s == pytest.approx(sum(usage.cpu_s.values())) and usage.seconds > 0
+    # The ingester's process started during the watch: its start-up before the first
+    # frame (imports, the Kafka connection) is left out of its row, and said.
+    (cpu_before,) = start_up.values()
+    assert cpu_before > 0 and usage.start_up_s == pytest.approx(cpu_before)
+    # At rest, before the camera: the same processes, counted over the window only.
+    assert idle.seconds >= 1.0 and "ingest" not in idle.cpu_s
+    assert {"recognition workers", "Kafka broker", "Serve FrameAnalyzer"} <= set(idle.cpu_s)
+    assert 0 < idle.total_s < usage.total_s
+
+
+def test_ceiling_counts_every_process_but_the_face_replicas() -> None:
+    usage = Usage(
+        {
+            "Serve FrameAnalyzer": 5.0,
+            "Serve Embedder": 2.0,
+            "Serve GallerySearch": 0.5,
+            "ingest": 1.0,
+            "Kafka broker": 1.0,
+            "recognition workers": 1.5,
+            "Serve ReviewRecorder": 0.5,
+        }
+    )
+    b = Budget({"detect": 15.0, "embed": 5.0}, 100, cores=2, achieved_fps=40.0, usage=usage)
+    b.run_frames = 200
+    assert set(FACE_REPLICAS) == {"Serve FrameAnalyzer", "Serve Embedder", "Serve GallerySearch"}
+    assert b.rest_cpu_s == pytest.approx(4.0)  # the review recorder is not face work
+    # 20 ms of face work a frame, 20 ms of the rest: half the limit at most.
+    assert b.ceiling == pytest.approx(0.5)
+    assert b.share == pytest.approx(0.4) and b.share <= b.ceiling
+    assert Budget({"detect": 1.0}, 1, cores=2, achieved_fps=1.0).ceiling == 0.0  # no run
 
 
 def test_roles_group_processes_by_what_they_do() -> None:
