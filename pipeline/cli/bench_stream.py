@@ -64,8 +64,10 @@ def bench_stream(
         typer.Option(
             "--budget",
             help="Also the compute limit (the face work per frame on one thread, and the "
-            "fps it allows on this machine's cores), the flat-out fps as a share of it, and "
-            "the CPU time of every process of the pipeline over the flat-out run.",
+            "fps it allows on this machine's cores), the flat-out fps as a share of it, "
+            "the CPU time of every process of the pipeline over the flat-out run and at rest "
+            "(5 s, no camera), and the share's ceiling: what the processes beside the face "
+            "replicas leave even if those replicas cost nothing beyond the face work.",
         ),
     ] = False,
 ) -> None:
