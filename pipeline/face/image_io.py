@@ -11,7 +11,7 @@ could reach. Any other format is refused before its parser runs.
 
 A complete RGB JPEG (every stream frame, most photos) is then decoded by OpenCV straight
 into an array (:func:`_decode_jpeg`): the same libjpeg-turbo decode and the same pixels,
-without Pillow's hand-over to numpy, which cost twice the decode itself. Anything else,
+without Pillow's hand-over to numpy, which cost up to twice the decode itself. Anything else,
 and any JPEG without its end marker, takes Pillow's strict decode.
 
 Two budgets are checked from the header: ``max_pixels`` (width x height) and
@@ -94,9 +94,10 @@ def _decode_jpeg(data: bytes, img: Image.Image) -> np.ndarray | None:
     """The pixels of a complete RGB JPEG through OpenCV, or None for Pillow to decode.
 
     Why not Pillow for these too: it decodes a 640x360 stream frame in ~0.5 ms, then its
-    raw encoder hands the pixels to numpy chunk by chunk in ~1.2 ms more; OpenCV decodes
-    into the array (~0.5 ms with the colour swap), with the same libjpeg-turbo decode and
-    the same pixels (tested). Only data ending in the EOI marker comes here: on truncated
+    raw encoder hands the pixels to numpy chunk by chunk in 0.1-1.2 ms more (measured;
+    it varies from process to process); OpenCV decodes into the array in ~0.57 ms with
+    the colour swap, in every process, with the same libjpeg-turbo decode and the same
+    pixels (tested). Only data ending in the EOI marker comes here: on truncated
     data OpenCV returns a half-grey image where Pillow raises. The EXIF orientation is
     ignored, as Pillow's decode ignores it."""
     if img.format != "JPEG" or img.mode != "RGB" or not data.endswith(JPEG_END):
